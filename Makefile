@@ -1,0 +1,29 @@
+# Two commands for a newcomer: `make demo` (the whole pipeline on the bundled demo data, CPU, minutes)
+# and `make test` (the test suite). Both create and reuse a local virtual environment in .venv.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# CPU build of torch where there is no NVIDIA GPU; the GPU build otherwise (from requirements.txt).
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: test demo venv lint clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "$(TORCH_CPU)"; fi
+	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: $(STAMP)
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check recformer tests bench *.py pretrain_data finetune_data
+
+clean:
+	rm -rf $(VENV) demo_output data/demo/processed

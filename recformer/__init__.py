@@ -1,0 +1,1 @@
+"""Recformer: text-only sequential recommendation with a Longformer-derived encoder."""
