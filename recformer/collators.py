@@ -1,0 +1,200 @@
+"""Batch collators for pretraining, finetuning and evaluation.
+
+All three turn item ids into padded tensors through one function, `encode_item_sequences`, and
+differ only in how they pick the history and the target. Items are looked up in a table of
+pre-tokenized items (`(input_ids, token_type_ids)` per item id, tokenized once up front), so no
+collator tokenizes text. All randomness comes from the `random.Random` passed in.
+"""
+
+from __future__ import annotations
+
+import random
+import string
+import unicodedata
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from .tokenization import RecformerTokenizer, TokenizedItem
+
+ItemTable = Sequence[TokenizedItem] | Mapping[Hashable, TokenizedItem]
+
+
+def encode_item_sequences(
+    tokenizer: RecformerTokenizer,
+    item_table: ItemTable,
+    sequences: Sequence[Sequence[Hashable]],
+    pad_to_max: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Padded LongTensors [B, L] for sequences of item ids (each oldest first).
+
+    Example:
+        >>> encode_item_sequences(tok, table, [[3, 7], []])
+        {'input_ids': [[0, <item 7>, <item 3>], [0, 1, 1, ...]], 'item_position_ids': [[0, 1, .., 2, ..], [0, 50, ..]],
+         'token_type_ids': ..., 'attention_mask': ..., 'global_attention_mask': [[1, 0, ...], [1, 0, ...]]}
+    """
+    encoded = []
+    for seq in sequences:
+        items = []
+        for i in seq:
+            try:
+                items.append(item_table[i])
+            except (KeyError, IndexError):
+                raise KeyError(f"item {i!r} is not in the tokenized item table") from None
+        encoded.append(tokenizer.encode(items, encode_item=False))
+    padded = tokenizer.padding(encoded, pad_to_max=pad_to_max)
+    return {name: torch.tensor(value, dtype=torch.long) for name, value in padded.items()}
+
+
+class FinetuneCollator:
+    """Training batches: for each user one random target position in [0, L-1]; history = items before it.
+
+    Example (targets drawn at positions 2 and 0):
+        >>> collator([[5, 9, 2, 4], [8, 1]])
+        {input_ids: encoding of [[5, 9], []], ..., 'labels': tensor([2, 8])}
+    """
+
+    def __init__(self, tokenizer: RecformerTokenizer, item_table: ItemTable, rng: random.Random | None = None):
+        self.tokenizer = tokenizer
+        self.item_table = item_table
+        self.rng = rng if rng is not None else random.Random(0)
+
+    def __call__(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        histories, labels = [], []
+        for seq in batch:
+            if len(seq) == 0:
+                raise ValueError("a training sequence is empty")
+            t = self.rng.randint(0, len(seq) - 1)
+            histories.append(seq[:t])
+            labels.append(seq[t])
+        out = encode_item_sequences(self.tokenizer, self.item_table, histories)
+        out["labels"] = torch.tensor(labels, dtype=torch.long)
+        return out
+
+
+class EvalCollator:
+    """Evaluation batches: `(history, label)` pairs; the whole history is the input.
+
+    Example:
+        >>> collator([([5, 9, 2], 4), ([8], 1)])
+        {input_ids: encoding of [[5, 9, 2], [8]], ..., 'labels': tensor([4, 1])}
+    """
+
+    def __init__(self, tokenizer: RecformerTokenizer, item_table: ItemTable):
+        self.tokenizer = tokenizer
+        self.item_table = item_table
+
+    def __call__(self, batch: Sequence[tuple[Sequence[int], int]]) -> dict[str, torch.Tensor]:
+        histories = [history for history, _ in batch]
+        out = encode_item_sequences(self.tokenizer, self.item_table, histories)
+        out["labels"] = torch.tensor([label for _, label in batch], dtype=torch.long)
+        return out
+
+
+def _is_punctuation_token(token: str) -> bool:
+    text = token.replace("\u0120", " ").strip()  # byte-level BPE writes a leading space as 'Ġ'
+    return bool(text) and all(ch in string.punctuation or unicodedata.category(ch).startswith("P") for ch in text)
+
+
+class WholeWordMasker:
+    """Whole-word MLM masking on padded input ids (SPEC F).
+
+    A word is a BPE group: a token that does not begin with the byte-level space marker 'Ġ' and is
+    not punctuation continues the previous word. Words are chosen in random order until
+    round(length * probability) tokens are covered (HF's whole-word recipe, on the padded row);
+    each chosen token becomes `<mask>` with probability 0.8, a random token with 0.1, or stays.
+    Special tokens and padding are never chosen. Labels are -100 wherever nothing was chosen.
+    """
+
+    def __init__(self, tokenizer: RecformerTokenizer, mlm_probability: float = 0.15, max_predictions: int = 512):
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
+        self.mlm_probability = mlm_probability
+        self.max_predictions = max_predictions
+        self.mask_token_id = tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        tokens = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
+        self.special_ids = set(tokenizer.all_special_ids)
+        self.continues_word = [
+            tok is not None and not tok.startswith("\u0120") and not _is_punctuation_token(tok) for tok in tokens
+        ]
+
+    def words(self, ids: Sequence[int]) -> list[list[int]]:
+        """Positions of each maskable word of one row."""
+        words: list[list[int]] = []
+        for i, tid in enumerate(ids):
+            if tid in self.special_ids:
+                continue
+            if words and self.continues_word[tid]:
+                words[-1].append(i)
+            else:
+                words.append([i])
+        return words
+
+    def __call__(self, input_ids: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns (masked input ids, labels), both [B, L]; `input_ids` is not modified."""
+        masked = input_ids.clone()
+        labels = torch.full_like(input_ids, -100)
+        rows = input_ids.tolist()
+        for b, ids in enumerate(rows):
+            words = self.words(ids)
+            rng.shuffle(words)
+            budget = min(self.max_predictions, max(1, int(round(len(ids) * self.mlm_probability))))
+            chosen: list[int] = []
+            for word in words:
+                if len(chosen) >= budget:
+                    break
+                if len(chosen) + len(word) > budget:
+                    continue
+                chosen.extend(word)
+            for i in chosen:
+                labels[b, i] = ids[i]
+                r = rng.random()
+                if r < 0.8:
+                    masked[b, i] = self.mask_token_id
+                elif r < 0.9:
+                    masked[b, i] = rng.randrange(self.vocab_size)
+        return masked, labels
+
+
+class PretrainCollator:
+    """Pretraining batches: (history, next item) pairs with whole-word MLM copies of both sides.
+
+    For a sequence of length L, a target position t is drawn uniformly in [(L-1)//2, L-1]; side a is
+    the items before t (possibly none: just `<s>`), side b is [item t]. Keys: `<field>_a`,
+    `<field>_b` for the five encoder fields, plus `mlm_input_ids_a/b` and `mlm_labels_a/b`.
+
+    Example:
+        >>> collator([["A", "B", "C"], ["D", "E"]])   # draws t = 2 and t = 1
+        {'input_ids_a': encoding of [["A", "B"], ["D"]], 'input_ids_b': encoding of [["C"], ["E"]], ...}
+    """
+
+    def __init__(
+        self,
+        tokenizer: RecformerTokenizer,
+        item_table: ItemTable,
+        mlm_probability: float = 0.15,
+        rng: random.Random | None = None,
+    ):
+        self.tokenizer = tokenizer
+        self.item_table = item_table
+        self.masker = WholeWordMasker(tokenizer, mlm_probability)
+        self.rng = rng if rng is not None else random.Random(0)
+
+    def split(self, seq: Sequence[Any]) -> tuple[Sequence[Any], Sequence[Any]]:
+        if len(seq) < 2:
+            raise ValueError(f"a pretraining sequence needs at least 2 items, got {len(seq)}")
+        t = self.rng.randint((len(seq) - 1) // 2, len(seq) - 1)
+        return seq[:t], seq[t : t + 1]
+
+    def __call__(self, batch: Sequence[Sequence[Any]]) -> dict[str, torch.Tensor]:
+        pairs = [self.split(seq) for seq in batch]
+        out: dict[str, torch.Tensor] = {}
+        for side, index in (("a", 0), ("b", 1)):
+            encoded = encode_item_sequences(self.tokenizer, self.item_table, [pair[index] for pair in pairs])
+            mlm_input_ids, mlm_labels = self.masker(encoded["input_ids"], self.rng)
+            out.update({f"{name}_{side}": value for name, value in encoded.items()})
+            out[f"mlm_input_ids_{side}"] = mlm_input_ids
+            out[f"mlm_labels_{side}"] = mlm_labels
+        return out

@@ -1,0 +1,89 @@
+"""Recformer configuration: a Longformer configuration plus the fields Recformer adds."""
+
+from __future__ import annotations
+
+from transformers import LongformerConfig
+
+# Fields Recformer adds to LongformerConfig, with the reference defaults (SPEC B).
+RECFORMER_FIELDS = (
+    "token_type_size",
+    "max_token_num",
+    "max_item_embeddings",
+    "max_attr_num",
+    "max_attr_length",
+    "pooler_type",
+    "temp",
+    "mlm_weight",
+    "item_num",
+    "finetune_negative_sample_size",
+)
+
+# What every script of the reference sets on top of the Longformer config (SPEC B).
+REFERENCE_SCRIPT_VALUES = {
+    "max_attr_num": 3,
+    "max_attr_length": 32,
+    "max_item_embeddings": 51,
+    "attention_window": [64] * 12,
+    "max_token_num": 1024,
+}
+
+
+class RecformerConfig(LongformerConfig):
+    """Configuration of Recformer models.
+
+    As `LongformerConfig` (its `model_type` stays `longformer`, so configs written by the reference
+    code load), plus:
+
+    Args:
+        token_type_size: rows of the token-type table (`<s>`, key, value, pad).
+        max_token_num: tokens kept per sequence (the oldest are cut).
+        max_item_embeddings: rows of the item-position table (items + 1 for `<s>`).
+        max_attr_num: attributes kept per item, in insertion order.
+        max_attr_length: tokens kept per attribute (key tokens + value tokens).
+        pooler_type: `cls` (hidden state of `<s>`) or `avg` (masked mean).
+        temp: temperature dividing the cosine similarity.
+        mlm_weight: weight of each side's MLM loss in pretraining.
+        item_num: rows of the SeqRec item table.
+        finetune_negative_sample_size: sampled negatives per user in finetuning; <= 0 means the
+            full softmax over all items.
+    """
+
+    model_type = "longformer"
+
+    attention_window: list[int] | int = 64
+    sep_token_id: int | None = 2
+    token_type_size: int = 4
+    max_token_num: int = 2048
+    max_item_embeddings: int = 32
+    max_attr_num: int = 12
+    max_attr_length: int = 8
+    pooler_type: str = "cls"
+    temp: float = 0.05
+    mlm_weight: float = 0.1
+    item_num: int = 0
+    finetune_negative_sample_size: int = 0
+
+    def validate_recformer_fields(self) -> None:
+        """Raise a ValueError naming the field when a Recformer field cannot work."""
+        if self.pooler_type not in ("cls", "avg"):
+            raise ValueError(f"pooler_type must be 'cls' or 'avg', got {self.pooler_type!r}")
+        for name in ("max_token_num", "max_item_embeddings", "max_attr_num", "max_attr_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.max_item_embeddings < 2:
+            raise ValueError("max_item_embeddings must be >= 2 (one row for <s>, one per item)")
+        if self.max_token_num > self.max_position_embeddings - self.pad_token_id - 1:
+            raise ValueError(
+                f"max_token_num={self.max_token_num} does not fit the position table "
+                f"(max_position_embeddings={self.max_position_embeddings}, pad_token_id={self.pad_token_id})"
+            )
+        if self.token_type_size < 4:
+            raise ValueError(f"token_type_size must be >= 4 (<s>, key, value, pad), got {self.token_type_size}")
+        if not self.temp > 0:
+            raise ValueError(f"temp must be > 0, got {self.temp}")
+
+
+def is_recformer_config_dict(config_dict: dict) -> bool:
+    """True when a config.json was written by a Recformer model (it carries the Recformer fields)."""
+    return all(name in config_dict for name in ("max_item_embeddings", "max_attr_num", "max_token_num"))

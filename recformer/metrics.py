@@ -1,0 +1,66 @@
+"""Full-ranking metrics for next-item prediction.
+
+`rank` is the 0-based rank of the target among all items: the number of *other* items whose score
+is greater than or equal to the target's (a tie counts against the target, so a model that scores
+everything equal does not look perfect). Items scored -inf (masked) never outrank anything.
+
+    NDCG@k   = 1 / log2(rank + 2) if rank < k else 0
+    Recall@k = 1 if rank < k else 0
+    MRR      = 1 / (rank + 1)                      (not truncated)
+    AUC      = 1 - rank / (number of items scoring above -1e4)
+
+Every metric is averaged over users.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+MASK_THRESHOLD = -1e4
+
+
+def compute_ranks(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-based target ranks [B] and the number of unmasked items per row [B].
+
+    Args:
+        scores: [B, N] item scores (higher is better; -inf masks an item).
+        labels: [B] or [B, 1] target item indices.
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be [batch, num_items], got shape {tuple(scores.shape)}")
+    labels = labels.reshape(-1, 1).to(device=scores.device, dtype=torch.long)
+    if labels.size(0) != scores.size(0):
+        raise ValueError(f"{labels.size(0)} labels for {scores.size(0)} score rows")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= scores.size(1)):
+        raise ValueError(f"labels must be in [0, {scores.size(1)}), got {labels.min().item()}..{labels.max().item()}")
+    target = scores.gather(1, labels)  # [B, 1]
+    finite = scores > float("-inf")
+    outrank = (scores > target) | ((scores == target) & finite)  # [B, N] bool; includes the target itself
+    target_counted = (target > float("-inf")).squeeze(1).long()
+    ranks = outrank.sum(dim=1) - target_counted  # [B]
+    n_valid = (scores > MASK_THRESHOLD).sum(dim=1)  # [B]
+    return ranks, n_valid
+
+
+def metrics_from_ranks(ranks: torch.Tensor, n_valid: torch.Tensor, ks: Sequence[int] = (10, 50)) -> dict[str, float]:
+    """Average NDCG@k, Recall@k, MRR and AUC over users from per-user ranks."""
+    if ranks.numel() == 0:
+        raise ValueError("no users to evaluate")
+    ranks = ranks.double().cpu()
+    n_valid = n_valid.double().cpu()
+    out: dict[str, float] = {}
+    for k in sorted(ks):
+        hit = ranks < k
+        out[f"NDCG@{k}"] = (hit.double() / torch.log2(ranks + 2)).mean().item()
+        out[f"Recall@{k}"] = hit.double().mean().item()
+    out["MRR"] = (1.0 / (ranks + 1)).mean().item()
+    out["AUC"] = (1.0 - ranks / n_valid.clamp(min=1)).mean().item()
+    return out
+
+
+def ranking_metrics(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (10, 50)) -> dict[str, float]:
+    """NDCG@k and Recall@k for each k, MRR and AUC, averaged over the B users of `scores` [B, N]."""
+    ranks, n_valid = compute_ranks(scores, labels)
+    return metrics_from_ranks(ranks, n_valid, ks)

@@ -1,0 +1,531 @@
+"""Recformer models: the encoder, the pretraining model and the sequential-recommendation model.
+
+The encoder is Longformer's (`transformers.models.longformer`) with Recformer's embeddings in front
+of it and a parameter-free pooler behind it. Parameter names and shapes match the reference
+checkpoints exactly (see `tests/test_state_dict_keys.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as hf_init
+from transformers.models.longformer.modeling_longformer import LongformerEncoder, LongformerLMHead
+from transformers.utils import ModelOutput
+
+from .configuration import RecformerConfig
+
+logger = logging.getLogger(__name__)
+
+# Inputs a Recformer encoder takes, as the tokenizer and the collators produce them.
+ENCODER_INPUT_NAMES = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids", "item_position_ids")
+
+
+@dataclass
+class RecformerModelOutput(ModelOutput):
+    """Encoder output: `last_hidden_state` [B, L, H], `pooler_output` [B, H]."""
+
+    last_hidden_state: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    global_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class RecformerPretrainingOutput(ModelOutput):
+    """Pretraining output.
+
+    `loss` = contrastive loss + mlm_weight * (MLM loss a + MLM loss b); `logits` is the [B, B]
+    similarity matrix (rows: histories, columns: targets); `cl_correct_num` counts rows whose
+    argmax is the diagonal; `cl_total_num` is the number of rows.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cl_correct_num: torch.Tensor | None = None
+    cl_total_num: int | None = None
+    cl_loss: torch.FloatTensor | None = None
+    mlm_loss_a: torch.FloatTensor | None = None
+    mlm_loss_b: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+    global_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+def create_position_ids_from_input_ids(input_ids: torch.Tensor, padding_idx: int) -> torch.Tensor:
+    """RoBERTa-style positions over the whole sequence: padding_idx + 1, + 2, ... for real tokens; pads get padding_idx."""
+    mask = input_ids.ne(padding_idx).int()
+    return (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + padding_idx
+
+
+class RecformerEmbeddings(nn.Module):
+    """As LongformerEmbeddings, plus an item-position table and a `token_type_size`-row token-type table."""
+
+    def __init__(self, config: RecformerConfig):
+        super().__init__()
+        self.padding_idx = config.pad_token_id
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=self.padding_idx)
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, padding_idx=self.padding_idx
+        )
+        self.token_type_embeddings = nn.Embedding(config.token_type_size, config.hidden_size)
+        self.item_position_embeddings = nn.Embedding(config.max_item_embeddings, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        # Persistent, as in the reference checkpoints (`embeddings.position_ids` [1, P]).
+        self.register_buffer(
+            "position_ids", torch.arange(config.max_position_embeddings).expand((1, -1)), persistent=True
+        )
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        item_position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if position_ids is None:
+            if input_ids is None:
+                raise ValueError("position_ids are required when input_ids are not given")
+            position_ids = create_position_ids_from_input_ids(input_ids, self.padding_idx)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(position_ids)
+        embeddings = (
+            inputs_embeds
+            + self.position_embeddings(position_ids)
+            + self.token_type_embeddings(token_type_ids)
+            + self.item_position_embeddings(item_position_ids)
+        )
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class RecformerPooler(nn.Module):
+    """Parameter-free pooler: `cls` takes token 0, `avg` is the mean over real tokens."""
+
+    def __init__(self, config: RecformerConfig):
+        super().__init__()
+        self.pooler_type = config.pooler_type
+
+    def forward(self, attention_mask: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.pooler_type == "cls":
+            return hidden_states[:, 0]  # [B, H]
+        if self.pooler_type == "avg":
+            mask = attention_mask.to(hidden_states.dtype).unsqueeze(-1)  # [B, L, 1]
+            return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        raise ValueError(f"unknown pooler_type {self.pooler_type!r}")
+
+
+class Similarity(nn.Module):
+    """Cosine similarity divided by a temperature, as a matrix product.
+
+    `forward(x [B, H], y [N, H]) -> [B, N]`. Same numbers as `nn.CosineSimilarity(dim=-1)` on the
+    broadcast `x[:, None]` / `y[None]` pair, without materialising [B, N, H].
+    """
+
+    eps = 1e-8
+
+    def __init__(self, config: RecformerConfig):
+        super().__init__()
+        self.temp = config.temp
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, y_norm: torch.Tensor | None = None) -> torch.Tensor:
+        x = x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps)
+        if y_norm is None:
+            y_norm = y.norm(dim=-1)
+        scores = x @ y.to(x.dtype).transpose(-1, -2)  # [B, N]
+        return scores / (y_norm.to(scores.dtype).clamp(min=self.eps) * self.temp)
+
+
+class RecformerPreTrainedModel(PreTrainedModel):
+    config_class = RecformerConfig
+    base_model_prefix = "longformer"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["LongformerSelfAttention"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, RecformerEmbeddings):
+            hf_init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
+        elif isinstance(module, LongformerLMHead):
+            hf_init.zeros_(module.bias)
+
+
+class RecformerModel(RecformerPreTrainedModel):
+    """The Recformer encoder: Recformer embeddings + Longformer encoder + parameter-free pooler.
+
+    Example:
+        >>> batch = tokenizer([[item_a, item_b], [item_c]], return_tensor=True)
+        >>> out = model(**batch)  # out.last_hidden_state [B, L, H], out.pooler_output [B, H]
+    """
+
+    def __init__(self, config: RecformerConfig):
+        super().__init__(config)
+        if isinstance(config.attention_window, int):
+            config.attention_window = [config.attention_window] * config.num_hidden_layers
+        if len(config.attention_window) != config.num_hidden_layers:
+            raise ValueError(
+                f"attention_window has {len(config.attention_window)} values for {config.num_hidden_layers} layers"
+            )
+        for w in config.attention_window:
+            if w <= 0 or w % 2:
+                raise ValueError(f"every attention_window value must be a positive even number, got {w}")
+        config.validate_recformer_fields()
+        self.embeddings = RecformerEmbeddings(config)
+        self.encoder = LongformerEncoder(config)
+        self.pooler = RecformerPooler(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.word_embeddings = value
+
+    def _pad_to_window_size(self, input_ids, attention_mask, token_type_ids, position_ids, item_position_ids):
+        """Right-pad every input to a multiple of the largest attention window (as the reference does)."""
+        window = max(self.config.attention_window)
+        seq_len = input_ids.shape[1]
+        padding_len = (window - seq_len % window) % window
+        if padding_len > 0:
+            pad = self.config.pad_token_id
+            input_ids = F.pad(input_ids, (0, padding_len), value=pad)
+            if position_ids is not None:
+                position_ids = F.pad(position_ids, (0, padding_len), value=pad)
+            item_position_ids = F.pad(item_position_ids, (0, padding_len), value=pad)
+            attention_mask = F.pad(attention_mask, (0, padding_len), value=0)
+            token_type_ids = F.pad(token_type_ids, (0, padding_len), value=0)
+        return padding_len, input_ids, attention_mask, token_type_ids, position_ids, item_position_ids
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        item_position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> RecformerModelOutput | tuple:
+        """Encode a padded batch. All id tensors are [B, L]; returns hidden states [B, L, H] and pooled [B, H]."""
+        if inputs_embeds is not None:
+            raise NotImplementedError("RecformerModel takes input_ids; inputs_embeds is not supported")
+        if input_ids is None:
+            raise ValueError("input_ids are required")
+        if item_position_ids is None:
+            raise ValueError(
+                "item_position_ids are required: Recformer adds an item-position embedding to every token. "
+                "Build inputs with RecformerTokenizer (or a recformer collator), which returns them."
+            )
+        if head_mask is not None:
+            raise NotImplementedError("head_mask is not supported by the Longformer encoder")
+        if input_ids.dim() == 1:  # one unbatched sequence, as `tokenizer(sequence, return_tensor=True)` gives
+            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids = (
+                None if t is None else t.unsqueeze(0)
+                for t in (input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids)
+            )
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        if item_position_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"item_position_ids shape {tuple(item_position_ids.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        pooling_mask = attention_mask
+        # 0: no attention, 1: local (sliding window), 2: global.
+        if global_attention_mask is not None:
+            attention_mask = attention_mask * (global_attention_mask + 1)
+
+        padding_len, input_ids, attention_mask, token_type_ids, position_ids, item_position_ids = (
+            self._pad_to_window_size(input_ids, attention_mask, token_type_ids, position_ids, item_position_ids)
+        )
+        embedding_output = self.embeddings(
+            input_ids=input_ids,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            item_position_ids=item_position_ids,
+        )
+        # Longformer's self-attention reads only the sign: < 0 masked, 0 local, > 0 global.
+        dtype = embedding_output.dtype
+        extended_attention_mask = (1.0 - attention_mask.to(dtype)) * torch.finfo(dtype).min  # [B, L]
+
+        encoder_outputs = self.encoder(
+            embedding_output,
+            attention_mask=extended_attention_mask,
+            padding_len=padding_len,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
+        sequence_output = encoder_outputs.last_hidden_state  # [B, L, H], un-padded
+        pooled_output = self.pooler(pooling_mask, sequence_output)  # [B, H]
+        if not return_dict:
+            return tuple(
+                v
+                for v in (
+                    sequence_output,
+                    pooled_output,
+                    encoder_outputs.hidden_states,
+                    encoder_outputs.attentions,
+                    encoder_outputs.global_attentions,
+                )
+                if v is not None
+            )
+        return RecformerModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+            global_attentions=encoder_outputs.global_attentions,
+        )
+
+
+def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """All-gather `x` along dim 0 across ranks, keeping the gradient of the local slice (SimCSE style)."""
+    world_size = dist.get_world_size()
+    parts = [torch.zeros_like(x) for _ in range(world_size)]
+    dist.all_gather(parts, x.contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts, dim=0)
+
+
+def _mlm_loss(prediction_scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the masked tokens of the batch; 0 (with a graph) when nothing is masked."""
+    flat_labels = labels.reshape(-1)
+    if not bool((flat_labels != -100).any()):
+        # The reference returns NaN here; a side with nothing masked contributes nothing instead.
+        return prediction_scores.sum() * 0.0
+    return F.cross_entropy(prediction_scores.reshape(-1, prediction_scores.size(-1)).float(), flat_labels)
+
+
+class RecformerForPretraining(RecformerPreTrainedModel):
+    """Recformer pretraining: in-batch contrastive loss between a history (side a) and its next item
+    (side b), plus whole-word MLM on both sides through an untied Longformer LM head."""
+
+    # The LM head's output bias is one parameter under two names, as in the reference state dict.
+    _tied_weights_keys = {"lm_head.decoder.bias": "lm_head.bias"}
+
+    def __init__(self, config: RecformerConfig):
+        super().__init__(config)
+        self.longformer = RecformerModel(config)
+        self.lm_head = LongformerLMHead(config)
+        self.lm_head.decoder.bias = self.lm_head.bias
+        self.sim = Similarity(config)
+        self.post_init()
+
+    def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
+        # Independent of `tie_word_embeddings`: the word embeddings are never tied to the decoder.
+        return dict(self._tied_weights_keys)
+
+    def _mlm(self, mlm_input_ids, attention_mask, global_attention_mask, token_type_ids, item_position_ids, labels):
+        outputs = self.longformer(
+            input_ids=mlm_input_ids,
+            attention_mask=attention_mask,
+            global_attention_mask=global_attention_mask,
+            token_type_ids=token_type_ids,
+            item_position_ids=item_position_ids,
+        )
+        return _mlm_loss(self.lm_head(outputs.last_hidden_state), labels)  # scores [B, L, V]
+
+    def forward(
+        self,
+        input_ids_a: torch.Tensor | None = None,
+        attention_mask_a: torch.Tensor | None = None,
+        global_attention_mask_a: torch.Tensor | None = None,
+        token_type_ids_a: torch.Tensor | None = None,
+        item_position_ids_a: torch.Tensor | None = None,
+        mlm_input_ids_a: torch.Tensor | None = None,
+        mlm_labels_a: torch.Tensor | None = None,
+        input_ids_b: torch.Tensor | None = None,
+        attention_mask_b: torch.Tensor | None = None,
+        global_attention_mask_b: torch.Tensor | None = None,
+        token_type_ids_b: torch.Tensor | None = None,
+        item_position_ids_b: torch.Tensor | None = None,
+        mlm_input_ids_b: torch.Tensor | None = None,
+        mlm_labels_b: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> RecformerPretrainingOutput:
+        side_a = dict(
+            attention_mask=attention_mask_a,
+            global_attention_mask=global_attention_mask_a,
+            token_type_ids=token_type_ids_a,
+            item_position_ids=item_position_ids_a,
+        )
+        side_b = dict(
+            attention_mask=attention_mask_b,
+            global_attention_mask=global_attention_mask_b,
+            token_type_ids=token_type_ids_b,
+            item_position_ids=item_position_ids_b,
+        )
+        outputs_a = self.longformer(
+            input_ids=input_ids_a,
+            head_mask=head_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            **side_a,
+        )
+        outputs_b = self.longformer(input_ids=input_ids_b, head_mask=head_mask, **side_b)
+        z1, z2 = outputs_a.pooler_output, outputs_b.pooler_output  # [B, H] each
+        if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            z1, z2 = _gather_with_grad(z1), _gather_with_grad(z2)  # [B * world, H]
+
+        cos_sim = self.sim(z1, z2)  # [B, B]
+        labels = torch.arange(cos_sim.size(0), device=cos_sim.device)
+        cl_loss = F.cross_entropy(cos_sim.float(), labels)
+        correct_num = (cos_sim.argmax(dim=1) == labels).sum()
+        loss = cl_loss
+
+        mlm_loss_a = mlm_loss_b = None
+        if mlm_input_ids_a is not None:
+            mlm_loss_a = self._mlm(mlm_input_ids_a, labels=mlm_labels_a, **side_a)
+            loss = loss + self.config.mlm_weight * mlm_loss_a
+        if mlm_input_ids_b is not None:
+            mlm_loss_b = self._mlm(mlm_input_ids_b, labels=mlm_labels_b, **side_b)
+            loss = loss + self.config.mlm_weight * mlm_loss_b
+
+        return RecformerPretrainingOutput(
+            loss=loss,
+            logits=cos_sim,
+            cl_correct_num=correct_num,
+            cl_total_num=cos_sim.size(0),
+            cl_loss=cl_loss,
+            mlm_loss_a=mlm_loss_a,
+            mlm_loss_b=mlm_loss_b,
+            hidden_states=outputs_a.hidden_states,
+            attentions=outputs_a.attentions,
+            global_attentions=outputs_a.global_attentions,
+        )
+
+
+class RecformerForSeqRec(RecformerPreTrainedModel):
+    """Sequential recommendation: score a user's history against a frozen table of item vectors.
+
+    `init_item_embedding(tensor [N, H])` sets the table (and `config.item_num`). Without labels,
+    `forward` returns scores [B, N] (cosine / temp); with labels it returns the loss: full softmax
+    over all N items when `finetune_negative_sample_size <= 0`, else the positive plus K sampled
+    negatives (never the positive itself) with target index 0.
+    """
+
+    def __init__(self, config: RecformerConfig):
+        super().__init__(config)
+        self.longformer = RecformerModel(config)
+        self.sim = Similarity(config)
+        self.item_embedding: nn.Embedding | None = None
+        if config.item_num > 0:  # a finetuned model restored by from_pretrained carries its table
+            self.item_embedding = nn.Embedding(config.item_num, config.hidden_size)
+            self.item_embedding.weight.requires_grad_(False)
+        self._item_norm_cache: tuple | None = None
+        self.post_init()
+
+    def init_item_embedding(self, embeddings: torch.Tensor | None = None) -> None:
+        """Set the item table from `embeddings` [N, H] (frozen); without it, a random [item_num, H] table."""
+        if embeddings is None:
+            if self.config.item_num <= 0:
+                raise ValueError("init_item_embedding() without a tensor needs config.item_num > 0")
+            self.item_embedding = nn.Embedding(self.config.item_num, self.config.hidden_size)
+            self._init_weights(self.item_embedding)
+            return
+        if embeddings.dim() != 2 or embeddings.size(1) != self.config.hidden_size:
+            raise ValueError(
+                f"item embeddings must be [num_items, {self.config.hidden_size}], got {tuple(embeddings.shape)}"
+            )
+        device = self.longformer.embeddings.word_embeddings.weight.device
+        self.item_embedding = nn.Embedding.from_pretrained(embeddings.detach().to(device), freeze=True)
+        self.config.item_num = embeddings.size(0)
+        self._item_norm_cache = None
+
+    def _require_items(self) -> nn.Embedding:
+        if self.item_embedding is None:
+            raise RuntimeError("the item table is not set: call init_item_embedding(item_vectors) first")
+        return self.item_embedding
+
+    def item_norms(self) -> torch.Tensor:
+        """L2 norm of every item vector [N], cached until the table changes."""
+        weight = self._require_items().weight
+        key = (weight.data_ptr(), weight._version, tuple(weight.shape), weight.device)
+        if self._item_norm_cache is None or self._item_norm_cache[0] != key:
+            self._item_norm_cache = (key, weight.detach().norm(dim=-1))
+        return self._item_norm_cache[1]
+
+    def similarity_score(self, pooler_output: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
+        """Scores of `pooler_output` [B, H] against every item ([B, N]) or against `candidates` [B, C] ([B, C])."""
+        table = self._require_items()
+        if candidates is None:
+            return self.sim(pooler_output, table.weight, y_norm=self.item_norms())  # [B, N]
+        cand = table(candidates)  # [B, C, H]
+        scores = torch.einsum("bh,bch->bc", F.normalize(pooler_output, dim=-1, eps=Similarity.eps), cand.to(pooler_output.dtype))
+        return scores / (cand.norm(dim=-1).to(scores.dtype).clamp(min=Similarity.eps) * self.sim.temp)
+
+    def sample_candidates(self, labels: torch.Tensor, num_negatives: int) -> torch.Tensor:
+        """[B, 1 + K]: the positive first, then K uniform negatives drawn from the other items."""
+        num_items = self._require_items().num_embeddings
+        if num_items < 2:
+            raise ValueError("sampled softmax needs at least 2 items")
+        neg = torch.randint(0, num_items - 1, (labels.size(0), num_negatives), device=labels.device)
+        neg = neg + (neg >= labels.unsqueeze(-1)).long()  # skip the positive
+        return torch.cat([labels.unsqueeze(-1), neg], dim=-1)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        global_attention_mask: torch.Tensor | None = None,
+        head_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        item_position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        candidates: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        outputs = self.longformer(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            global_attention_mask=global_attention_mask,
+            head_mask=head_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            item_position_ids=item_position_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        pooled = outputs.pooler_output  # [B, H]
+        if labels is None:
+            return self.similarity_score(pooled, candidates)
+        labels = labels.reshape(-1)
+        k = self.config.finetune_negative_sample_size
+        if k <= 0:
+            logits = self.similarity_score(pooled)  # [B, N]
+            return F.cross_entropy(logits.float(), labels)
+        logits = self.similarity_score(pooled, self.sample_candidates(labels, k))  # [B, 1 + K]
+        return F.cross_entropy(logits.float(), torch.zeros_like(labels))

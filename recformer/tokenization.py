@@ -1,0 +1,263 @@
+"""Recformer tokenizer: items (attribute -> text dicts) and item sequences to model inputs.
+
+Layout of one sequence (SPEC E), oldest item first in, newest first out:
+
+    <s> | k1 v1 k2 v2 ... (newest item) | k1 v1 ... (next older item) | ...
+    token type:      0 | 1 for key tokens, 2 for value tokens
+    item position:   0 | 1 for the newest item, 2 for the next, ...
+
+Each attribute's key and value are tokenized separately (no special tokens, no leading space),
+concatenated and cut to `max_attr_length`; the first `max_attr_num` attributes are kept. The
+sequence keeps the newest `max_item_embeddings - 1` items, then every field is cut to
+`max_token_num`. Padding: ids `pad_token_id`, item positions `max_item_embeddings - 1`, token types
+3, both masks 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from transformers.models.roberta.tokenization_roberta import RobertaTokenizer
+
+from .configuration import RecformerConfig
+
+logger = logging.getLogger(__name__)
+
+# The fields one encoded sequence carries, in the reference's order.
+SEQUENCE_FIELDS = ("input_ids", "item_position_ids", "token_type_ids", "attention_mask", "global_attention_mask")
+
+TOKEN_TYPE_BOS, TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE, TOKEN_TYPE_PAD = 0, 1, 2, 3
+
+Item = Mapping[str, Any]
+TokenizedItem = tuple[Sequence[int], Sequence[int]]  # (input_ids, token_type_ids)
+
+
+def value_to_text(value: Any) -> str:
+    """Attribute value as text: None -> '', lists joined by spaces, anything else str()."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        return " ".join(value_to_text(v) for v in value if v is not None)
+    return str(value)
+
+
+def _is_pretokenized_item(x: Any) -> bool:
+    return (
+        isinstance(x, (list, tuple))
+        and len(x) == 2
+        and all(isinstance(part, (list, tuple)) for part in x)
+        and all(isinstance(t, int) for part in x for t in part)
+    )
+
+
+def _is_item(x: Any) -> bool:
+    return isinstance(x, Mapping) or _is_pretokenized_item(x)
+
+
+class RecformerTokenizer(RobertaTokenizer):
+    """Longformer's byte-level BPE tokenizer (the fast `tokenizers` backend) plus Recformer's layout.
+
+    Load with `RecformerTokenizer.from_pretrained(path_or_hub_id, config)`; the Recformer fields
+    (`max_attr_num`, `max_attr_length`, `max_item_embeddings`, `max_token_num`) are read from that
+    config at call time, per instance. Distinct items are tokenized once (an LRU cache keyed by the
+    kept attributes and the two attribute limits).
+    """
+
+    item_cache_size = 200_000
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: RecformerConfig | None = None, **kwargs):
+        tokenizer = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        tokenizer.config = config if config is not None else RecformerConfig()
+        return tokenizer
+
+    # -- configuration -------------------------------------------------------------------------
+    @property
+    def config(self) -> RecformerConfig:
+        config = self.__dict__.get("_recformer_config")
+        if config is None:
+            config = self.__dict__["_recformer_config"] = RecformerConfig()
+        return config
+
+    @config.setter
+    def config(self, config: RecformerConfig) -> None:
+        self.__dict__["_recformer_config"] = config
+
+    def _item_cache(self) -> OrderedDict:
+        cache = self.__dict__.get("_recformer_item_cache")
+        if cache is None:
+            cache = self.__dict__["_recformer_item_cache"] = OrderedDict()
+        return cache
+
+    # -- items ---------------------------------------------------------------------------------
+    def item_tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` alone: no special tokens, no leading space."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+    def _item_key(self, item: Item) -> tuple:
+        attrs = list(item.items())[: self.config.max_attr_num]
+        return (
+            self.config.max_attr_num,
+            self.config.max_attr_length,
+            tuple((value_to_text(k), value_to_text(v)) for k, v in attrs),
+        )
+
+    def _layout_item(self, key: tuple, encodings: list[list[int]]) -> tuple[list[int], list[int]]:
+        """Concatenate (key tokens + value tokens) per attribute, each pair cut to max_attr_length."""
+        max_len = self.config.max_attr_length
+        input_ids: list[int] = []
+        token_type_ids: list[int] = []
+        for i in range(len(key[2])):
+            name_ids, value_ids = encodings[2 * i], encodings[2 * i + 1]
+            input_ids += (name_ids + value_ids)[:max_len]
+            token_type_ids += ([TOKEN_TYPE_KEY] * len(name_ids) + [TOKEN_TYPE_VALUE] * len(value_ids))[:max_len]
+        return input_ids, token_type_ids
+
+    def encode_items(self, items: Iterable[Item], use_cache: bool = True) -> list[tuple[list[int], list[int]]]:
+        """`(input_ids, token_type_ids)` for each item, tokenizing the distinct uncached ones in one batch."""
+        items = list(items)
+        for item in items:
+            if not isinstance(item, Mapping):
+                raise TypeError(f"an item must be a dict of attribute -> text, got {type(item).__name__}")
+        keys = [self._item_key(item) for item in items]
+        cache = self._item_cache() if use_cache else OrderedDict()
+        todo = list(dict.fromkeys(k for k in keys if k not in cache))
+        if todo:
+            texts = [text for key in todo for pair in key[2] for text in pair]
+            encodings = [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
+            pos = 0
+            for key in todo:
+                n = 2 * len(key[2])
+                ids, types = self._layout_item(key, encodings[pos : pos + n])
+                pos += n
+                cache[key] = (tuple(ids), tuple(types))
+        out = []
+        for key in keys:
+            ids, types = cache[key]
+            if use_cache:
+                cache.move_to_end(key)
+            out.append((list(ids), list(types)))
+        if use_cache:
+            while len(cache) > self.item_cache_size:
+                cache.popitem(last=False)
+        return out
+
+    def encode_item(self, item: Item) -> tuple[list[int], list[int]]:
+        """`(input_ids, token_type_ids)` of one item (see the module docstring for the layout)."""
+        return self.encode_items([item])[0]
+
+    # -- sequences -----------------------------------------------------------------------------
+    def _tokenized(self, items: Sequence[Item | TokenizedItem]) -> list[TokenizedItem]:
+        raw = [i for i, item in enumerate(items) if isinstance(item, Mapping)]
+        out: list[Any] = list(items)
+        if raw:
+            for i, enc in zip(raw, self.encode_items(items[i] for i in raw)):
+                out[i] = enc
+        for i, item in enumerate(out):
+            if not _is_pretokenized_item(item):
+                raise TypeError(
+                    f"item {i} of the sequence is neither an attribute dict nor an (input_ids, token_type_ids) pair"
+                )
+        return out
+
+    def encode(self, items: Sequence[Item | TokenizedItem], encode_item: bool = True) -> dict[str, list[int]]:
+        """Lay out one sequence of items (oldest first) without padding; see the module docstring."""
+        cfg = self.config
+        items = list(items)[::-1][: cfg.max_item_embeddings - 1]  # newest first, newest items kept
+        tokenized = self._tokenized(items) if encode_item else items
+        input_ids = [self.bos_token_id]
+        token_type_ids = [TOKEN_TYPE_BOS]
+        item_position_ids = [0]
+        for position, (ids, types) in enumerate(tokenized, start=1):
+            if len(ids) != len(types):
+                raise ValueError(f"item at position {position}: {len(ids)} input ids but {len(types)} token types")
+            input_ids += ids
+            token_type_ids += types
+            item_position_ids += [position] * len(ids)
+        n = min(len(input_ids), cfg.max_token_num)
+        return {
+            "input_ids": input_ids[:n],
+            "item_position_ids": item_position_ids[:n],
+            "token_type_ids": token_type_ids[:n],
+            "attention_mask": [1] * n,
+            "global_attention_mask": [1] + [0] * (n - 1),
+        }
+
+    def padding(self, item_batch: Sequence[Mapping[str, list[int]]], pad_to_max: bool = False) -> dict[str, list[list[int]]]:
+        """Right-pad encoded sequences to the longest (or to `max_token_num`); the inputs are not modified."""
+        cfg = self.config
+        max_length = cfg.max_token_num if pad_to_max else max((len(s["input_ids"]) for s in item_batch), default=0)
+        pad_values = {
+            "input_ids": self.pad_token_id,
+            "item_position_ids": cfg.max_item_embeddings - 1,
+            "token_type_ids": TOKEN_TYPE_PAD,
+            "attention_mask": 0,
+            "global_attention_mask": 0,
+        }
+        batch: dict[str, list[list[int]]] = {name: [] for name in SEQUENCE_FIELDS}
+        for seq in item_batch:
+            n = len(seq["input_ids"])
+            if n > max_length:
+                raise ValueError(f"sequence of {n} tokens is longer than the padding length {max_length}")
+            for name in SEQUENCE_FIELDS:
+                batch[name].append(list(seq[name]) + [pad_values[name]] * (max_length - n))
+        return batch
+
+    def batch_encode(self, item_batch: Sequence[Sequence[Item | TokenizedItem]], encode_item: bool = True, pad_to_max: bool = False):
+        """Encode and pad a batch of sequences (a list of lists of items)."""
+        if encode_item:  # tokenize every distinct item of the batch in one call
+            flat = [item for seq in item_batch for item in seq if isinstance(item, Mapping)]
+            self.encode_items(flat)
+        return self.padding([self.encode(seq, encode_item) for seq in item_batch], pad_to_max=pad_to_max)
+
+    def __call__(self, items, pad_to_max: bool = False, return_tensor: bool = False, **kwargs):
+        """Encode one sequence (a list of items) or a batch (a list of sequences).
+
+        Items are attribute dicts or pre-tokenized `(input_ids, token_type_ids)` pairs. A batch is
+        padded; a single sequence is not. With `return_tensor=True` the fields are LongTensors
+        ([B, L] for a batch, [L] for one sequence; the model accepts both).
+        """
+        if kwargs:  # plain-text tokenization, as the underlying Longformer tokenizer does it
+            return super().__call__(items, **kwargs)
+        if isinstance(items, str):
+            raise TypeError("RecformerTokenizer takes items (attribute dicts) or sequences of items, not a string")
+        items = list(items)
+        is_single = len(items) == 0 or all(_is_item(x) for x in items)
+        inputs = self.encode(items) if is_single else self.batch_encode(items, pad_to_max=pad_to_max)
+        if return_tensor:
+            return {name: torch.tensor(value, dtype=torch.long) for name, value in inputs.items()}
+        return inputs
+
+
+def build_bpe_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, vocab_size: int = 2000, min_frequency: int = 2) -> str:
+    """Train a small byte-level BPE tokenizer on `texts` and save it in the Longformer format.
+
+    The folder gets `vocab.json`, `merges.txt` and the tokenizer config, with RoBERTa's special
+    tokens at RoBERTa's ids (`<s>` 0, `<pad>` 1, `</s>` 2, `<unk>` 3) and `<mask>` last, so
+    `RecformerTokenizer.from_pretrained(output_dir, config)` loads it like Longformer's.
+    """
+    from tokenizers import ByteLevelBPETokenizer
+
+    bpe = ByteLevelBPETokenizer(add_prefix_space=False)
+    bpe.train_from_iterator(
+        texts,
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+        show_progress=False,
+    )
+    bpe.add_special_tokens(["<mask>"])
+    os.makedirs(output_dir, exist_ok=True)
+    bpe.save_model(str(output_dir))
+    tokenizer = RobertaTokenizer(
+        vocab=os.path.join(output_dir, "vocab.json"), merges=os.path.join(output_dir, "merges.txt")
+    )
+    tokenizer.save_pretrained(str(output_dir))
+    return str(output_dir)

@@ -1,0 +1,64 @@
+import math
+
+import pytest
+import torch
+
+from recformer.metrics import compute_ranks, metrics_from_ranks, ranking_metrics
+
+
+def test_hand_computed_values_two_users():
+    scores = torch.tensor(
+        [
+            [0.9, 0.1, 0.5, 0.3],  # target 2 -> one item above -> rank 1
+            [0.2, 0.8, 0.4, 0.1],  # target 1 -> best -> rank 0
+        ]
+    )
+    m = ranking_metrics(scores, torch.tensor([2, 1]), ks=(1, 2))
+    assert m["Recall@1"] == pytest.approx(0.5)
+    assert m["Recall@2"] == pytest.approx(1.0)
+    assert m["NDCG@1"] == pytest.approx(0.5)
+    assert m["NDCG@2"] == pytest.approx((1 / math.log2(3) + 1.0) / 2)
+    assert m["MRR"] == pytest.approx((1 / 2 + 1) / 2)
+    assert m["AUC"] == pytest.approx(((1 - 1 / 4) + 1) / 2)
+    assert list(m) == ["NDCG@1", "Recall@1", "NDCG@2", "Recall@2", "MRR", "AUC"]
+
+
+def test_ties_count_against_the_target():
+    scores = torch.zeros(1, 5)  # a model that scores everything equal
+    m = ranking_metrics(scores, torch.tensor([[3]]), ks=(1, 5))
+    assert compute_ranks(scores, torch.tensor([3]))[0].tolist() == [4]
+    assert m["Recall@1"] == 0.0
+    assert m["Recall@5"] == 1.0
+    assert m["NDCG@5"] == pytest.approx(1 / math.log2(6))
+    assert m["MRR"] == pytest.approx(1 / 5)
+
+
+def test_masked_items_never_outrank_and_are_not_counted_for_auc():
+    inf = float("-inf")
+    scores = torch.tensor([[inf, 0.2, inf, 0.1, inf, -2e4]])
+    ranks, n_valid = compute_ranks(scores, torch.tensor([3]))
+    assert ranks.tolist() == [1]  # only item 1 is above; -inf items and the -2e4 item are below
+    assert n_valid.tolist() == [2]  # items scoring above -1e4: 1 and 3
+    m = ranking_metrics(scores, torch.tensor([3]), ks=(10,))
+    assert m["AUC"] == pytest.approx(1 - 1 / 2)
+
+
+def test_single_user_and_mrr_not_truncated():
+    scores = torch.arange(100, 0, -1, dtype=torch.float).unsqueeze(0)  # item i has rank i
+    m = ranking_metrics(scores, torch.tensor([60]), ks=(10, 50))
+    assert m["Recall@50"] == 0.0 and m["NDCG@50"] == 0.0
+    assert m["MRR"] == pytest.approx(1 / 61)
+
+
+def test_averaged_over_users_not_batches():
+    r1, v1 = compute_ranks(torch.tensor([[1.0, 0.0]]), torch.tensor([0]))
+    r2, v2 = compute_ranks(torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]]), torch.tensor([1, 1, 1]))
+    m = metrics_from_ranks(torch.cat([r1, r2]), torch.cat([v1, v2]), ks=(1,))
+    assert m["Recall@1"] == pytest.approx(1 / 4)  # per-batch averaging would give 1/2
+
+
+def test_bad_labels_raise():
+    with pytest.raises(ValueError, match="labels must be in"):
+        ranking_metrics(torch.zeros(2, 3), torch.tensor([0, 3]))
+    with pytest.raises(ValueError, match="2 labels for 1"):
+        ranking_metrics(torch.zeros(1, 3), torch.tensor([0, 1]))
