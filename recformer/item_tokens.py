@@ -1,0 +1,141 @@
+"""Tokenize a catalogue once and keep it compact: the table the collators read items from.
+
+`TokenizedItems` stores every item's `(input_ids, token_type_ids)` in flat numpy arrays (int32 ids,
+int8 types, int64 offsets), so a million-item catalogue costs a few hundred MB rather than gigabytes
+of Python lists. It is indexed by row (finetuning item ids) or by key (pretraining asins).
+
+`tokenize_catalogue` builds it (the Rust tokenizer encodes in parallel threads) and caches it on
+disk under a key made of the tokenizer's vocabulary, the Recformer fields that shape an item, and
+the items' text, so any change to one of those never reuses a stale cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from .fileio import atomic_open, dumps_json
+from .tokenization import RecformerTokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class TokenizedItems(Sequence):
+    """Tokenized items as flat arrays; `table[i]` or `table[key]` -> `(input_ids, token_type_ids)` lists."""
+
+    def __init__(self, ids: np.ndarray, types: np.ndarray, offsets: np.ndarray, keys: Sequence[Hashable] | None = None):
+        self.ids, self.types, self.offsets = ids, types, offsets
+        self.keys = list(keys) if keys is not None else None
+        self.index = {k: i for i, k in enumerate(self.keys)} if self.keys is not None else None
+
+    @classmethod
+    def from_lists(cls, encoded: Sequence[tuple[Sequence[int], Sequence[int]]], keys=None) -> TokenizedItems:
+        lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
+        offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        ids = np.fromiter((t for item_ids, _ in encoded for t in item_ids), dtype=np.int32, count=int(offsets[-1]))
+        types = np.fromiter((t for _, item_types in encoded for t in item_types), dtype=np.int8, count=int(offsets[-1]))
+        return cls(ids, types, offsets, keys)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def row(self, key: Hashable) -> int:
+        if self.index is not None and not isinstance(key, (int, np.integer)):
+            return self.index[key]
+        if isinstance(key, (int, np.integer)) and 0 <= key < len(self):
+            return int(key)
+        raise KeyError(key)
+
+    def __getitem__(self, key):  # type: ignore[override]
+        i = self.row(key)
+        start, end = self.offsets[i], self.offsets[i + 1]
+        return self.ids[start:end].tolist(), self.types[start:end].tolist()
+
+    def __contains__(self, key) -> bool:  # type: ignore[override]
+        try:
+            self.row(key)
+        except KeyError:
+            return False
+        return True
+
+    def lengths(self) -> np.ndarray:
+        """Tokens per item [N]."""
+        return np.diff(self.offsets)
+
+    def save(self, path: str | os.PathLike) -> None:
+        with atomic_open(path, "wb") as f:
+            np.savez(
+                f,
+                ids=self.ids,
+                types=self.types,
+                offsets=self.offsets,
+                keys=np.frombuffer(dumps_json(self.keys), dtype=np.uint8),
+            )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TokenizedItems:
+        import json
+
+        with np.load(path) as data:
+            keys = json.loads(data["keys"].tobytes().decode("utf-8"))
+            return cls(data["ids"], data["types"], data["offsets"], keys)
+
+
+def tokenizer_fingerprint(tokenizer: RecformerTokenizer) -> str:
+    """Hash of the tokenizer's vocabulary, merges and the Recformer fields that shape an item."""
+    h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
+    cfg = tokenizer.config
+    h.update(f"|attr_num={cfg.max_attr_num}|attr_length={cfg.max_attr_length}".encode())
+    return h.hexdigest()[:16]
+
+
+def catalogue_fingerprint(items: Sequence[Mapping[str, Any]], keys: Sequence[Hashable] | None) -> str:
+    h = hashlib.sha256()
+    for item in items:
+        h.update(dumps_json(item))
+        h.update(b"\n")
+    h.update(dumps_json(list(keys) if keys is not None else None))
+    return h.hexdigest()[:16]
+
+
+def tokenize_catalogue(
+    tokenizer: RecformerTokenizer,
+    items: Sequence[Mapping[str, Any]],
+    keys: Sequence[Hashable] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    chunk_size: int = 8192,
+    progress: bool = True,
+) -> TokenizedItems:
+    """Tokenize every item once (cached on disk under `cache_dir` when given).
+
+    Args:
+        tokenizer: the Recformer tokenizer (its config's attribute limits apply).
+        items: attribute dicts, one per row.
+        keys: optional key per row (e.g. asins) so the table can be indexed by key.
+        cache_dir: folder for `items-<fingerprint>.npz`; None disables the disk cache.
+    """
+    if keys is not None and len(keys) != len(items):
+        raise ValueError(f"{len(keys)} keys for {len(items)} items")
+    path = None
+    if cache_dir is not None:
+        name = f"items-{tokenizer_fingerprint(tokenizer)}-{catalogue_fingerprint(items, keys)}.npz"
+        path = Path(cache_dir) / name
+        if path.is_file():
+            logger.info("tokenized items: reusing %s", path)
+            return TokenizedItems.load(path)
+    encoded: list[tuple[list[int], list[int]]] = []
+    for start in tqdm(range(0, len(items), chunk_size), desc="tokenize items", disable=not progress, unit="chunk"):
+        encoded += tokenizer.encode_items(items[start : start + chunk_size], use_cache=False)
+    table = TokenizedItems.from_lists(encoded, keys)
+    if path is not None:
+        table.save(path)
+        logger.info("tokenized items: wrote %s", path)
+    return table

@@ -1,0 +1,34 @@
+import numpy as np
+import pytest
+
+from recformer.item_tokens import TokenizedItems, tokenize_catalogue
+
+ITEMS = [{"title": "red shoe", "brand": "b"}, {}, {"title": "shoe"}]
+
+
+def test_table_matches_encode_item_and_round_trips(tmp_path, tokenizer):
+    table = tokenize_catalogue(tokenizer, ITEMS, keys=["A", "B", "C"], progress=False)
+    for i, item in enumerate(ITEMS):
+        assert table[i] == tokenizer.encode_item(item)
+        assert table["ABC"[i]] == tokenizer.encode_item(item)
+    assert table.lengths().tolist() == [5, 0, 5]
+    assert table.ids.dtype == np.int32 and table.types.dtype == np.int8
+    table.save(tmp_path / "t.npz")
+    again = TokenizedItems.load(tmp_path / "t.npz")
+    assert [again[i] for i in range(3)] == [table[i] for i in range(3)]
+    assert again["C"] == table["C"]
+    with pytest.raises(KeyError):
+        table["Z"]
+    with pytest.raises(KeyError):
+        table[3]
+
+
+def test_disk_cache_is_keyed_by_tokenizer_fields_and_items(tmp_path, tokenizer):
+    tokenize_catalogue(tokenizer, ITEMS, cache_dir=tmp_path, progress=False)
+    tokenize_catalogue(tokenizer, ITEMS, cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("items-*.npz"))) == 1
+    tokenizer.config.max_attr_length = 2
+    short = tokenize_catalogue(tokenizer, ITEMS, cache_dir=tmp_path, progress=False)
+    assert short[0][0] == tokenizer.encode_item(ITEMS[0])[0] and len(short[0][0]) == 4
+    tokenize_catalogue(tokenizer, ITEMS[:2], cache_dir=tmp_path, progress=False)
+    assert len(list(tmp_path.glob("items-*.npz"))) == 3
