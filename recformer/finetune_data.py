@@ -1,0 +1,128 @@
+"""Finetuning data: the processed dataset folder (reference format), validated before any training.
+
+Folder layout (what `finetune_data/process.py` and the released processed data contain):
+`train.json` {user: [item ids]}, `val.json` / `test.json` {user: [item id]}, `smap.json` {asin: id},
+`meta_data.json` {asin: {title, brand, category}} (`umap.json` is not needed here).
+
+Dev input is the train sequence with the val item as target; test input is train + val with the
+test item as target.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .fileio import read_json
+
+logger = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """Bad finetuning data; the message names the file and the offending user, item or key."""
+
+
+@dataclass
+class FinetuneData:
+    train: dict[str, list[int]]
+    val: dict[str, list[int]]
+    test: dict[str, list[int]]
+    item2id: dict[str, int]
+    items: list[dict]  # attribute dict per item id, in id order
+    name: str
+
+    @property
+    def num_items(self) -> int:
+        return len(self.items)
+
+    def train_sequences(self) -> list[list[int]]:
+        return list(self.train.values())
+
+    def dev_pairs(self) -> list[tuple[list[int], int]]:
+        """(history = train sequence, target = val item) per user with a val item."""
+        return [(self.train[u], v[0]) for u, v in self.val.items() if v]
+
+    def test_pairs(self) -> list[tuple[list[int], int]]:
+        """(history = train + val, target = test item) per user with a test item."""
+        return [(self.train[u] + self.val.get(u, []), t[0]) for u, t in self.test.items() if t]
+
+
+def _check_sequences(path: Path, data: object, num_items: int, allow_empty: bool) -> dict[str, list[int]]:
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object {{user id: [item ids]}}, got {type(data).__name__}")
+    if not data:
+        raise DataError(f"{path}: the dataset is empty (no users)")
+    out: dict[str, list[int]] = {}
+    for user, seq in data.items():
+        if not isinstance(seq, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in seq):
+            raise DataError(f"{path}: user {user}: expected a list of integer item ids, got {seq!r:.80}")
+        if not seq and not allow_empty:
+            raise DataError(f"{path}: user {user} has an empty sequence")
+        for i in seq:
+            if not 0 <= i < num_items:
+                raise DataError(
+                    f"{path}: user {user}: item id {i} is not in the item map (ids 0..{num_items - 1} from smap.json)"
+                )
+        out[str(user)] = seq
+    return out
+
+
+def load_finetune_data(
+    data_path: str | Path,
+    train_file: str = "train.json",
+    dev_file: str = "val.json",
+    test_file: str = "test.json",
+    item2id_file: str = "smap.json",
+    meta_file: str = "meta_data.json",
+) -> FinetuneData:
+    """Read and validate a processed finetuning folder; raise DataError/FileNotFoundError naming the problem."""
+    root = Path(data_path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: data folder not found")
+    paths = {name: root / f for name, f in (("train", train_file), ("dev", dev_file), ("test", test_file),
+                                            ("item2id", item2id_file), ("meta", meta_file))}
+    for p in paths.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: file not found")
+    item2id = read_json(paths["item2id"])
+    meta = read_json(paths["meta"])
+    if not isinstance(item2id, dict) or not item2id:
+        raise DataError(f"{paths['item2id']}: expected a non-empty JSON object {{asin: item id}}")
+    if not isinstance(meta, dict):
+        raise DataError(f"{paths['meta']}: expected a JSON object {{asin: attributes}}")
+    ids = sorted(item2id.values())
+    if ids != list(range(len(ids))):
+        dup = [i for i, c in Counter(item2id.values()).items() if c > 1]
+        raise DataError(
+            f"{paths['item2id']}: item ids must be 0..{len(ids) - 1} without gaps or repeats"
+            + (f" (id {dup[0]} appears twice)" if dup else "")
+        )
+    items: list[dict] = [{} for _ in ids]
+    for asin, i in item2id.items():
+        attrs = meta.get(asin)
+        if not isinstance(attrs, dict):
+            raise DataError(f"{paths['item2id']}: item {asin!r} (id {i}) has no entry in {paths['meta'].name}")
+        items[i] = attrs
+    train = _check_sequences(paths["train"], read_json(paths["train"]), len(items), allow_empty=False)
+    val = _check_sequences(paths["dev"], read_json(paths["dev"]), len(items), allow_empty=True)
+    test = _check_sequences(paths["test"], read_json(paths["test"]), len(items), allow_empty=True)
+    for path, split in ((paths["dev"], val), (paths["test"], test)):
+        for user in split:
+            if user not in train:
+                raise DataError(f"{path}: user {user} has no sequence in {paths['train'].name}")
+    logger.info("%s: %d users, %d items, %d train interactions", root.name, len(train), len(items),
+                sum(len(s) for s in train.values()))
+    return FinetuneData(train=train, val=val, test=test, item2id=item2id, items=items, name=root.name)
+
+
+def popularity_scores(sequences: list[list[int]], num_items: int) -> torch.Tensor:
+    """Interaction count of every item in `sequences` [N] (the popularity baseline's scores)."""
+    counts = torch.zeros(num_items, dtype=torch.float64)
+    flat = torch.tensor([i for s in sequences for i in s], dtype=torch.long)
+    if flat.numel():
+        counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))
+    return counts

@@ -1,0 +1,292 @@
+"""CPU runs of the finetuning loop and finetune.py on a tiny processed dataset with a tiny model."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import finetune as finetune_cli
+from recformer import RecformerForSeqRec, RecformerModel, RecformerTokenizer, load_checkpoint, ranking_metrics
+from recformer.collators import encode_item_sequences
+from recformer.finetune import FinetuneArgs, Finetuner, TrainingDiverged, encode_all_items, evaluate
+from recformer.finetune_data import load_finetune_data
+from recformer.item_tokens import tokenize_catalogue
+
+from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ft")
+    return {
+        "model": make_model_folder(root),
+        "ckpt": make_pretrained_checkpoint(root),
+        "data": make_dataset(root),
+        "root": root,
+    }
+
+
+def make_args(assets, out: Path, **overrides) -> FinetuneArgs:
+    args = FinetuneArgs(
+        pretrain_ckpt=str(assets["ckpt"]),
+        data_path=str(assets["data"]),
+        model_name_or_path=str(assets["model"]),
+        output_dir=str(out),
+        num_train_epochs=3,
+        verbose=1,
+        batch_size=8,
+        gradient_accumulation_steps=2,
+        finetune_negative_sample_size=-1,
+        warmup_steps=2,
+        learning_rate=1e-3,
+        device="cpu",
+        progress=False,
+    )
+    return replace(args, **overrides)
+
+
+@pytest.fixture(scope="module")
+def full_run(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("full")
+    metrics = Finetuner(make_args(assets, out)).run()
+    return out / "Tiny", metrics
+
+
+def test_files_written(full_run):
+    folder, metrics = full_run
+    for name in ("best_model.bin", "metrics.json", "train_log.jsonl", "args.json", "training_state.pt"):
+        assert (folder / name).is_file(), name
+    assert list((folder / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((folder / "metrics.json").read_text())
+    assert saved == json.loads(json.dumps(metrics))
+    assert set(saved) == {"zero_shot_test", "dev", "best_dev", "test"}
+    assert all({"stage", "epoch", "step", "NDCG@10", "Recall@50", "MRR", "AUC"} <= set(r) for r in saved["dev"])
+    assert saved["best_dev"]["NDCG@10"] == max(r["NDCG@10"] for r in saved["dev"])
+    log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+    assert {"loss", "lr", "seqs_per_s", "step"} <= set(log[0])
+    assert [r["step"] for r in log] == list(range(1, len(log) + 1))
+    # reference format: longformer.* + item_embedding.weight, loadable by the reference classes
+    state = torch.load(folder / "best_model.bin")
+    assert "item_embedding.weight" in state and state["item_embedding.weight"].shape == (30, 32)
+    assert all(k.startswith("longformer.") for k in state if k != "item_embedding.weight")
+    model = RecformerForSeqRec(finetune_config())
+    model.init_item_embedding(torch.zeros(30, 32))
+    model.load_state_dict(state, strict=True)
+    restored = RecformerForSeqRec.from_pretrained(folder / "best_model")
+    torch.testing.assert_close(restored.item_embedding.weight, state["item_embedding.weight"])
+    tokenizer = RecformerTokenizer.from_pretrained(str(folder / "best_model"), restored.config)
+    assert tokenizer.encode_item({"title": "red"})[0] == [263, 273]
+
+
+def test_final_test_metrics_are_those_of_the_best_checkpoint(full_run, assets):
+    folder, metrics = full_run
+    data = load_finetune_data(assets["data"])
+    config = finetune_config(item_num=30)
+    tokenizer = RecformerTokenizer.from_pretrained(str(assets["model"]), config)
+    model = RecformerForSeqRec(config)
+    load_checkpoint(model, folder / "best_model.bin")
+    table = tokenize_catalogue(tokenizer, data.items, progress=False)
+    got = evaluate(model, data.test_pairs(), tokenizer, table, 32, torch.device("cpu"), [10, 50], progress=False)
+    assert got == pytest.approx(metrics["test"], abs=1e-6)
+
+
+def test_zero_shot_equals_direct_evaluation_of_the_loaded_model(full_run, assets):
+    _, metrics = full_run
+    data = load_finetune_data(assets["data"])
+    config = finetune_config()
+    tokenizer = RecformerTokenizer.from_pretrained(str(assets["model"]), config)
+    encoder = RecformerModel(config).eval()
+    load_checkpoint(encoder, assets["ckpt"])
+    with torch.no_grad():
+        items = encoder(**tokenizer([[item] for item in data.items], return_tensor=True)).pooler_output
+        pairs = data.test_pairs()
+        batch = tokenizer([[data.items[i] for i in h] for h, _ in pairs], return_tensor=True)
+        pooled = encoder(**batch).pooler_output
+    scores = torch.nn.functional.cosine_similarity(pooled[:, None], items[None], dim=-1) / config.temp
+    expected = ranking_metrics(scores, torch.tensor([t for _, t in pairs]), ks=(10, 50))
+    assert metrics["zero_shot_test"] == pytest.approx(expected, abs=1e-5)
+
+
+def test_item_encoding_in_length_order_matches_one_by_one(assets):
+    data = load_finetune_data(assets["data"])
+    config = finetune_config()
+    tokenizer = RecformerTokenizer.from_pretrained(str(assets["model"]), config)
+    encoder = RecformerModel(config).eval()
+    table = tokenize_catalogue(tokenizer, data.items, progress=False)
+    batched = encode_all_items(encoder, tokenizer, table, 8, torch.device("cpu"), progress=False)
+    with torch.no_grad():
+        for i in (0, 7, 29):
+            alone = encoder(**encode_item_sequences(tokenizer, table, [[i]])).pooler_output[0]
+            torch.testing.assert_close(batched[i], alone, atol=1e-5, rtol=1e-5)
+
+
+def test_stage_two_starts_from_stage_one_best(assets, tmp_path, monkeypatch):
+    seen = {}
+    original = Finetuner.run_stage
+
+    def spy(self, stage):
+        if stage == 2:
+            best = torch.load(self.ckpt_path)
+            current = self.model.state_dict()
+            seen["equal"] = all(torch.equal(current[k], best[k]) for k in best)
+        return original(self, stage)
+
+    monkeypatch.setattr(Finetuner, "run_stage", spy)
+    Finetuner(make_args(assets, tmp_path, num_train_epochs=2)).run()
+    assert seen["equal"]
+
+
+def test_patience_and_best_checkpoint_selection(assets, tmp_path, monkeypatch):
+    scripted = iter([0.10, 0.30, 0.20, 0.25, 0.29, 0.30, 0.10,  # stage 1: best at epoch 1, then 5 without gain
+                     0.31, 0.05, 0.05, 0.05, 0.99])  # stage 2: one gain, then 3 without
+    saved_at = []
+    monkeypatch.setattr(Finetuner, "train_one_epoch", lambda self, stage, epoch: None)
+    original_eval = Finetuner.evaluate_split
+
+    def fake_eval(self, split):
+        if split == "test":
+            return original_eval(self, split)
+        value = next(scripted)
+        return {"NDCG@10": value, "Recall@10": value, "NDCG@50": value, "Recall@50": value, "MRR": value, "AUC": value}
+
+    monkeypatch.setattr(Finetuner, "evaluate_split", fake_eval)
+    original_save = Finetuner.save_best
+    monkeypatch.setattr(Finetuner, "save_best", lambda self: (saved_at.append((self.state["stage"], self.state["epoch"])), original_save(self)))
+    metrics = Finetuner(make_args(assets, tmp_path, num_train_epochs=20)).run()
+    dev = [(r["stage"], r["epoch"], r["NDCG@10"]) for r in metrics["dev"]]
+    assert dev == [(1, 0, 0.10), (1, 1, 0.30), (1, 2, 0.20), (1, 3, 0.25), (1, 4, 0.29), (1, 5, 0.30), (1, 6, 0.10),
+                   (2, 0, 0.31), (2, 1, 0.05), (2, 2, 0.05), (2, 3, 0.05)]
+    assert saved_at == [(1, -1), (1, 0), (1, 1), (2, 0)]  # zero-shot, then each improvement only
+    assert metrics["best_dev"]["stage"] == 2 and metrics["best_dev"]["NDCG@10"] == 0.31
+
+
+def test_kill_and_resume_equals_uninterrupted_run(assets, tmp_path, monkeypatch, full_run):
+    _, uninterrupted = full_run
+    original = Finetuner.train_one_epoch
+
+    def killed(self, stage, epoch):
+        if (stage, epoch) == (1, 2):
+            raise KeyboardInterrupt("killed")
+        return original(self, stage, epoch)
+
+    monkeypatch.setattr(Finetuner, "train_one_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Finetuner(make_args(assets, tmp_path)).run()
+    partial = json.loads((tmp_path / "Tiny" / "metrics.json").read_text())
+    assert len(partial["dev"]) == 2 and partial["test"] is None
+    monkeypatch.setattr(Finetuner, "train_one_epoch", original)
+    resumed = Finetuner(make_args(assets, tmp_path, resume=True)).run()
+    assert resumed == uninterrupted
+    steps = [json.loads(line)["step"] for line in (tmp_path / "Tiny" / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)
+
+
+def test_sampled_negatives_and_exclude_history_run(assets, tmp_path):
+    metrics = Finetuner(
+        make_args(assets, tmp_path, num_train_epochs=1, finetune_negative_sample_size=5, exclude_history=True)
+    ).run()
+    assert 0.0 <= metrics["test"]["NDCG@10"] <= 1.0
+
+
+@pytest.mark.parametrize("form", ["model", "folder"])
+def test_released_forms_load(assets, tmp_path, form):
+    state = torch.load(assets["ckpt"])
+    if form == "model":
+        path = tmp_path / "recformer_ckpt.bin"
+        torch.save({k[len("longformer."):]: v for k, v in state.items() if k.startswith("longformer.")}, path)
+    else:
+        path = tmp_path / "saved"
+        model = RecformerModel(finetune_config())
+        model.load_state_dict({k[len("longformer."):]: v for k, v in state.items() if k.startswith("longformer.")})
+        model.save_pretrained(path)
+    metrics = Finetuner(make_args(assets, tmp_path / "out", pretrain_ckpt=str(path), num_train_epochs=0)).run()
+    reference = Finetuner(make_args(assets, tmp_path / "ref", num_train_epochs=0)).run()
+    assert metrics["zero_shot_test"] == pytest.approx(reference["zero_shot_test"])
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(assets, tmp_path, monkeypatch):
+    args = make_args(assets, tmp_path)
+    finetuner = Finetuner(args)
+    calls = {"n": 0}
+    forward = RecformerForSeqRec.forward
+
+    def nan_after_a_while(self, *a, **kw):
+        loss = forward(self, *a, **kw)
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] > 7 and kw.get("labels") is not None else loss
+
+    monkeypatch.setattr(RecformerForSeqRec, "forward", nan_after_a_while)
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at stage 1 epoch 1 step \d+"):
+        finetuner.run()
+    good = torch.load(tmp_path / "Tiny" / "best_model.bin")
+    assert torch.isfinite(good["item_embedding.weight"]).all()
+
+
+def run_cli(argv, capsys):
+    code = finetune_cli.main(argv)
+    return code, capsys.readouterr().err
+
+
+def cli_args(assets, data, out, *extra):
+    return ["--pretrain_ckpt", str(assets["ckpt"]), "--data_path", str(data), "--model_name_or_path",
+            str(assets["model"]), "--output_dir", str(out), "--device", "cpu", "--num_train_epochs", "0",
+            "--no_progress", *extra]
+
+
+def corrupt(assets, tmp_path, file, obj):
+    data = make_dataset(tmp_path, name="Bad")
+    (data / file).write_text(json.dumps(obj))
+    return data
+
+
+@pytest.mark.parametrize(
+    "file, obj, message",
+    [
+        ("train.json", {"0": [1, 2], "1": [3, 99]}, r"train.json: user 1: item id 99 is not in the item map"),
+        ("train.json", {"0": [1, 2], "1": []}, r"train.json: user 1 has an empty sequence"),
+        ("train.json", {}, r"train.json: the dataset is empty"),
+        ("test.json", {"0": [77]}, r"test.json: user 0: item id 77 is not in the item map"),
+        ("meta_data.json", {}, r"smap.json: item 'B000000000' \(id 0\) has no entry in meta_data.json"),
+    ],
+)
+def test_bad_data_stops_before_training_naming_file_and_id(assets, tmp_path, capsys, file, obj, message):
+    data = corrupt(assets, tmp_path, file, obj)
+    code, err = run_cli(cli_args(assets, data, tmp_path / "out"), capsys)
+    assert code == 2
+    assert re.search(message, err), err
+    assert not (tmp_path / "out" / "Bad" / "best_model.bin").exists()
+
+
+def test_missing_data_file(assets, tmp_path, capsys):
+    data = make_dataset(tmp_path, name="Missing")
+    (data / "val.json").unlink()
+    code, err = run_cli(cli_args(assets, data, tmp_path / "out"), capsys)
+    assert code == 2 and "val.json: file not found" in err
+
+
+def test_zero_batch_size_is_refused(assets, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        finetune_cli.main(cli_args(assets, assets["data"], tmp_path, "--batch_size", "0"))
+    assert exit_info.value.code == 2
+    assert "--batch_size: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_checkpoint_with_other_hidden_size_is_refused(assets, tmp_path, capsys):
+    wrong = make_pretrained_checkpoint(tmp_path, hidden_size=48)
+    argv = cli_args(assets, assets["data"], tmp_path / "out")
+    argv[1] = str(wrong)
+    code, err = run_cli(argv, capsys)
+    assert code == 2
+    assert "longformer.embeddings.word_embeddings.weight: checkpoint (275, 48) vs model (275, 32)" in err
+
+
+def test_cli_end_to_end_prints_table(assets, tmp_path, capsys):
+    code = finetune_cli.main(cli_args(assets, assets["data"], tmp_path, "--num_train_epochs", "1", "--batch_size", "8"))
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "zero-shot test" in out and "finetuned test" in out and "NDCG@10" in out
