@@ -1,0 +1,57 @@
+"""Checks that need a CUDA GPU; skipped (not faked) on CPU-only machines."""
+
+import pytest
+import torch
+
+from recformer import RecformerForSeqRec, RecformerModel
+from recformer.finetune import FinetuneArgs, Finetuner, autocast_context
+
+from .finetune_fixtures import make_dataset, make_model_folder, make_pretrained_checkpoint
+from .test_modeling import batch_of
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def test_gpu_forward_matches_cpu_and_fp16_is_close(tokenizer, config):
+    model = RecformerModel(config).eval()
+    batch = batch_of(tokenizer, [[0, 1, 2], [3], []])
+    with torch.no_grad():
+        cpu = model(**batch).last_hidden_state
+        model.cuda()
+        gpu_batch = {k: v.cuda() for k, v in batch.items()}
+        gpu = model(**gpu_batch).last_hidden_state.cpu()
+        with autocast_context(torch.device("cuda"), fp16=True, bf16=False):
+            half = model(**gpu_batch).last_hidden_state.float().cpu()
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(gpu[mask], cpu[mask], atol=1e-4, rtol=1e-4)
+    assert torch.nn.functional.cosine_similarity(half[mask], cpu[mask], dim=-1).min() > 0.999
+
+
+def test_seqrec_scoring_on_gpu(tokenizer, config):
+    model = RecformerForSeqRec(config).eval().cuda()
+    model.init_item_embedding(torch.randn(1000, config.hidden_size))
+    assert model.item_embedding.weight.is_cuda
+    with torch.no_grad():
+        scores = model(**{k: v.cuda() for k, v in batch_of(tokenizer, [[0, 1]]).items()})
+    assert scores.shape == (1, 1000) and scores.is_cuda
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_finetune_with_mixed_precision_on_gpu(tmp_path, precision):
+    args = FinetuneArgs(
+        pretrain_ckpt=str(make_pretrained_checkpoint(tmp_path)),
+        data_path=str(make_dataset(tmp_path)),
+        model_name_or_path=str(make_model_folder(tmp_path)),
+        output_dir=str(tmp_path / "out"),
+        num_train_epochs=2,
+        verbose=1,
+        batch_size=8,
+        gradient_accumulation_steps=2,
+        finetune_negative_sample_size=-1,
+        device="cuda",
+        progress=False,
+        **{precision: True},
+    )
+    metrics = Finetuner(args).run()
+    assert 0.0 <= metrics["test"]["NDCG@10"] <= 1.0
+    assert len(metrics["dev"]) >= 2
