@@ -1,0 +1,390 @@
+"""Recformer pretraining with PyTorch Lightning (SPEC H): the LightningModule and the data module.
+
+Imported only by pretraining code: `import recformer` never imports this module (nor Lightning,
+nor DeepSpeed).
+
+Data (SPEC G): `train.json` / `dev.json` are JSON lists of asin lists (one chronological sequence
+per user), `meta_data.json` maps asin -> {title, brand, category}. Asins missing from the metadata
+are dropped from their sequences (counted and logged); sequences left with fewer than 2 items have
+no (history, next item) pair and are skipped (counted and logged).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import zlib
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+from transformers import get_linear_schedule_with_warmup
+
+from .collators import PretrainCollator
+from .configuration import RecformerConfig
+from .fileio import read_json
+from .item_tokens import TokenizedItems, tokenize_catalogue
+from .modeling import RecformerForPretraining
+from .tokenization import RecformerTokenizer
+
+logger = logging.getLogger(__name__)
+
+# Parameter names that get no weight decay (biases and LayerNorm weights, as in the reference).
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
+
+
+class PretrainDataError(ValueError):
+    """Pretraining input that cannot be used; the message names the file."""
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class SequenceStats:
+    """What `read_pretrain_sequences` kept and dropped."""
+
+    sequences_read: int = 0
+    sequences_kept: int = 0
+    missing_asins: int = 0
+    short_sequences: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"{self.sequences_kept}/{self.sequences_read} sequences kept; "
+            f"{self.missing_asins} asins missing from the metadata skipped; "
+            f"{self.short_sequences} sequences with fewer than 2 items skipped"
+        )
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def read_item_metadata(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
+    """`meta_data.json`: {asin: {attribute: text}}; anything else raises PretrainDataError naming the file."""
+    try:
+        meta = read_json(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise PretrainDataError(str(e)) from None
+    if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
+        raise PretrainDataError(
+            f"{path}: expected a JSON object mapping each asin to its attributes "
+            '(e.g. {"B0001": {"title": "...", "brand": "...", "category": "..."}})'
+        )
+    if not meta:
+        raise PretrainDataError(f"{path}: holds no items")
+    return meta
+
+
+def read_pretrain_sequences(
+    path: str | os.PathLike, known_items: Mapping[str, Any] | set
+) -> tuple[list[list[str]], SequenceStats]:
+    """Read a list of asin lists, dropping asins without metadata and sequences left shorter than 2.
+
+    Raises:
+        PretrainDataError: the file is missing, is not JSON, or is not a list of asin lists.
+    """
+    try:
+        data = read_json(path)
+    except (FileNotFoundError, ValueError) as e:
+        raise PretrainDataError(str(e)) from None
+    bad = None
+    if not isinstance(data, list):
+        bad = f"the top level is {type(data).__name__}"
+    else:
+        for i, seq in enumerate(data):
+            if not isinstance(seq, list) or not all(isinstance(a, str) for a in seq):
+                bad = f"entry {i} is {_describe(seq)}"
+                break
+    if bad is not None:
+        raise PretrainDataError(
+            f'{path}: expected a JSON list of asin lists (e.g. [["B0001", "B0002"], ...]); {bad}'
+        )
+    stats = SequenceStats(sequences_read=len(data))
+    sequences = []
+    for seq in data:
+        kept = [a for a in seq if a in known_items]
+        stats.missing_asins += len(seq) - len(kept)
+        if len(kept) < 2:
+            stats.short_sequences += 1
+            continue
+        sequences.append(kept)
+    stats.sequences_kept = len(sequences)
+    logger.info("%s: %s", path, stats.summary())
+    if not sequences:
+        raise PretrainDataError(f"{path}: no sequence with at least 2 known items ({stats.summary()})")
+    return sequences, stats
+
+
+class IndexedSequences(Dataset):
+    """Sequences as `(index, sequence)` pairs, so a collate function can seed itself from the indices."""
+
+    def __init__(self, sequences: Sequence[Sequence[Hashable]]):
+        self.sequences = sequences
+
+    def __len__(self) -> int:
+        return len(self.sequences)
+
+    def __getitem__(self, i: int) -> tuple[int, Sequence[Hashable]]:
+        return i, self.sequences[i]
+
+
+class SeededPretrainCollate:
+    """Wraps a PretrainCollator and sets its random source per batch.
+
+    `deterministic=True` (validation): the rng is seeded from the seed and the batch's indices, so
+    every validation pass sees the same pairs and masks whatever the worker layout. Otherwise
+    (training) the rng continues across batches; in a DataLoader worker it is re-seeded from torch's
+    per-worker seed, so workers never repeat each other's draws.
+    """
+
+    def __init__(self, collator: PretrainCollator, seed: int, deterministic: bool = False):
+        self.collator = collator
+        self.seed = seed
+        self.deterministic = deterministic
+        self._seeded_for: tuple | None = None
+
+    def __call__(self, batch: Sequence[tuple[int, Sequence[Hashable]]]) -> dict[str, torch.Tensor]:
+        indices = [i for i, _ in batch]
+        if self.deterministic:
+            self.collator.rng.seed(zlib.crc32(repr((self.seed, indices)).encode()))
+        else:
+            info = torch.utils.data.get_worker_info()
+            if info is not None and self._seeded_for != (info.id, torch.initial_seed()):
+                self._seeded_for = (info.id, torch.initial_seed())
+                self.collator.rng.seed(torch.initial_seed())
+        return self.collator([seq for _, seq in batch])
+
+
+class PretrainDataModule(pl.LightningDataModule):
+    """Reads the pretraining files, tokenizes the catalogue once (disk cache) and serves pair batches."""
+
+    def __init__(
+        self,
+        tokenizer: RecformerTokenizer,
+        train_file: str | os.PathLike,
+        dev_file: str | os.PathLike,
+        item_attr_file: str | os.PathLike,
+        batch_size: int = 16,
+        mlm_probability: float = 0.15,
+        num_workers: int = 0,
+        seed: int = 42,
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+    ):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.train_file, self.dev_file, self.item_attr_file = train_file, dev_file, item_attr_file
+        self.batch_size = batch_size
+        self.mlm_probability = mlm_probability
+        self.num_workers = num_workers
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.progress = progress
+        self.items: TokenizedItems | None = None
+        self.train_sequences: list[list[str]] = []
+        self.dev_sequences: list[list[str]] = []
+        self.stats: dict[str, SequenceStats] = {}
+
+    def load(self) -> None:
+        """Read and validate the files and tokenize the items (idempotent)."""
+        if self.items is not None:
+            return
+        meta = read_item_metadata(self.item_attr_file)
+        self.train_sequences, self.stats["train"] = read_pretrain_sequences(self.train_file, meta)
+        self.dev_sequences, self.stats["dev"] = read_pretrain_sequences(self.dev_file, meta)
+        asins = list(meta)
+        self.items = tokenize_catalogue(
+            self.tokenizer, [meta[a] for a in asins], keys=asins, cache_dir=self.cache_dir, progress=self.progress
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        self.load()
+
+    def _loader(self, sequences, shuffle: bool, rank_seed: int, deterministic: bool) -> DataLoader:
+        collator = PretrainCollator(self.tokenizer, self.items, self.mlm_probability, rng=random.Random(rank_seed))
+        return DataLoader(
+            IndexedSequences(sequences),
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=SeededPretrainCollate(collator, rank_seed, deterministic=deterministic),
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=False,
+        )
+
+    def _rank(self) -> int:
+        return self.trainer.global_rank if self.trainer is not None else 0
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_sequences, True, self.seed + self._rank(), deterministic=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.dev_sequences, False, self.seed, deterministic=True)
+
+
+# -- model ---------------------------------------------------------------------------------------
+
+
+def batch_tokens(batch: Mapping[str, torch.Tensor]) -> int:
+    """Real (non-pad) tokens of both sides of a pretraining batch."""
+    return int(sum(batch[k].sum() for k in ("attention_mask_a", "attention_mask_b") if k in batch))
+
+
+class RecformerPretrainModule(pl.LightningModule):
+    """Lightning wrapper of `RecformerForPretraining` (SPEC H).
+
+    AdamW (no decay on biases and LayerNorm weights), linear decay to 0 over
+    `trainer.estimated_stepping_batches` after `warmup_steps` of linear warm-up. Logs train loss,
+    contrastive accuracy, both MLM losses, learning rate and throughput; validation loss and accuracy
+    (sum of correct retrievals / sum of pairs over the whole dev set and all ranks).
+
+    Args:
+        config: the Recformer config (a dict is accepted so the checkpoint's hyperparameters rebuild it).
+        model: an already-initialised model (its start point loaded); built from `config` when None.
+        fix_word_embedding: freeze the word embeddings (the reference run did).
+    """
+
+    def __init__(
+        self,
+        config: RecformerConfig | dict,
+        model: RecformerForPretraining | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        fix_word_embedding: bool = False,
+        adam_epsilon: float = 1e-8,
+    ):
+        super().__init__()
+        config_dict = config.to_dict() if isinstance(config, RecformerConfig) else dict(config)
+        self.save_hyperparameters(
+            {
+                "config": config_dict,
+                "learning_rate": learning_rate,
+                "weight_decay": weight_decay,
+                "warmup_steps": warmup_steps,
+                "fix_word_embedding": fix_word_embedding,
+                "adam_epsilon": adam_epsilon,
+            }
+        )
+        self.model = model if model is not None else RecformerForPretraining(RecformerConfig.from_dict(config_dict))
+        if fix_word_embedding:
+            self.model.longformer.embeddings.word_embeddings.weight.requires_grad_(False)
+        self._val_correct = 0
+        self._val_total = 0
+        self._tick: float | None = None
+        self._window = [0, 0, 0.0]  # sequences, tokens, seconds since the last log
+        self.throughput_totals = {"sequences": 0, "tokens": 0, "seconds": 0.0, "batches": 0}
+        self.batches_trained = 0  # by this process in this run (a resumed run starts at 0)
+
+    def forward(self, **batch: torch.Tensor):
+        return self.model(**batch)
+
+    # -- training ------------------------------------------------------------------------------
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        self._tick = time.perf_counter()
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.model(**batch)
+        bs = batch["input_ids_a"].size(0)
+        self.log("train_loss", out.loss, prog_bar=True, batch_size=bs)
+        self.log("train_cl_loss", out.cl_loss, batch_size=bs)
+        self.log("train_accuracy", out.cl_correct_num.float() / out.cl_total_num, prog_bar=True, batch_size=bs)
+        if out.mlm_loss_a is not None:
+            self.log("train_mlm_loss_a", out.mlm_loss_a, batch_size=bs)
+        if out.mlm_loss_b is not None:
+            self.log("train_mlm_loss_b", out.mlm_loss_b, batch_size=bs)
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
+        return out.loss
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if self._tick is None:
+            return
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        seconds = time.perf_counter() - self._tick
+        self.batches_trained += 1
+        n_seq, n_tok = batch["input_ids_a"].size(0), batch_tokens(batch)
+        # The first batches pay for compilation and allocator warm-up; leave them out of the totals.
+        if self.global_step >= 2 or batch_idx >= 2 * self.trainer.accumulate_grad_batches:
+            totals = self.throughput_totals
+            totals["sequences"] += n_seq
+            totals["tokens"] += n_tok
+            totals["seconds"] += seconds
+            totals["batches"] += 1
+        self._window[0] += n_seq
+        self._window[1] += n_tok
+        self._window[2] += seconds
+        if self._window[2] > 0 and (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            self.log("train_seq_per_s", self._window[0] / self._window[2], batch_size=n_seq)
+            self.log("train_tokens_per_s", self._window[1] / self._window[2], batch_size=n_seq)
+            self._window = [0, 0, 0.0]
+
+    # -- validation ----------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_correct = 0
+        self._val_total = 0
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        out = self.model(**batch)
+        bs = batch["input_ids_a"].size(0)
+        self.log("val_loss", out.loss, sync_dist=True, batch_size=bs)
+        self._val_correct += int(out.cl_correct_num)
+        self._val_total += int(out.cl_total_num)
+
+    def on_validation_epoch_end(self) -> None:
+        counts = torch.tensor([self._val_correct, self._val_total], dtype=torch.float64, device=self.device)
+        counts = self.trainer.strategy.reduce(counts, reduce_op="sum")  # sums over ranks
+        accuracy = (counts[0] / counts[1].clamp(min=1)).float()
+        # Already identical on every rank; sync_dist keeps Lightning's bookkeeping consistent.
+        self.log("val_accuracy", accuracy, prog_bar=True, sync_dist=True)
+
+    # -- optimisation --------------------------------------------------------------------------
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Trainable parameters split into a decayed group and a no-decay group (biases, LayerNorm weights)."""
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if any(nd in name for nd in NO_DECAY) else decay).append(param)
+        return [
+            {"params": decay, "weight_decay": self.hparams.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.learning_rate, eps=self.hparams.adam_epsilon)
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, self.hparams.warmup_steps, max(total, 1))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def throughput_summary(module: RecformerPretrainModule) -> dict[str, float]:
+    """Sequences/s, tokens/s (per process, warm-up batches excluded) and peak GPU memory in GiB."""
+    t = module.throughput_totals
+    out = {
+        "batches_trained": module.batches_trained,
+        "batches_timed": t["batches"],
+        "sequences_per_s": t["sequences"] / t["seconds"] if t["seconds"] else float("nan"),
+        "tokens_per_s": t["tokens"] / t["seconds"] if t["seconds"] else float("nan"),
+    }
+    if torch.cuda.is_available():
+        out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def checkpoint_hparams(path: str | os.PathLike) -> dict[str, Any]:
+    """Hyperparameters stored in a Lightning checkpoint file, or {} when there are none."""
+    path = Path(path)
+    if path.is_dir():
+        return {}
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    return dict(ckpt.get("hyper_parameters", {})) if isinstance(ckpt, dict) else {}
