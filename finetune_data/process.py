@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from recformer import amazon
@@ -64,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(amazon.dump_stats({"args": vars(args), **stats}))
+    print(f"full stats: {os.path.join(args.output_path, amazon.STATS_FILE)}")
     return 0
 
 

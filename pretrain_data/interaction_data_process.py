@@ -64,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(amazon.dump_stats({"args": vars(args), **stats}))
+    print(f"full stats: {os.path.join(args.output_dir, amazon.STATS_FILE)}")
     return 0
 
 

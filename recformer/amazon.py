@@ -745,9 +745,19 @@ def process_pretrain_interactions(
     return stats
 
 
-def dump_stats(stats: Mapping[str, Any]) -> str:
-    """Stats as indented JSON text, for printing."""
-    return dumps_json(stats, indent=True).decode("utf-8")
+def dump_stats(stats: Mapping[str, Any], per_file: bool = False) -> str:
+    """Stats as indented JSON text, for printing; the per-file lists are left out unless `per_file`."""
+
+    def brief(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {k: brief(v) for k, v in value.items() if per_file or not _is_file_list(v)}
+        return value
+
+    return dumps_json(brief(stats), indent=True).decode("utf-8")
+
+
+def _is_file_list(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
 
 
 def format_args(args: Any) -> str:
