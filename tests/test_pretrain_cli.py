@@ -1,0 +1,213 @@
+"""End-to-end CPU runs of the pretraining CLIs: start point, training, resume, conversion, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("pytorch_lightning")
+
+from recformer import (  # noqa: E402
+    RecformerConfig,
+    RecformerForPretraining,
+    RecformerForSeqRec,
+    RecformerModel,
+    RecformerTokenizer,
+    load_checkpoint,
+)
+from recformer.lightning_module import PretrainDataModule  # noqa: E402
+
+from .pretrain_fixtures import TINY_FIELD_FLAGS, make_longformer_folder, write_corpus  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS, MORE_STEPS = 30, 8
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd or ROOT, env=ENV, capture_output=True, text=True)
+
+
+def ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def pretrain_args(ws: dict, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        ROOT / "lightning_pretrain.py", "--model_name_or_path", ws["longformer"], "--longformer_ckpt", ws["start"],
+        "--train_file", ws["data"]["train"], "--dev_file", ws["data"]["dev"], "--item_attr_file", ws["data"]["meta"],
+        "--output_dir", output_dir, "--batch_size", "8", "--learning_rate", "1e-3", "--device", "cpu",
+        "--valid_step", "10", "--log_step", "5", "--dataloader_num_workers", "0", "--no_progress",
+        *TINY_FIELD_FLAGS, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory) -> dict:
+    """Tiny Longformer, start point, corpus (with a missing asin and a 1-item sequence), one training run."""
+    root = tmp_path_factory.mktemp("pretrain")
+    longformer = make_longformer_folder(root / "longformer-tiny")
+    data = write_corpus(root / "data", n_items=120, n_train=240, n_dev=40)
+    train = json.loads(data["train"].read_text())
+    train += [["B00001", "NOT-IN-META", "B00005"], ["B00002"]]
+    data["train"].write_text(json.dumps(train))
+    start = root / "start" / "longformer-tiny.bin"
+    ws = {"root": root, "longformer": longformer, "data": data, "start": start}
+    ws["start_log"] = ok(run(ROOT / "save_longformer_ckpt.py", "--model_name_or_path", longformer, "--output", start,
+                             *TINY_FIELD_FLAGS))  # fmt: skip
+    ws["out"] = root / "run"
+    ws["train_log"] = ok(run(*pretrain_args(ws, ws["out"], "--max_steps", str(STEPS))))
+    return ws
+
+
+def test_save_longformer_ckpt_writes_file_and_folder(ws):
+    start, folder = ws["start"], ws["start"].with_name(ws["start"].stem)
+    state = torch.load(start, weights_only=True)
+    assert len(state) == 58 and state["longformer.embeddings.token_type_embeddings.weight"].shape == (4, 32)
+    assert {"config.json", "tokenizer_config.json"} <= {p.name for p in folder.iterdir()}
+    config = RecformerConfig.from_pretrained(folder)
+    assert (config.max_token_num, config.max_item_embeddings, config.attention_window) == (256, 51, [4, 8])
+    model = RecformerForPretraining.from_pretrained(folder)
+    assert torch.equal(model.lm_head.dense.weight, state["lm_head.dense.weight"])
+    for word in ("copied:", "reshaped: 1", "new: 2", "item_position_embeddings"):
+        assert word in ws["start_log"]
+
+
+def dev_loss(ws: dict, model: RecformerForPretraining) -> float:
+    """Mean loss over the dev set with the deterministic dev batches."""
+    folder = ws["start"].with_name(ws["start"].stem)
+    tokenizer = RecformerTokenizer.from_pretrained(str(folder), model.config)
+    data = ws["data"]
+    dm = PretrainDataModule(tokenizer, data["train"], data["dev"], data["meta"], batch_size=8, progress=False)
+    dm.load()
+    model.eval()
+    with torch.no_grad():
+        losses = [model(**batch).loss.item() for batch in dm.val_dataloader()]
+    return sum(losses) / len(losses)
+
+
+def test_training_lowers_the_loss_and_writes_its_outputs(ws):
+    out, log = ws["out"], ws["train_log"]
+    checkpoints = out / "checkpoints"
+    assert (checkpoints / "last.ckpt").is_file()
+    assert len(list(checkpoints.glob("step=*-acc=*.ckpt"))) == 3  # validations at 10, 20, 30
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert json.loads((out / "args.json").read_text())["max_steps"] == STEPS
+    assert "strategy: a plain Lightning strategy" in log and "resolved arguments:" in log
+    assert "1 asins missing from the metadata skipped; 1 sequences with fewer than 2 items skipped" in log
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == STEPS and summary["tokens_per_s"] > 0
+    assert 0.0 <= summary["best_val_accuracy"] <= 1.0
+    config = RecformerConfig.from_pretrained(ws["start"].with_name(ws["start"].stem))
+    start = RecformerForPretraining(config)
+    load_checkpoint(start, ws["start"])
+    trained = RecformerForPretraining(config)
+    load_checkpoint(trained, checkpoints / "last.ckpt")
+    before, after = dev_loss(ws, start), dev_loss(ws, trained)
+    assert after < before - 0.1, (before, after)
+
+
+def test_resume_continues_the_step_count(ws):
+    out = ws["root"] / "resumed"
+    log = ok(run(*pretrain_args(ws, out, "--max_steps", str(STEPS + MORE_STEPS), "--ckpt",
+                                ws["out"] / "checkpoints" / "last.ckpt")))  # fmt: skip
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["global_step"] == STEPS + MORE_STEPS
+    assert summary["batches_trained"] == MORE_STEPS, log[-2000:]
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == STEPS + MORE_STEPS and ckpt["optimizer_states"] and ckpt["lr_schedulers"]
+
+
+def check_released(out: Path, config: RecformerConfig) -> dict[str, torch.Tensor]:
+    model_state = torch.load(out / "recformer_ckpt.bin", weights_only=True)
+    RecformerModel(config).load_state_dict(model_state, strict=True)
+    seqrec_state = torch.load(out / "recformer_seqrec_ckpt.bin", weights_only=True)
+    result = RecformerForSeqRec(config).load_state_dict(seqrec_state, strict=False)
+    assert result.missing_keys == [] and {k.split(".")[0] for k in result.unexpected_keys} == {"lm_head"}
+    assert len(result.unexpected_keys) == 7
+    for folder in ("recformer", "recformer_seqrec"):
+        assert (out / folder / "config.json").is_file() and (out / folder / "tokenizer_config.json").is_file()
+    RecformerModel.from_pretrained(out / "recformer")
+    return seqrec_state
+
+
+def test_convert_lightning_checkpoint(ws):
+    out = ws["root"] / "released"
+    log = ok(run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", ws["out"] / "checkpoints" / "last.ckpt",
+                 "--longformer_ckpt", ws["start"], "--output_dir", out))  # fmt: skip
+    assert "Lightning checkpoint" in log and "strict load into RecformerModel OK" in log
+    config = RecformerConfig.from_pretrained(ws["start"].with_name(ws["start"].stem))
+    seqrec_state = check_released(out, config)
+    trained = torch.load(ws["out"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    key = "longformer.encoder.layer.1.attention.self.value_global.weight"
+    assert torch.equal(seqrec_state[key], trained["model." + key])
+    # finetune.py takes it directly
+    seqrec = RecformerForSeqRec(config)
+    load_checkpoint(seqrec, out / "recformer_seqrec_ckpt.bin")
+
+
+def test_convert_deepspeed_zero2_folder(ws):
+    """A real ZeRO-2 checkpoint written by DeepSpeed's engine on CPU (gloo), in a subprocess."""
+    pytest.importorskip("deepspeed")
+    folder = ws["root"] / "ds" / "last.ckpt"
+    ok(run("-m", "tests.zero2_checkpoint", ws["start"].with_name(ws["start"].stem), ws["data"]["train"].parent, folder))
+    assert (folder / "latest").is_file() and list(folder.glob("checkpoint/*optim_states.pt"))
+    out = ws["root"] / "released-ds"
+    log = ok(run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", folder, "--longformer_ckpt", ws["start"],
+                 "--output_dir", out))  # fmt: skip
+    assert "DeepSpeed checkpoint folder" in log and "restored: 1" in log
+    config = RecformerConfig.from_pretrained(ws["start"].with_name(ws["start"].stem))
+    seqrec_state = check_released(out, config)
+    expected = torch.load(folder.with_suffix(".expected.pt"), weights_only=True)
+    start = torch.load(ws["start"], weights_only=True)
+    for key, value in seqrec_state.items():
+        if key == "longformer.embeddings.word_embeddings.weight":  # frozen: restored from the start point
+            assert torch.equal(value, start[key])
+        elif value.is_floating_point():
+            assert torch.allclose(value, expected["model." + key].float(), atol=1e-6), key
+        else:
+            assert torch.equal(value, expected["model." + key]), key
+    assert not torch.equal(seqrec_state["lm_head.dense.weight"], start["lm_head.dense.weight"])  # it trained
+
+
+def test_bad_train_file(ws, tmp_path):
+    bad = tmp_path / "train.json"
+    bad.write_text(json.dumps({"user": ["B00001"]}))
+    args = pretrain_args(ws, tmp_path / "out", "--max_steps", "1")
+    args[args.index("--train_file") + 1] = bad
+    result = run(*args)
+    assert result.returncode == 2
+    assert f"error: {bad}: expected a JSON list of asin lists" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_wrong_size_longformer_checkpoint(ws, tmp_path):
+    other = make_longformer_folder(tmp_path / "longformer-48", hidden_size=48, intermediate_size=40)
+    wrong = tmp_path / "wrong.bin"
+    ok(run(ROOT / "save_longformer_ckpt.py", "--model_name_or_path", other, "--output", wrong, *TINY_FIELD_FLAGS))
+    args = pretrain_args(ws, tmp_path / "out", "--max_steps", "1")
+    args[args.index("--longformer_ckpt") + 1] = wrong
+    result = run(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "longformer.embeddings.word_embeddings.weight: checkpoint (275, 48) vs model (275, 32)" in result.stderr
+
+
+def test_neither_checkpoint_format(ws, tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_text("not a checkpoint")
+    result = run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", junk, "--longformer_ckpt", ws["start"],
+                 "--output_dir", tmp_path / "out")  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{junk}: is neither a DeepSpeed checkpoint folder, a Lightning .ckpt nor a consolidated state dict" in result.stderr
+    folder = tmp_path / "empty.ckpt"
+    folder.mkdir()
+    result = run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", folder, "--longformer_ckpt", ws["start"],
+                 "--output_dir", tmp_path / "out")  # fmt: skip
+    assert result.returncode == 2 and "without DeepSpeed *_model_states.pt files" in result.stderr
