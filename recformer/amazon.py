@@ -13,7 +13,8 @@ Text is kept exactly as in the raw files (HTML entities such as ``&amp;`` includ
 Three builders, one per command-line script:
 
 * `build_finetune_dataset` / `process_finetune` -> ``umap.json``, ``smap.json``, ``train.json``,
-  ``val.json``, ``test.json``, ``meta_data.json`` (``finetune_data/process.py``);
+  ``val.json``, ``test.json``, ``meta_data.json`` (``finetune_data/process.py``); as in the reference,
+  ``meta_data.json`` holds every item of the meta file that has a title, and readers keep those in ``smap``;
 * `build_pretrain_meta` / `process_pretrain_meta` -> ``meta_data.json`` (``pretrain_data/meta_data_process.py``);
 * `process_pretrain_interactions` -> ``train.json``, ``dev.json`` (``pretrain_data/interaction_data_process.py``).
 
@@ -475,9 +476,8 @@ def build_finetune_dataset(
             if item_id[pos] < 0:
                 item_id[pos] = len(smap_positions)
                 smap_positions.append(pos)
-        items = [
-            item_id[positions[i]] for i in sorted(range(n), key=times.__getitem__)
-        ]  # stable: ties keep file order
+        order = sorted(range(n), key=times.__getitem__)  # a stable sort: tied times keep file order
+        items = [item_id[positions[i]] for i in order]
         train[uid], val[uid], test[uid] = items[:-2], [items[-2]], [items[-1]]
         interactions += n
     smap = {asins[pos]: sid for sid, pos in enumerate(smap_positions)}
@@ -519,10 +519,8 @@ def process_finetune(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Read one category's review and meta files and write the finetuning folder; return the stats."""
-    file_path, meta_file_path = (
-        resolve_input(file_path),
-        resolve_input(meta_file_path),
-    )  # fail before any work
+    # Both inputs must exist before any work starts.
+    file_path, meta_file_path = resolve_input(file_path), resolve_input(meta_file_path)
     meta_stats, review_stats = FileStats(str(meta_file_path)), FileStats(str(file_path))
     meta, duplicates = load_meta(meta_file_path, meta_stats, progress)
     data = build_finetune_dataset(
@@ -582,26 +580,23 @@ def build_pretrain_meta(
 
     meta_stats = [FileStats(str(p)) for p in meta_paths]
     meta: dict[str, dict[str, str]] = {}
-    titled: set[str] = set()
     replaced = 0
     for path, st in zip(meta_paths, meta_stats):
         for asin, rec in iter_meta(path, st, progress):
-            titled.add(asin)
             if asin in reviewed:
                 replaced += asin in meta
                 meta[asin] = rec
+    title_words = sum(len(r["title"].split()) for r in meta.values())
     stats = {
         **_sum_stats(review_stats + meta_stats),
         "reviews": [s.to_dict() for s in review_stats],
         "meta": [s.to_dict() for s in meta_stats],
-        "meta_items_with_title": len(titled),
+        "meta_records_with_title": sum(s.records for s in meta_stats),
         "reviewed_items": len(reviewed),
-        "reviewed_items_without_meta": len(reviewed - titled),
+        "reviewed_items_without_meta": len(reviewed) - len(meta),  # selected = reviewed and described
         "replaced_meta_records": replaced,
         "items": len(meta),
-        "avg_title_words": round(sum(len(r["title"].split()) for r in meta.values()) / len(meta), 4)
-        if meta
-        else 0.0,
+        "avg_title_words": round(title_words / len(meta), 4) if meta else 0.0,
     }
     return meta, stats
 
@@ -634,18 +629,18 @@ def build_pretrain_sequences(
     Only items in `items` count; a reviewer with none gets no sequence. Sequences of one item are kept (the
     reference keeps them; the pretraining collator cannot make a pair from them) and counted.
     """
-    canonical = _Canonical(items)
-    sequences: dict[str, list] = {}  # reviewerID -> flat [time, asin, time, asin, ...]
-    times: dict[int, int] = {}  # shares one int object per distinct day
+    # Memory is what limits this at full scale (tens of millions of reviews), so a sequence holds shared
+    # objects only: the item table's own asin strings and one int per distinct time.
+    canonical = {asin: asin for asin in items}
+    times: dict[int, int] = {}
+    sequences: defaultdict[str, list] = defaultdict(list)  # reviewerID -> flat [time, asin, time, asin, ...]
     without_meta = 0
     for user, asin, t in reviews:
         asin = canonical.get(asin)
         if asin is None:
             without_meta += 1
             continue
-        seq = sequences.get(user)
-        if seq is None:
-            sequences[user] = seq = []
+        seq = sequences[user]
         seq.append(times.setdefault(t, t))
         seq.append(asin)
     out, seen, interactions, singles = [], set(), 0, 0
@@ -663,14 +658,6 @@ def build_pretrain_sequences(
         "single_item_sequences": singles,
     }
     return out, stats
-
-
-class _Canonical:
-    """Map an asin to the one string object held by the item table, so sequences share strings."""
-
-    def __init__(self, items: Iterable[str]):
-        self._map = {a: a for a in items}
-        self.get = self._map.get
 
 
 def _write_sequence_split(
@@ -723,9 +710,11 @@ def process_pretrain_interactions(
     """Write ``train.json`` and ``dev.json`` (JSON lists of asin lists) for pretraining; return the stats."""
     train_paths = category_paths(seq_root, train_categories, "{}_5.json.gz")
     dev_paths = category_paths(seq_root, dev_categories, "{}_5.json.gz")
-    items = read_json(meta_file)
-    if not isinstance(items, dict):
+    meta = read_json(meta_file)
+    if not isinstance(meta, dict):
         raise ValueError(f"{meta_file}: expected a JSON object {{asin: {{title, brand, category}}}}")
+    items = dict.fromkeys(meta)  # only the asins are needed; let the records go
+    del meta
     output_dir = _begin_output(output_dir)
     train = _write_sequence_split(output_dir / "train.json", train_paths, items, progress)
     dev = _write_sequence_split(output_dir / "dev.json", dev_paths, items, progress)

@@ -108,7 +108,7 @@ def test_meta_data_process_matches_hand_worked_output(raw, tmp_path):
     assert read_json(out / "meta_data.json") == EXPECTED_META
     assert read_json(out / "stats.json") == stats
     assert stats["items"] == 7
-    assert stats["meta_items_with_title"] == 8  # a1 a2 s1 u1 b1 c1 c2 x1
+    assert stats["meta_records_with_title"] == 9  # a1 a2 s1 u1 | b1 s1 | c1 c2 x1
     assert stats["reviewed_items"] == 9  # a1 a2 s1 x1 n1 zz b1 c1 c2
     assert stats["reviewed_items_without_meta"] == 2  # n1, zz
     assert stats["replaced_meta_records"] == 1  # s1
