@@ -1,21 +1,30 @@
 """Recformer: text-only sequential recommendation with a Longformer-derived encoder.
 
-Importing this package loads torch and transformers only (no Lightning, no DeepSpeed).
+The public names are loaded on first use, so `import recformer.amazon` (data processing) does not
+pay for torch and transformers. Nothing here imports Lightning or DeepSpeed.
 """
 
-from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
-from .configuration import RecformerConfig
-from .metrics import ranking_metrics
-from .modeling import (
-    RecformerForPretraining,
-    RecformerForSeqRec,
-    RecformerModel,
-    RecformerModelOutput,
-    RecformerPretrainingOutput,
-)
-from .tokenization import RecformerTokenizer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "CheckpointError": ".checkpoint",
+    "LoadReport": ".checkpoint",
+    "load_checkpoint": ".checkpoint",
+    "read_state_dict": ".checkpoint",
+    "RecformerConfig": ".configuration",
+    "ranking_metrics": ".metrics",
+    "RecformerForPretraining": ".modeling",
+    "RecformerForSeqRec": ".modeling",
+    "RecformerModel": ".modeling",
+    "RecformerModelOutput": ".modeling",
+    "RecformerPretrainingOutput": ".modeling",
+    "RecformerTokenizer": ".tokenization",
+}
 
 __all__ = [
     "CheckpointError",
@@ -31,3 +40,30 @@ __all__ = [
     "ranking_metrics",
     "read_state_dict",
 ]
+assert sorted(__all__) == sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'recformer' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
+    from .configuration import RecformerConfig
+    from .metrics import ranking_metrics
+    from .modeling import (
+        RecformerForPretraining,
+        RecformerForSeqRec,
+        RecformerModel,
+        RecformerModelOutput,
+        RecformerPretrainingOutput,
+    )
+    from .tokenization import RecformerTokenizer

@@ -17,3 +17,9 @@ def test_public_api():
 
     for name in ("RecformerConfig", "RecformerModel", "RecformerForPretraining", "RecformerForSeqRec", "RecformerTokenizer"):
         assert hasattr(recformer, name)
+
+
+def test_data_processing_import_is_light():
+    code = "import sys, recformer.amazon\nsys.exit(1 if 'torch' in sys.modules or 'transformers' in sys.modules else 0)\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
