@@ -7,7 +7,8 @@ import random
 import shutil
 from pathlib import Path
 
-from .conftest import FFN, HEADS, HIDDEN, LAYERS, TINY_TOKENIZER_DIR, VOCAB_SIZE, WINDOWS
+from .conftest import TINY_TOKENIZER_DIR, WINDOWS, tiny_config
+from .finetune_fixtures import MODEL_FIELDS
 
 TINY_MAX_POSITIONS = 300
 TINY_FIELD_FLAGS = ["--max_token_num", "256", "--attention_window", *map(str, WINDOWS)]
@@ -22,27 +23,23 @@ BRANDS = ["acme", "zen", "nova", "orbit", "polar"]
 ADJECTIVES = ["red", "blue", "soft", "warm", "small", "large", "steel", "wool"]
 
 
-def make_longformer_folder(root: Path, **overrides) -> Path:
-    """A randomly initialised tiny `LongformerForMaskedLM` saved with save_pretrained + the tiny tokenizer."""
-    import torch
-    from transformers import LongformerConfig, LongformerForMaskedLM
+def longformer_config(**overrides):
+    """A plain `LongformerConfig` with the tiny sizes of `tiny_config` (overridable), one token type."""
+    from transformers import LongformerConfig
 
-    fields = dict(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=HIDDEN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        intermediate_size=FFN,
-        max_position_embeddings=TINY_MAX_POSITIONS,
-        attention_window=list(WINDOWS),
-        type_vocab_size=1,
-        layer_norm_eps=1e-5,
-    )
-    fields.update(overrides)
+    config = tiny_config(**{"max_position_embeddings": TINY_MAX_POSITIONS, **overrides})
+    return LongformerConfig(type_vocab_size=1, **{k: getattr(config, k) for k in MODEL_FIELDS})
+
+
+def make_longformer_folder(root: Path, **overrides) -> Path:
+    """A randomly initialised `LongformerForMaskedLM` (tiny unless overridden) saved with save_pretrained + the tiny tokenizer."""
+    import torch
+    from transformers import LongformerForMaskedLM
+
     folder = Path(root)
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    LongformerForMaskedLM(LongformerConfig(**fields)).save_pretrained(folder)
+    LongformerForMaskedLM(longformer_config(**overrides)).save_pretrained(folder)
     copy_tokenizer(folder)
     return folder
 

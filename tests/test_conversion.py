@@ -17,6 +17,8 @@ from recformer.conversion import (
 )
 
 from .conftest import tiny_config
+from .finetune_fixtures import MODEL_FIELDS
+from .pretrain_fixtures import longformer_config
 
 KEYS_FILE = Path(__file__).resolve().parents[2] / "shared" / "spec" / "upstream_state_dict_keys.txt"
 BASE = dict(
@@ -27,9 +29,7 @@ REFERENCE_FIELDS = dict(max_attr_num=3, max_attr_length=32, max_item_embeddings=
 
 
 def tiny_longformer(config) -> LongformerForMaskedLM:
-    fields = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
-              "max_position_embeddings", "attention_window", "layer_norm_eps")  # fmt: skip
-    return LongformerForMaskedLM(LongformerConfig(type_vocab_size=1, **{k: getattr(config, k) for k in fields}))
+    return LongformerForMaskedLM(longformer_config(**{k: getattr(config, k) for k in MODEL_FIELDS}))
 
 
 @pytest.fixture

@@ -211,3 +211,18 @@ def test_neither_checkpoint_format(ws, tmp_path):
     result = run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", folder, "--longformer_ckpt", ws["start"],
                  "--output_dir", tmp_path / "out")  # fmt: skip
     assert result.returncode == 2 and "without DeepSpeed *_model_states.pt files" in result.stderr
+
+
+def test_finetune_takes_the_converted_checkpoint(ws, tmp_path):
+    """The three pretraining commands, then finetune.py --pretrain_ckpt on their output."""
+    from .finetune_fixtures import make_dataset
+
+    released = ws["root"] / "released"
+    if not (released / "recformer_seqrec_ckpt.bin").is_file():
+        ok(run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", ws["out"] / "checkpoints" / "last.ckpt",
+               "--longformer_ckpt", ws["start"], "--output_dir", released))  # fmt: skip
+    data = make_dataset(tmp_path, users=20, items=15)
+    log = ok(run(ROOT / "finetune.py", "--pretrain_ckpt", released / "recformer_seqrec_ckpt.bin", "--data_path", data,
+                 "--model_name_or_path", released / "recformer_seqrec", "--output_dir", tmp_path / "ft",
+                 "--device", "cpu", "--num_train_epochs", "1", "--batch_size", "8", "--no_progress"))  # fmt: skip
+    assert "zero-shot test" in log and "NDCG@10" in log
