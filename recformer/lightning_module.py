@@ -18,7 +18,6 @@ import time
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -143,7 +142,7 @@ class SeededPretrainCollate:
     `deterministic=True` (validation): the rng is seeded from the seed and the batch's indices, so
     every validation pass sees the same pairs and masks whatever the worker layout. Otherwise
     (training) the rng continues across batches; in a DataLoader worker it is re-seeded from torch's
-    per-worker seed, so workers never repeat each other's draws.
+    per-worker seed and the rank's seed, so workers and ranks never repeat each other's draws.
     """
 
     def __init__(self, collator: PretrainCollator, seed: int, deterministic: bool = False):
@@ -160,7 +159,8 @@ class SeededPretrainCollate:
             info = torch.utils.data.get_worker_info()
             if info is not None and self._seeded_for != (info.id, torch.initial_seed()):
                 self._seeded_for = (info.id, torch.initial_seed())
-                self.collator.rng.seed(torch.initial_seed())
+                # torch's worker seed is the same on every rank; self.seed carries the rank.
+                self.collator.rng.seed(zlib.crc32(repr((self.seed, torch.initial_seed())).encode()))
         return self.collator([seq for _, seq in batch])
 
 
@@ -379,12 +379,3 @@ def throughput_summary(module: RecformerPretrainModule) -> dict[str, float]:
     if torch.cuda.is_available():
         out["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     return out
-
-
-def checkpoint_hparams(path: str | os.PathLike) -> dict[str, Any]:
-    """Hyperparameters stored in a Lightning checkpoint file, or {} when there are none."""
-    path = Path(path)
-    if path.is_dir():
-        return {}
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    return dict(ckpt.get("hyper_parameters", {})) if isinstance(ckpt, dict) else {}
