@@ -50,7 +50,9 @@ class _Tok:
 def reference_way(model, tok, table, device, batch_size=16):
     out = []
     for start in range(0, len(table), batch_size):
-        batch = encode_item_sequences(tok, table, [[i] for i in range(start, min(start + batch_size, len(table)))])
+        batch = encode_item_sequences(
+            tok, table, [[i] for i in range(start, min(start + batch_size, len(table)))]
+        )
         out.append(model(**{k: v.to(device) for k, v in batch.items()}).pooler_output.float().cpu())
     return torch.cat(out)
 
@@ -63,10 +65,28 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=128)
     a = p.parse_args()
     device = torch.device(a.device)
-    dims = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072, vocab_size=50265) \
-        if a.size == "base" else dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=3000)
-    config = RecformerConfig(**dims, max_position_embeddings=1030, attention_window=[64] * dims["num_hidden_layers"],
-                             max_attr_num=3, max_attr_length=32, max_item_embeddings=51, max_token_num=1024)
+    dims = (
+        dict(
+            hidden_size=768,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            intermediate_size=3072,
+            vocab_size=50265,
+        )
+        if a.size == "base"
+        else dict(
+            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=256, vocab_size=3000
+        )
+    )
+    config = RecformerConfig(
+        **dims,
+        max_position_embeddings=1030,
+        attention_window=[64] * dims["num_hidden_layers"],
+        max_attr_num=3,
+        max_attr_length=32,
+        max_item_embeddings=51,
+        max_token_num=1024,
+    )
     torch.manual_seed(0)
     model = RecformerModel(config).to(device).eval()
     tok = _Tok(config)
@@ -87,14 +107,20 @@ def main() -> None:
     line = f"{a.items} items, {a.size} model, {device}"
     print(f"item encoding ({line})")
     print(f"  reference way (id order, batch 16, fp32): {t_ref:7.2f} s  {a.items / t_ref:8.0f} items/s")
-    print(f"  ours (length-sorted, batch {a.batch_size}, fp32):     {t_ours:7.2f} s  {a.items / t_ours:8.0f} items/s"
-          f"   max |diff| {(ref - ours).abs().max().item():.2e}")
+    print(
+        f"  ours (length-sorted, batch {a.batch_size}, fp32):     {t_ours:7.2f} s  {a.items / t_ours:8.0f} items/s"
+        f"   max |diff| {(ref - ours).abs().max().item():.2e}"
+    )
     if device.type == "cuda":
         amp = lambda: autocast_context(device, fp16=True, bf16=False)  # noqa: E731
-        half, t_half = timed(lambda: encode_all_items(model, tok, table, a.batch_size, device, amp, progress=False))
+        half, t_half = timed(
+            lambda: encode_all_items(model, tok, table, a.batch_size, device, amp, progress=False)
+        )
         cos = torch.nn.functional.cosine_similarity(half, ref, dim=-1).min().item()
-        print(f"  ours + fp16 autocast:                       {t_half:7.2f} s  {a.items / t_half:8.0f} items/s"
-              f"   min cosine to fp32 {cos:.5f}")
+        print(
+            f"  ours + fp16 autocast:                       {t_half:7.2f} s  {a.items / t_half:8.0f} items/s"
+            f"   min cosine to fp32 {cos:.5f}"
+        )
 
 
 if __name__ == "__main__":

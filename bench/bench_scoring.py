@@ -39,8 +39,12 @@ print(json.dumps({"extra_mb": (peak - base) / 1024, "seconds": elapsed, "shape":
 
 
 def run(items: int, hidden: int, batch: int, mode: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", CHILD, str(items), str(hidden), str(batch), mode],
-                         check=True, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(items), str(hidden), str(batch), mode],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -49,15 +53,21 @@ def main() -> None:
     p.add_argument("--items", type=int, default=1_000_000)
     p.add_argument("--hidden", type=int, default=768)
     p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--broadcast_items", type=int, default=20_000, help="table size for the broadcast baseline")
+    p.add_argument(
+        "--broadcast_items", type=int, default=20_000, help="table size for the broadcast baseline"
+    )
     a = p.parse_args()
     ours = run(a.items, a.hidden, a.batch, "matmul")
     base = run(a.broadcast_items, a.hidden, a.batch, "broadcast")
     scale = a.items / a.broadcast_items
     print(f"scoring a batch of {a.batch} against {a.items:,} items x {a.hidden} (CPU)")
-    print(f"  matrix product (ours):   extra memory {ours['extra_mb']:9.1f} MB   time {ours['seconds']:.3f} s")
-    print(f"  broadcast cosine (ref.): extra memory {base['extra_mb'] * scale:9.1f} MB   time {base['seconds'] * scale:.3f} s"
-          f"   (measured on {a.broadcast_items:,} items, scaled x{scale:.0f})")
+    print(
+        f"  matrix product (ours):   extra memory {ours['extra_mb']:9.1f} MB   time {ours['seconds']:.3f} s"
+    )
+    print(
+        f"  broadcast cosine (ref.): extra memory {base['extra_mb'] * scale:9.1f} MB   time {base['seconds'] * scale:.3f} s"
+        f"   (measured on {a.broadcast_items:,} items, scaled x{scale:.0f})"
+    )
 
 
 if __name__ == "__main__":
