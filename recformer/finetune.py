@@ -489,9 +489,11 @@ class Finetuner:
                 if args.max_grad_norm:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+                scale = self.scaler.get_scale()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
-                self.scheduler.step()
+                if self.scaler.get_scale() >= scale:  # fp16 skips the step when gradients overflow
+                    self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.state["global_step"] += 1
                 elapsed = max(time.perf_counter() - t0, 1e-9)

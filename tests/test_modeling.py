@@ -209,3 +209,14 @@ def test_seqrec_requires_an_item_table(tokenizer, config):
         RecformerForSeqRec(config)(**batch_of(tokenizer, [[0]]))
     with pytest.raises(ValueError, match=r"item embeddings must be \[num_items, 32\]"):
         RecformerForSeqRec(config).init_item_embedding(torch.zeros(3, 5))
+
+
+def test_side_with_nothing_masked_contributes_zero(tokenizer, config):
+    model = RecformerForPretraining(config).eval()
+    batch = PretrainCollator(tokenizer, tokenizer.encode_items(ITEMS), rng=random.Random(0))([[0, 1], [2, 3]])
+    batch["mlm_labels_b"] = torch.full_like(batch["mlm_labels_b"], -100)
+    out = model(**batch)
+    assert torch.isfinite(out.loss) and out.mlm_loss_b.item() == 0.0
+    torch.testing.assert_close(out.loss, out.cl_loss + config.mlm_weight * out.mlm_loss_a)
+    out.loss.backward()
+    assert model.lm_head.dense.weight.grad is not None
