@@ -10,8 +10,6 @@ Writes umap.json, smap.json, train.json, val.json, test.json, meta_data.json and
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 from recformer import amazon
@@ -49,10 +47,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(amazon.format_args(args))
-    try:
-        stats = amazon.process_finetune(
+    return amazon.run_cli(
+        args,
+        args.output_path,
+        lambda: amazon.process_finetune(
             args.file_path,
             args.meta_file_path,
             args.output_path,
@@ -60,13 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             user_sample_rate=args.user_sample_rate,
             seed=args.seed,
             progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(amazon.dump_stats({"args": vars(args), **stats}))
-    print(f"full stats: {os.path.join(args.output_path, amazon.STATS_FILE)}")
-    return 0
+        ),
+    )
 
 
 if __name__ == "__main__":

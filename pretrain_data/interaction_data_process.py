@@ -10,7 +10,6 @@ with stats.json beside them. Run pretrain_data/meta_data_process.py first. Examp
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 
@@ -49,23 +48,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(amazon.format_args(args))
-    try:
-        stats = amazon.process_pretrain_interactions(
+    return amazon.run_cli(
+        args,
+        args.output_dir,
+        lambda: amazon.process_pretrain_interactions(
             args.seq_root,
             args.meta_file,
             args.output_dir,
             args.train_categories,
             args.dev_categories,
             progress=not args.no_progress,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(amazon.dump_stats({"args": vars(args), **stats}))
-    print(f"full stats: {os.path.join(args.output_dir, amazon.STATS_FILE)}")
-    return 0
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -9,8 +9,6 @@ record replaces an earlier one. Writes meta_data.json and stats.json to --output
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import sys
 
 from recformer import amazon
@@ -35,18 +33,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    print(amazon.format_args(args))
-    try:
-        stats = amazon.process_pretrain_meta(
+    return amazon.run_cli(
+        args,
+        args.output_dir,
+        lambda: amazon.process_pretrain_meta(
             args.meta_root, args.seq_root, args.output_dir, args.categories, progress=not args.no_progress
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(amazon.dump_stats({"args": vars(args), **stats}))
-    print(f"full stats: {os.path.join(args.output_dir, amazon.STATS_FILE)}")
-    return 0
+        ),
+    )
 
 
 if __name__ == "__main__":

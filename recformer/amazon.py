@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import random
+import sys
 import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -752,3 +753,18 @@ def _is_file_list(value: Any) -> bool:
 def format_args(args: Any) -> str:
     """Resolved command-line arguments, one per line, for the scripts to print once."""
     return "arguments:\n" + "\n".join(f"  {k} = {v}" for k, v in vars(args).items())
+
+
+def run_cli(args: Any, output_dir: str | os.PathLike, job: Any) -> int:
+    """What the three processing scripts do around their job: print the arguments, run `job()`,
+    print a stats summary (or one error line naming the file) and return the exit code."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    print(format_args(args))
+    try:
+        stats = job()
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(dump_stats({"args": vars(args), **stats}))
+    print(f"full stats: {os.path.join(output_dir, STATS_FILE)}")
+    return 0
