@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         finetuner = Finetuner(args)
         metrics = finetuner.run()
-    except (DataError, CheckpointError, FileNotFoundError, ValueError, TrainingDiverged) as e:
+    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()

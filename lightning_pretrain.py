@@ -26,23 +26,25 @@ from save_longformer_ckpt import DEFAULT_MODEL, add_recformer_field_args, field_
 logger = logging.getLogger("lightning_pretrain")
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+DEFAULT_START = "longformer_ckpt/longformer-base-4096.bin"  # the reference default
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model_name_or_path", default=DEFAULT_MODEL,
                    help="Longformer masked-LM (hub id or folder), or a Recformer start-point folder: config + tokenizer")
-    p.add_argument("--longformer_ckpt", default=None,
-                   help="start point written by save_longformer_ckpt.py (default: convert --model_name_or_path now)")
+    p.add_argument("--longformer_ckpt", default=DEFAULT_START,
+                   help="start point written by save_longformer_ckpt.py (the reference default; when that default "
+                        "file is absent, --model_name_or_path is converted now)")
     p.add_argument("--train_file", required=True, help="JSON list of asin lists")
     p.add_argument("--dev_file", required=True, help="JSON list of asin lists")
     p.add_argument("--item_attr_file", required=True, help="meta_data.json: {asin: {title, brand, category}}")
     p.add_argument("--output_dir", required=True)
     p.add_argument("--ckpt", default=None, help="Lightning checkpoint to resume from (model, optimizer, schedule, epoch, step)")
-    p.add_argument("--num_train_epochs", type=int, default=32)
+    p.add_argument("--num_train_epochs", type=int, default=10)
     p.add_argument("--max_steps", type=int, default=-1, help="optimizer steps (overrides the epochs when > 0)")
-    p.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    p.add_argument("--batch_size", type=int, default=16, help="sequences per device per batch")
+    p.add_argument("--gradient_accumulation_steps", type=int, default=8)
+    p.add_argument("--batch_size", type=int, default=2, help="sequences per device per batch")
     p.add_argument("--learning_rate", type=float, default=5e-5)
     p.add_argument("--weight_decay", type=float, default=0.0)
     p.add_argument("--warmup_steps", type=int, default=0)
@@ -52,7 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temp", type=float, default=None, help="similarity temperature (config default 0.05)")
     p.add_argument("--fix_word_embedding", action="store_true", help="freeze the word embeddings")
     p.add_argument("--valid_step", type=int, default=2000, help="validate (and checkpoint) every N training batches")
-    p.add_argument("--log_step", type=int, default=100, help="log every N optimizer steps")
+    p.add_argument("--log_step", type=int, default=2000, help="log every N optimizer steps")
     p.add_argument("--preprocessing_num_workers", type=int, default=8, help="tokenizer threads")
     p.add_argument("--dataloader_num_workers", type=int, default=2)
     p.add_argument("--device", default="auto",
@@ -110,9 +112,13 @@ def build_model(args: argparse.Namespace, config):
 
     model = RecformerForPretraining(config)
     config_file = Path(args.model_name_or_path) / "config.json"
-    if args.longformer_ckpt:
-        report = load_checkpoint(model, args.longformer_ckpt)
-        logger.info("start point %s: %s", args.longformer_ckpt, report.summary())
+    start = args.longformer_ckpt
+    if start == DEFAULT_START and not Path(start).is_file():
+        logger.info("no start point at the default %s: converting %s instead", start, args.model_name_or_path)
+        start = None
+    if start:
+        report = load_checkpoint(model, start)
+        logger.info("start point %s: %s", start, report.summary())
     elif config_file.is_file() and is_recformer_config_dict(read_json(config_file)):
         report = load_checkpoint(model, args.model_name_or_path)
         logger.info("start point %s: %s", args.model_name_or_path, report.summary())

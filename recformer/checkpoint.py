@@ -175,8 +175,9 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | dict, strict_l
 
     if isinstance(model, RecformerModel):
         encoder, target_prefix = model, ""
-        report.ignored += [k for k in extra]
-        wanted_extra: dict[str, torch.Tensor] = {}
+        known = [k for k in extra if k.startswith(LM_HEAD_PREFIX) or k == ITEM_TABLE_KEY]
+        report.ignored += known
+        wanted_extra: dict[str, torch.Tensor] = {k: v for k, v in extra.items() if k not in known}
     elif isinstance(model, (RecformerForSeqRec, RecformerForPretraining)):
         encoder, target_prefix = model.longformer, PREFIX
         wanted_extra = {}
@@ -218,7 +219,7 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | dict, strict_l
         unexpected += [k for k in wanted_extra if not k.startswith(LM_HEAD_PREFIX)]
         shapes_of = {**{target_prefix + k: v for k, v in expected.items()}, **head_expected}
     else:
-        unexpected += [k for k in wanted_extra if k != ITEM_TABLE_KEY]
+        unexpected += [k for k in wanted_extra if k != ITEM_TABLE_KEY or isinstance(model, RecformerModel)]
         shapes_of = {target_prefix + k: v for k, v in expected.items()}
 
     mismatched = [

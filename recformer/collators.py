@@ -9,7 +9,6 @@ collator tokenizes text. All randomness comes from the `random.Random` passed in
 from __future__ import annotations
 
 import random
-import string
 import unicodedata
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -92,19 +91,23 @@ class EvalCollator:
         return out
 
 
-def _is_punctuation_token(token: str) -> bool:
-    text = token.replace("\u0120", " ").strip()  # byte-level BPE writes a leading space as 'Ġ'
-    return bool(text) and all(ch in string.punctuation or unicodedata.category(ch).startswith("P") for ch in text)
+def _is_punctuation(ch: str) -> bool:
+    """BERT's punctuation test: the ASCII symbol ranges plus every Unicode `P*` category."""
+    cp = ord(ch)
+    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
+        return True
+    return unicodedata.category(ch).startswith("P")
 
 
 class WholeWordMasker:
-    """Whole-word MLM masking on padded input ids (SPEC F).
+    """Whole-word MLM masking on padded input ids, as the reference pretraining collator does it.
 
-    A word is a BPE group: a token that does not begin with the byte-level space marker 'Ġ' and is
-    not punctuation continues the previous word. Words are chosen in random order until
-    round(length * probability) tokens are covered (HF's whole-word recipe, on the padded row);
-    each chosen token becomes `<mask>` with probability 0.8, a random token with 0.1, or stays.
-    Special tokens and padding are never chosen. Labels are -100 wherever nothing was chosen.
+    A word is a BPE group: a token whose text does not begin with a space (byte-level 'Ġ') and whose
+    first character is not punctuation continues the previous word. Every token but `<s>`/`</s>`
+    is a candidate (padding too: the reference pads before masking), words are taken in random order
+    until round(padded length * probability) tokens are covered, and special tokens among them
+    (padding, `<unk>`, `<mask>`) are then left out. Each chosen token becomes `<mask>` with
+    probability 0.8, a random token with 0.1, or stays. Labels are -100 where nothing was chosen.
     """
 
     def __init__(self, tokenizer: RecformerTokenizer, mlm_probability: float = 0.15, max_predictions: int = 512):
@@ -115,16 +118,17 @@ class WholeWordMasker:
         self.mask_token_id = tokenizer.mask_token_id
         self.vocab_size = len(tokenizer)
         tokens = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
+        self.skipped_ids = {tokenizer.bos_token_id, tokenizer.eos_token_id}
         self.special_ids = set(tokenizer.all_special_ids)
         self.continues_word = [
-            tok is not None and not tok.startswith("\u0120") and not _is_punctuation_token(tok) for tok in tokens
+            bool(tok) and not tok.startswith("\u0120") and not _is_punctuation(tok[0]) for tok in tokens
         ]
 
     def words(self, ids: Sequence[int]) -> list[list[int]]:
-        """Positions of each maskable word of one row."""
+        """Positions of each candidate word of one row."""
         words: list[list[int]] = []
         for i, tid in enumerate(ids):
-            if tid in self.special_ids:
+            if tid in self.skipped_ids:
                 continue
             if words and self.continues_word[tid]:
                 words[-1].append(i)
@@ -149,6 +153,8 @@ class WholeWordMasker:
                     continue
                 chosen.extend(word)
             for i in chosen:
+                if ids[i] in self.special_ids:
+                    continue
                 labels[b, i] = ids[i]
                 r = rng.random()
                 if r < 0.8:

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from .checkpoint import load_checkpoint
 from .collators import EvalCollator, FinetuneCollator, encode_item_sequences
 from .configuration import REFERENCE_SCRIPT_VALUES, RecformerConfig, is_recformer_config_dict
-from .fileio import atomic_torch_save, atomic_write_json, read_json
+from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from .finetune_data import FinetuneData, load_finetune_data
 from .item_tokens import TokenizedItems, tokenize_catalogue, tokenizer_fingerprint
 from .metrics import compute_ranks, metrics_from_ranks
@@ -386,7 +386,8 @@ class Finetuner:
                 logger.warning("tensorboard is not installed: no event files")
                 self.writer = False
             else:
-                self.writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"))
+                purge = getattr(self, "_tb_purge_step", None)  # on resume, drop events after the state
+                self.writer = SummaryWriter(log_dir=str(self.out_dir / "tensorboard"), purge_step=purge)
         return self.writer or None
 
     def _write_metrics(self) -> None:
@@ -429,9 +430,19 @@ class Finetuner:
         random.setstate(payload["python_rng"])
         np.random.set_state(payload["numpy_rng"])
         self.state = payload["state"]
+        self._trim_train_log(self.state["global_step"])
         logger.info("--resume: continuing after stage %d epoch %d (step %d)", self.state["stage"],
                     self.state["epoch"], self.state["global_step"])
         return True
+
+    def _trim_train_log(self, last_step: int) -> None:
+        """Drop log records of steps after the resumed state (they are trained again)."""
+        path = self.out_dir / "train_log.jsonl"
+        if path.is_file():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        self._tb_purge_step = last_step + 1
 
     def save_best(self) -> None:
         atomic_torch_save(self.model.state_dict(), self.ckpt_path)

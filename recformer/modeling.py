@@ -453,9 +453,9 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
         if embeddings is None:
             if self.config.item_num <= 0:
                 raise ValueError("init_item_embedding() without a tensor needs config.item_num > 0")
-            self.item_embedding = nn.Embedding(self.config.item_num, self.config.hidden_size)
-            self._init_weights(self.item_embedding)
-            return
+            table = nn.Embedding(self.config.item_num, self.config.hidden_size)
+            self._init_weights(table)
+            embeddings = table.weight.detach()
         if embeddings.dim() != 2 or embeddings.size(1) != self.config.hidden_size:
             raise ValueError(
                 f"item embeddings must be [num_items, {self.config.hidden_size}], got {tuple(embeddings.shape)}"

@@ -161,3 +161,11 @@ def test_save_pretrained_round_trip(tmp_path, cls, tokenizer):
         assert restored.lm_head.decoder.bias is restored.lm_head.bias
     if cls is RecformerForSeqRec:
         assert restored.config.item_num == 13
+
+
+@pytest.mark.parametrize("target", [RecformerModel, RecformerForSeqRec])
+def test_unknown_extra_keys_fail_for_every_target(config, pretrain_state, target):
+    state = dict(pretrain_state)
+    state["classifier.weight"] = torch.zeros(2, 32)
+    with pytest.raises(CheckpointError, match=r"unexpected keys: \[classifier.weight\]"):
+        load_checkpoint(target(config), state)

@@ -63,9 +63,12 @@ def test_eval_collator_uses_the_whole_history(tokenizer, table):
 
 def test_whole_word_groups(tokenizer):
     masker = WholeWordMasker(tokenizer)
-    # <s> title red | Ġshoe brand b | ! | <pad>
-    ids = [0, TITLE, RED, SHOE, BRAND, byte("b"), byte("!"), 1]
-    assert masker.words(ids) == [[1, 2], [3, 4, 5], [6]]
+    # <s> title red | Ġshoe brand b | ! | <pad> | <pad>: padding is a candidate (each pad its own word,
+    # '<' being punctuation) that is dropped after the choice, as in the reference
+    ids = [0, TITLE, RED, SHOE, BRAND, byte("b"), byte("!"), 1, 1]
+    assert masker.words(ids) == [[1, 2], [3, 4, 5], [6], [7], [8]]
+    # a token starting with punctuation starts a word even if it goes on with letters
+    assert masker.continues_word[byte("b")] and not masker.continues_word[byte("!")]
 
 
 def test_masking_is_whole_word_never_special_and_repeatable(tokenizer):

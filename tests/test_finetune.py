@@ -166,24 +166,27 @@ def test_patience_and_best_checkpoint_selection(assets, tmp_path, monkeypatch):
 
 
 def test_kill_and_resume_equals_uninterrupted_run(assets, tmp_path, monkeypatch, full_run):
-    _, uninterrupted = full_run
-    original = Finetuner.train_one_epoch
+    folder_full, uninterrupted = full_run
+    original_log = Finetuner._log_jsonl
 
-    def killed(self, stage, epoch):
-        if (stage, epoch) == (1, 2):
-            raise KeyboardInterrupt("killed")
-        return original(self, stage, epoch)
+    def killed_mid_epoch(self, record):
+        original_log(self, record)
+        if (record["stage"], record["epoch"]) == (1, 2):
+            raise KeyboardInterrupt("killed")  # after a logged step of epoch 2, before its evaluation
 
-    monkeypatch.setattr(Finetuner, "train_one_epoch", killed)
+    monkeypatch.setattr(Finetuner, "_log_jsonl", killed_mid_epoch)
     with pytest.raises(KeyboardInterrupt):
         Finetuner(make_args(assets, tmp_path)).run()
     partial = json.loads((tmp_path / "Tiny" / "metrics.json").read_text())
     assert len(partial["dev"]) == 2 and partial["test"] is None
-    monkeypatch.setattr(Finetuner, "train_one_epoch", original)
+    monkeypatch.setattr(Finetuner, "_log_jsonl", original_log)
     resumed = Finetuner(make_args(assets, tmp_path, resume=True)).run()
     assert resumed == uninterrupted
-    steps = [json.loads(line)["step"] for line in (tmp_path / "Tiny" / "train_log.jsonl").read_text().splitlines()]
-    assert steps == sorted(steps)
+
+    def steps(folder):
+        return [json.loads(line)["step"] for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+    assert steps(tmp_path / "Tiny") == steps(folder_full)  # no step logged twice, none missing
 
 
 def test_sampled_negatives_and_exclude_history_run(assets, tmp_path):
@@ -290,3 +293,10 @@ def test_cli_end_to_end_prints_table(assets, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "zero-shot test" in out and "finetuned test" in out and "NDCG@10" in out
+
+
+def test_missing_model_folder_is_a_clear_error(assets, tmp_path, capsys):
+    argv = cli_args(assets, assets["data"], tmp_path / "out")
+    argv[argv.index("--model_name_or_path") + 1] = str(tmp_path / "no_such_model")
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and err.startswith("error:") and "Traceback" not in err

@@ -43,7 +43,7 @@ def pretrain_args(ws: dict, output_dir: Path, *extra: str) -> list[str]:
     return [
         ROOT / "lightning_pretrain.py", "--model_name_or_path", ws["longformer"], "--longformer_ckpt", ws["start"],
         "--train_file", ws["data"]["train"], "--dev_file", ws["data"]["dev"], "--item_attr_file", ws["data"]["meta"],
-        "--output_dir", output_dir, "--batch_size", "8", "--learning_rate", "1e-3", "--device", "cpu",
+        "--output_dir", output_dir, "--batch_size", "8", "--gradient_accumulation_steps", "1", "--learning_rate", "1e-3", "--device", "cpu",
         "--valid_step", "10", "--log_step", "5", "--dataloader_num_workers", "0", "--no_progress",
         *TINY_FIELD_FLAGS, *extra,
     ]  # fmt: skip
@@ -224,5 +224,5 @@ def test_finetune_takes_the_converted_checkpoint(ws, tmp_path):
     data = make_dataset(tmp_path, users=20, items=15)
     log = ok(run(ROOT / "finetune.py", "--pretrain_ckpt", released / "recformer_seqrec_ckpt.bin", "--data_path", data,
                  "--model_name_or_path", released / "recformer_seqrec", "--output_dir", tmp_path / "ft",
-                 "--device", "cpu", "--num_train_epochs", "1", "--batch_size", "8", "--no_progress"))  # fmt: skip
+                 "--device", "cpu", "--num_train_epochs", "1", "--batch_size", "8", "--gradient_accumulation_steps", "1", "--no_progress"))  # fmt: skip
     assert "zero-shot test" in log and "NDCG@10" in log
