@@ -16,6 +16,7 @@ import sys
 from dataclasses import asdict
 
 from recformer.checkpoint import CheckpointError
+from recformer.configuration import add_recformer_field_args
 from recformer.finetune import FinetuneArgs, Finetuner, TrainingDiverged, format_metrics_table
 from recformer.finetune_data import DataError
 
@@ -63,13 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude_history", action="store_true", help="never recommend items already in the history")
     p.add_argument("--resume", action="store_true", help="continue from the last evaluation in the output folder")
     p.add_argument("--temp", type=float, default=None, help="similarity temperature (default: the config's, 0.05)")
-    p.add_argument("--max_attr_num", type=int, default=None)
-    p.add_argument("--max_attr_length", type=int, default=None)
-    p.add_argument("--max_item_embeddings", type=int, default=None)
-    p.add_argument("--attention_window", type=int, nargs="+", default=None)
-    p.add_argument("--max_token_num", type=int, default=None)
     p.add_argument("--cache_dir", default=None, help="tokenized items and item tables (default <output>/cache)")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    add_recformer_field_args(p)
     return p
 
 

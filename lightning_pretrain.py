@@ -21,7 +21,8 @@ import os
 import sys
 from pathlib import Path
 
-from save_longformer_ckpt import DEFAULT_MODEL, add_recformer_field_args, field_values
+from recformer.configuration import add_recformer_field_args
+from save_longformer_ckpt import DEFAULT_MODEL, field_values
 
 logger = logging.getLogger("lightning_pretrain")
 

@@ -16,17 +16,9 @@ import logging
 import sys
 from pathlib import Path
 
+from recformer.configuration import add_recformer_field_args
+
 DEFAULT_MODEL = "allenai/longformer-base-4096"
-
-
-def add_recformer_field_args(parser: argparse.ArgumentParser) -> None:
-    """The Recformer field flags; unset ones take a saved Recformer config's value or the reference's (3/32/51/64/1024)."""
-    group = parser.add_argument_group("Recformer fields (default: the reference scripts' values)")
-    group.add_argument("--max_attr_num", type=int, default=None, help="attributes kept per item (3)")
-    group.add_argument("--max_attr_length", type=int, default=None, help="tokens per attribute (32)")
-    group.add_argument("--max_item_embeddings", type=int, default=None, help="items per sequence + 1 (51)")
-    group.add_argument("--attention_window", type=int, nargs="+", default=None, help="one window or one per layer (64)")
-    group.add_argument("--max_token_num", type=int, default=None, help="tokens per sequence (1024)")
 
 
 def field_values(args: argparse.Namespace) -> dict:

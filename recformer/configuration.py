@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 from transformers import LongformerConfig
 
 # Fields Recformer adds to LongformerConfig, with the reference defaults (SPEC B).
@@ -87,3 +89,14 @@ class RecformerConfig(LongformerConfig):
 def is_recformer_config_dict(config_dict: dict) -> bool:
     """True when a config.json was written by a Recformer model (it carries the Recformer fields)."""
     return all(name in config_dict for name in ("max_item_embeddings", "max_attr_num", "max_token_num"))
+
+
+def add_recformer_field_args(parser: argparse.ArgumentParser) -> None:
+    """The Recformer field flags of every CLI; unset ones take a saved Recformer config's value or the
+    reference scripts' value (3/32/51/64/1024)."""
+    group = parser.add_argument_group("Recformer fields (default: the reference scripts' values)")
+    group.add_argument("--max_attr_num", type=int, default=None, help="attributes kept per item (3)")
+    group.add_argument("--max_attr_length", type=int, default=None, help="tokens per attribute (32)")
+    group.add_argument("--max_item_embeddings", type=int, default=None, help="items per sequence + 1 (51)")
+    group.add_argument("--attention_window", type=int, nargs="+", default=None, help="one window or one per layer (64)")
+    group.add_argument("--max_token_num", type=int, default=None, help="tokens per sequence (1024)")

@@ -33,15 +33,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
+from transformers import get_linear_schedule_with_warmup
 
 from .checkpoint import load_checkpoint
 from .collators import EvalCollator, FinetuneCollator, encode_item_sequences
 from .configuration import REFERENCE_SCRIPT_VALUES, RecformerConfig, is_recformer_config_dict
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
 from .finetune_data import FinetuneData, load_finetune_data
-from .item_tokens import TokenizedItems, tokenize_catalogue, tokenizer_fingerprint
+from .item_tokens import TokenizedItems, catalogue_fingerprint, tokenize_catalogue, tokenizer_fingerprint
 from .metrics import compute_ranks, metrics_from_ranks
 from .modeling import RecformerForSeqRec, RecformerModel
+from .optimization import parameter_groups
 from .tokenization import RecformerTokenizer
 
 logger = logging.getLogger(__name__)
@@ -267,25 +269,7 @@ def evaluate(
 
 def make_optimizer(model: torch.nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW without weight decay on biases and LayerNorm weights."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if name.endswith("bias") or "LayerNorm.weight" in name or "layer_norm.weight" in name else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate
-    )
-
-
-def linear_warmup_schedule(optimizer, warmup_steps: int, total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warmup to the base lr over `warmup_steps`, then linear decay to 0 at `total_steps`."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / max(1, warmup_steps)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate)
 
 
 def _mix_seed(*parts: int) -> int:
@@ -335,7 +319,7 @@ class Finetuner:
         self.steps_per_epoch = math.ceil(math.ceil(len(self.train_sequences) / args.batch_size) / args.gradient_accumulation_steps)
         total_steps = self.steps_per_epoch * args.num_train_epochs
         self.optimizer = make_optimizer(self.model, args.learning_rate, args.weight_decay)
-        self.scheduler = linear_warmup_schedule(self.optimizer, args.warmup_steps, total_steps)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, args.warmup_steps, max(total_steps, 1))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
         self.writer = None
         self.state = {
@@ -361,7 +345,7 @@ class Finetuner:
         key = hashlib.sha256(
             json.dumps(
                 [file_fingerprint(self.args.pretrain_ckpt), tokenizer_fingerprint(self.tokenizer), fields,
-                 self.data.num_items, hashlib.sha256(json.dumps(self.data.items, sort_keys=True).encode()).hexdigest()],
+                 catalogue_fingerprint(self.data.items, None)],
                 sort_keys=True,
             ).encode()
         ).hexdigest()[:16]

@@ -30,13 +30,10 @@ from .configuration import RecformerConfig
 from .fileio import read_json
 from .item_tokens import TokenizedItems, tokenize_catalogue
 from .modeling import RecformerForPretraining
+from .optimization import parameter_groups
 from .tokenization import RecformerTokenizer
 
 logger = logging.getLogger(__name__)
-
-# Parameter names that get no weight decay (biases and LayerNorm weights, as in the reference).
-NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight")
-
 
 class PretrainDataError(ValueError):
     """Pretraining input that cannot be used; the message names the file."""
@@ -350,15 +347,7 @@ class RecformerPretrainModule(pl.LightningModule):
     # -- optimisation --------------------------------------------------------------------------
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Trainable parameters split into a decayed group and a no-decay group (biases, LayerNorm weights)."""
-        decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
-            if not param.requires_grad:
-                continue
-            (no_decay if any(nd in name for nd in NO_DECAY) else decay).append(param)
-        return [
-            {"params": decay, "weight_decay": self.hparams.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
+        return parameter_groups(self.model, self.hparams.weight_decay)
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.parameter_groups(), lr=self.hparams.learning_rate, eps=self.hparams.adam_epsilon)
