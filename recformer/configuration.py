@@ -1,26 +1,23 @@
-"""Recformer configuration: a Longformer configuration plus the fields Recformer adds."""
+"""Recformer configuration: a Longformer configuration plus the fields Recformer adds, and the one
+function that builds it for every command (`build_config`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 from transformers import LongformerConfig
 
-# Fields Recformer adds to LongformerConfig, with the reference defaults (SPEC B).
-RECFORMER_FIELDS = (
-    "token_type_size",
-    "max_token_num",
-    "max_item_embeddings",
-    "max_attr_num",
-    "max_attr_length",
-    "pooler_type",
-    "temp",
-    "mlm_weight",
-    "item_num",
-    "finetune_negative_sample_size",
-)
+from .fileio import read_json
 
-# What every script of the reference sets on top of the Longformer config (SPEC B).
+# The Longformer every reference script starts from.
+DEFAULT_MODEL = "allenai/longformer-base-4096"
+
+# What every reference script sets on top of the Longformer config (3 attributes of at most 32
+# tokens per item, 50 items + `<s>`, window 64 in every layer, 1024 tokens per sequence).
 REFERENCE_SCRIPT_VALUES = {
     "max_attr_num": 3,
     "max_attr_length": 32,
@@ -91,6 +88,55 @@ def is_recformer_config_dict(config_dict: dict) -> bool:
     return all(name in config_dict for name in ("max_item_embeddings", "max_attr_num", "max_token_num"))
 
 
+def build_config(
+    model_name_or_path: str | os.PathLike,
+    fields: Mapping[str, Any] | None = None,
+    *,
+    temp: float | None = None,
+    mlm_weight: float | None = None,
+    finetune_negative_sample_size: int | None = None,
+) -> RecformerConfig:
+    """The Recformer config of every command, from a Longformer or Recformer config (hub id or folder).
+
+    Each Recformer field (`max_attr_num`, `max_attr_length`, `max_item_embeddings`,
+    `attention_window`, `max_token_num`) takes, in this order: the value in `fields` when not None,
+    the saved Recformer config's own value, the reference scripts' value (`REFERENCE_SCRIPT_VALUES`).
+    A single attention window is repeated for every layer. `temp`, `mlm_weight` and
+    `finetune_negative_sample_size` replace the config's value when given.
+
+    Raises:
+        ValueError: a field that cannot work (see `RecformerConfig.validate_recformer_fields`).
+        OSError: `model_name_or_path` holds no config.
+    """
+    fields = dict(fields or {})
+    unknown = sorted(set(fields) - set(REFERENCE_SCRIPT_VALUES))
+    if unknown:
+        raise ValueError(f"unknown Recformer fields {unknown}; expected some of {list(REFERENCE_SCRIPT_VALUES)}")
+    config = RecformerConfig.from_pretrained(model_name_or_path)
+    config_file = Path(model_name_or_path) / "config.json"
+    own = config_file.is_file() and is_recformer_config_dict(read_json(config_file))
+    for name, reference in REFERENCE_SCRIPT_VALUES.items():
+        if fields.get(name) is not None:
+            value = fields[name]
+        elif own:
+            value = getattr(config, name)
+        else:
+            value = reference
+        if name == "attention_window":
+            value = list(value) if isinstance(value, (list, tuple)) else [value]
+            if len(set(value)) == 1:  # one window for every layer
+                value = value[:1] * config.num_hidden_layers
+        setattr(config, name, value)
+    if temp is not None:
+        config.temp = temp
+    if mlm_weight is not None:
+        config.mlm_weight = mlm_weight
+    if finetune_negative_sample_size is not None:
+        config.finetune_negative_sample_size = finetune_negative_sample_size
+    config.validate_recformer_fields()
+    return config
+
+
 def add_recformer_field_args(parser: argparse.ArgumentParser) -> None:
     """The Recformer field flags of every CLI; unset ones take a saved Recformer config's value or the
     reference scripts' value (3/32/51/64/1024)."""
@@ -100,3 +146,8 @@ def add_recformer_field_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max_item_embeddings", type=int, default=None, help="items per sequence + 1 (51)")
     group.add_argument("--attention_window", type=int, nargs="+", default=None, help="one window or one per layer (64)")
     group.add_argument("--max_token_num", type=int, default=None, help="tokens per sequence (1024)")
+
+
+def field_values(args: Any) -> dict[str, Any]:
+    """The Recformer field values of parsed arguments or an argument dataclass (None = not given)."""
+    return {name: getattr(args, name) for name in REFERENCE_SCRIPT_VALUES}

@@ -1,0 +1,254 @@
+"""The arguments of the finetuning and pretraining commands, as documented dataclasses.
+
+Each field is one command-line flag: its name, default and help text are defined here once, and
+`build_parser` turns a dataclass into an `argparse` parser, so the flags and the API cannot drift.
+Flag names and defaults are the reference scripts'. The five Recformer field flags come from
+`configuration.add_recformer_field_args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from .configuration import DEFAULT_MODEL, REFERENCE_SCRIPT_VALUES, add_recformer_field_args
+from .devices import PRECISIONS
+
+# Finetuning keeps the checkpoint with the best dev value of this metric.
+TARGET_METRIC = "NDCG@10"
+# The reference default start point of pretraining.
+DEFAULT_START = "longformer_ckpt/longformer-base-4096.bin"
+
+A = TypeVar("A")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def flag(default: Any = dataclasses.MISSING, help: str = "", **options: Any) -> Any:
+    """A dataclass field that is also a command-line flag.
+
+    Args:
+        default: the flag's default; a list default is copied per instance; none = a required flag.
+        help: the flag's help text.
+        **options: `type` (argparse type, e.g. `positive_int`), `choices`, `flag` (another flag name,
+            e.g. `--no_progress` for `progress`, which then stores False).
+    """
+    metadata = {"help": help, **options}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def recformer_field() -> Any:
+    """A Recformer field (None = the saved Recformer config's value or the reference value)."""
+    return field(default=None, metadata={"recformer_field": True})
+
+
+def _flag_type(annotation: Any) -> tuple[type, bool]:
+    """(element type, is a list) of an `X`, `X | None`, `list[X]` or `list[X] | None` annotation."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is list:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of the argument dataclass `cls` (see `flag`)."""
+    hints = typing.get_type_hints(cls)
+    recformer_fields = set()
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if meta.get("recformer_field"):
+            recformer_fields.add(f.name)
+            continue
+        kind, is_list = _flag_type(hints[f.name])
+        name = meta.get("flag", f"--{f.name}")
+        kwargs: dict[str, Any] = {"dest": f.name, "help": meta.get("help") or None}
+        if kind is bool:
+            kwargs["action"] = "store_false" if name != f"--{f.name}" else "store_true"
+        else:
+            kwargs["type"] = meta.get("type", kind)
+            if is_list:
+                kwargs["nargs"] = "+"
+            if "choices" in meta:
+                kwargs["choices"] = meta["choices"]
+        if f.default is not dataclasses.MISSING:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        else:
+            kwargs["required"] = True
+        parser.add_argument(name, **kwargs)
+    if recformer_fields:
+        if recformer_fields != set(REFERENCE_SCRIPT_VALUES):
+            raise TypeError(f"{cls.__name__}: Recformer fields {sorted(recformer_fields)} != {list(REFERENCE_SCRIPT_VALUES)}")
+        add_recformer_field_args(parser)
+
+
+def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
+    """An argparse parser with one flag per field of the argument dataclass `cls`."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, cls)
+    return parser
+
+
+def parse_args(cls: type[A], argv: Sequence[str] | None = None, description: str | None = None) -> A:
+    """Parse `argv` (default: the command line) into an instance of the argument dataclass `cls`."""
+    return cls(**vars(build_parser(cls, description).parse_args(argv)))
+
+
+class _Validated:
+    """Checks shared by the argument dataclasses; each failure names the flag."""
+
+    def _at_least(self, minimum: float, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and value < minimum:
+                raise ValueError(f"--{name} must be >= {minimum}, got {value}")
+
+    def _above(self, minimum: float, *names: str) -> None:
+        for name in names:
+            value = getattr(self, name)
+            if value is not None and not value > minimum:
+                raise ValueError(f"--{name} must be > {minimum}, got {value}")
+
+
+@dataclass(kw_only=True)
+class FinetuneArgs(_Validated):
+    """Every finetuning option (the flags of `finetune.py` / `recformer-finetune`)."""
+
+    pretrain_ckpt: str = flag(
+        help="released SeqRec/RecformerModel file, save_pretrained folder or finetuned checkpoint"
+    )
+    data_path: str = flag(help="processed dataset folder")
+    model_name_or_path: str = flag(DEFAULT_MODEL, "Longformer/Recformer config + tokenizer")
+    output_dir: str = flag("checkpoints", "outputs go to <output_dir>/<dataset name>/")
+    ckpt: str = flag("best_model.bin", "file name of the best checkpoint")
+    train_file: str = flag("train.json")
+    dev_file: str = flag("val.json")
+    test_file: str = flag("test.json")
+    item2id_file: str = flag("smap.json")
+    meta_file: str = flag("meta_data.json")
+    num_train_epochs: int = flag(16, "epochs per stage (at most)")
+    gradient_accumulation_steps: int = flag(8, type=positive_int)
+    finetune_negative_sample_size: int = flag(1000, "sampled negatives per user; <= 0 = full softmax over all items")
+    metric_ks: list[int] = flag([10, 50])
+    batch_size: int = flag(16, type=positive_int)
+    eval_batch_size: int | None = flag(
+        None, "for item encoding and evaluation (default 4 x batch_size)", type=positive_int
+    )
+    learning_rate: float = flag(5e-5)
+    weight_decay: float = flag(0.0)
+    warmup_steps: int = flag(100)
+    device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
+    fp16: bool = flag(False, "float16 autocast + gradient scaling (CUDA)")
+    bf16: bool = flag(False, "bfloat16 autocast")
+    fix_word_embedding: bool = flag(False, "freeze the word embeddings")
+    verbose: int = flag(3, "evaluate dev every N epochs", type=positive_int)
+    preprocessing_num_workers: int = flag(8, "tokenizer threads", type=positive_int)
+    dataloader_num_workers: int = flag(0)
+    seed: int = flag(42)
+    max_grad_norm: float | None = flag(None, "clip gradients to this norm (off by default)")
+    exclude_history: bool = flag(False, "never recommend items already in the history")
+    resume: bool = flag(False, "continue from the last evaluation in the output folder")
+    temp: float | None = flag(None, "similarity temperature (default: the config's, 0.05)")
+    cache_dir: str | None = flag(None, "tokenized items and item tables (default <output>/cache)")
+    progress: bool = flag(True, "hide progress bars", flag="--no_progress")
+    max_attr_num: int | None = recformer_field()
+    max_attr_length: int | None = recformer_field()
+    max_item_embeddings: int | None = recformer_field()
+    attention_window: list[int] | None = recformer_field()
+    max_token_num: int | None = recformer_field()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the flag for a value that cannot work."""
+        self._at_least(1, "batch_size", "gradient_accumulation_steps", "verbose", "eval_batch_size",
+                       "preprocessing_num_workers")  # fmt: skip
+        self._at_least(0, "num_train_epochs", "warmup_steps", "weight_decay", "dataloader_num_workers")
+        self._above(0, "learning_rate", "temp")
+        if self.fp16 and self.bf16:
+            raise ValueError("--fp16 and --bf16 are exclusive")
+        if not self.metric_ks or any(k < 1 for k in self.metric_ks):
+            raise ValueError(f"--metric_ks must be positive integers, got {self.metric_ks}")
+        if TARGET_METRIC not in [f"NDCG@{k}" for k in self.metric_ks]:
+            raise ValueError(f"--metric_ks must include 10: model selection uses {TARGET_METRIC}")
+
+
+@dataclass(kw_only=True)
+class PretrainArgs(_Validated):
+    """Every pretraining option (the flags of `lightning_pretrain.py` / `recformer-pretrain`)."""
+
+    model_name_or_path: str = flag(
+        DEFAULT_MODEL,
+        "Longformer masked-LM (hub id or folder), or a Recformer start-point folder: config + tokenizer",
+    )
+    longformer_ckpt: str = flag(
+        DEFAULT_START,
+        "start point written by save_longformer_ckpt.py (the reference default; when that default file is "
+        "absent, --model_name_or_path is converted now)",
+    )
+    train_file: str = flag(help="JSON list of asin lists")
+    dev_file: str = flag(help="JSON list of asin lists")
+    item_attr_file: str = flag(help="meta_data.json: {asin: {title, brand, category}}")
+    output_dir: str = flag()
+    ckpt: str | None = flag(None, "Lightning checkpoint to resume from (model, optimizer, schedule, epoch, step)")
+    num_train_epochs: int = flag(10)
+    max_steps: int = flag(-1, "optimizer steps (overrides the epochs when > 0)")
+    gradient_accumulation_steps: int = flag(8)
+    batch_size: int = flag(2, "sequences per device per batch")
+    learning_rate: float = flag(5e-5)
+    weight_decay: float = flag(0.0)
+    warmup_steps: int = flag(0)
+    max_grad_norm: float = flag(1.0, "clip gradients to this norm (<= 0: no clipping)")
+    mlm_probability: float = flag(0.15)
+    mlm_weight: float | None = flag(None, "weight of each MLM loss (config default 0.1)")
+    temp: float | None = flag(None, "similarity temperature (config default 0.05)")
+    fix_word_embedding: bool = flag(False, "freeze the word embeddings")
+    valid_step: int = flag(2000, "validate (and checkpoint) every N training batches")
+    log_step: int = flag(2000, "log every N optimizer steps")
+    preprocessing_num_workers: int = flag(8, "tokenizer threads")
+    dataloader_num_workers: int = flag(2)
+    device: str = flag("auto", "'cpu', 'auto', a number of GPUs per node (the reference's meaning), or GPU ids '0,1'")
+    accelerator: str = flag("auto", "Lightning accelerator: auto, gpu, cpu, ...")
+    strategy: str = flag(
+        "auto", "auto = DeepSpeed ZeRO-2 on CUDA GPUs, a plain strategy otherwise; or any Lightning strategy name"
+    )
+    num_nodes: int = flag(1)
+    fp16: bool = flag(False, "fp16 mixed precision (GPU; CPU runs fall back to fp32)")
+    precision: str | None = flag(None, "instead of --fp16 (not together with it, unless 16-mixed)", choices=PRECISIONS)
+    seed: int = flag(42)
+    cache_dir: str | None = flag(None, "tokenized-item cache (default <output_dir>/cache)")
+    progress: bool = flag(True, "hide progress bars", flag="--no_progress")
+    max_attr_num: int | None = recformer_field()
+    max_attr_length: int | None = recformer_field()
+    max_item_embeddings: int | None = recformer_field()
+    attention_window: list[int] | None = recformer_field()
+    max_token_num: int | None = recformer_field()
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the flag for a value that cannot work."""
+        self._at_least(1, "batch_size", "gradient_accumulation_steps", "num_train_epochs", "valid_step", "log_step",
+                       "num_nodes")  # fmt: skip
+        self._at_least(0, "warmup_steps", "weight_decay", "preprocessing_num_workers", "dataloader_num_workers",
+                       "mlm_weight")  # fmt: skip
+        self._above(0, "learning_rate", "temp")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ValueError(f"--max_steps must be -1 (no limit) or >= 1, got {self.max_steps}")
+        if not 0.0 < self.mlm_probability < 1.0:
+            raise ValueError(f"--mlm_probability must be in (0, 1), got {self.mlm_probability}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.fp16 and self.precision not in (None, "16-mixed"):
+            raise ValueError(f"--fp16 and --precision {self.precision} are exclusive")

@@ -1,0 +1,126 @@
+"""Argument dataclasses: the flags they make (names and defaults of the reference scripts) and validation."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, replace
+
+import pytest
+
+from recformer.args import FinetuneArgs, PretrainArgs, build_parser, parse_args
+
+RECFORMER_FIELDS = {"max_attr_num": None, "max_attr_length": None, "max_item_embeddings": None,
+                    "attention_window": None, "max_token_num": None}  # fmt: skip
+PRETRAIN_REQUIRED = ["--train_file", "t.json", "--dev_file", "d.json", "--item_attr_file", "m.json", "--output_dir", "o"]
+PRETRAIN_DEFAULTS = {
+    "model_name_or_path": "allenai/longformer-base-4096", "longformer_ckpt": "longformer_ckpt/longformer-base-4096.bin",
+    "train_file": "t.json", "dev_file": "d.json", "item_attr_file": "m.json", "output_dir": "o", "ckpt": None,
+    "num_train_epochs": 10, "max_steps": -1, "gradient_accumulation_steps": 8, "batch_size": 2, "learning_rate": 5e-5,
+    "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "mlm_probability": 0.15, "mlm_weight": None,
+    "temp": None, "fix_word_embedding": False, "valid_step": 2000, "log_step": 2000, "preprocessing_num_workers": 8,
+    "dataloader_num_workers": 2, "device": "auto", "accelerator": "auto", "strategy": "auto", "num_nodes": 1,
+    "fp16": False, "precision": None, "seed": 42, "cache_dir": None, "progress": True, **RECFORMER_FIELDS,
+}  # fmt: skip
+FINETUNE_REQUIRED = ["--pretrain_ckpt", "c.bin", "--data_path", "data"]
+FINETUNE_DEFAULTS = {
+    "pretrain_ckpt": "c.bin", "data_path": "data", "model_name_or_path": "allenai/longformer-base-4096",
+    "output_dir": "checkpoints", "ckpt": "best_model.bin", "train_file": "train.json", "dev_file": "val.json",
+    "test_file": "test.json", "item2id_file": "smap.json", "meta_file": "meta_data.json", "num_train_epochs": 16,
+    "gradient_accumulation_steps": 8, "finetune_negative_sample_size": 1000, "metric_ks": [10, 50], "batch_size": 16,
+    "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "device": "auto",
+    "fp16": False, "bf16": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": 8,
+    "dataloader_num_workers": 0, "seed": 42, "max_grad_norm": None, "exclude_history": False, "resume": False,
+    "temp": None, "cache_dir": None, "progress": True, **RECFORMER_FIELDS,
+}  # fmt: skip
+
+
+def flags(cls) -> set[str]:
+    return {opt for action in build_parser(cls)._actions for opt in action.option_strings} - {"-h", "--help"}
+
+
+@pytest.mark.parametrize(
+    "cls, required, defaults",
+    [(PretrainArgs, PRETRAIN_REQUIRED, PRETRAIN_DEFAULTS), (FinetuneArgs, FINETUNE_REQUIRED, FINETUNE_DEFAULTS)],
+)
+def test_flag_names_and_defaults_are_the_reference_scripts(cls, required, defaults):
+    args = parse_args(cls, required)
+    assert asdict(args) == defaults
+    assert asdict(cls(**{k: v for k, v in defaults.items() if f"--{k}" in required})) == defaults  # API = CLI
+    expected_flags = {f"--{k}" for k in defaults if k != "progress"} | {"--no_progress"}
+    assert flags(cls) == expected_flags
+
+
+def test_flag_values_are_parsed_into_fields():
+    args = parse_args(PretrainArgs, [*PRETRAIN_REQUIRED, "--no_progress", "--attention_window", "8", "16",
+                                     "--precision", "bf16-mixed", "--mlm_weight", "0.5", "--fp16"])  # fmt: skip
+    assert (args.progress, args.attention_window, args.precision, args.mlm_weight, args.fp16) == (
+        False, [8, 16], "bf16-mixed", 0.5, True)  # fmt: skip
+    ft = parse_args(FinetuneArgs, [*FINETUNE_REQUIRED, "--metric_ks", "5", "10", "--device", "-1"])
+    assert ft.metric_ks == [5, 10] and ft.device == "-1"
+
+
+def test_parser_errors(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(PretrainArgs, ["--train_file", "t.json"])
+    assert "the following arguments are required: --dev_file, --item_attr_file, --output_dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(PretrainArgs, [*PRETRAIN_REQUIRED, "--precision", "fp8"])
+    assert "argument --precision: invalid choice: 'fp8'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(FinetuneArgs, [*FINETUNE_REQUIRED, "--verbose", "0"])
+    assert "argument --verbose: must be >= 1, got 0" in capsys.readouterr().err
+
+
+def base_pretrain() -> PretrainArgs:
+    return PretrainArgs(train_file="t.json", dev_file="d.json", item_attr_file="m.json", output_dir="o")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "--batch_size must be >= 1, got 0"),
+        ({"gradient_accumulation_steps": -2}, "--gradient_accumulation_steps must be >= 1, got -2"),
+        ({"num_train_epochs": 0}, "--num_train_epochs must be >= 1, got 0"),
+        ({"valid_step": 0}, "--valid_step must be >= 1, got 0"),
+        ({"log_step": 0}, "--log_step must be >= 1, got 0"),
+        ({"num_nodes": 0}, "--num_nodes must be >= 1, got 0"),
+        ({"max_steps": 0}, "--max_steps must be -1 (no limit) or >= 1, got 0"),
+        ({"learning_rate": 0.0}, "--learning_rate must be > 0, got 0.0"),
+        ({"warmup_steps": -1}, "--warmup_steps must be >= 0, got -1"),
+        ({"weight_decay": -0.1}, "--weight_decay must be >= 0, got -0.1"),
+        ({"dataloader_num_workers": -1}, "--dataloader_num_workers must be >= 0, got -1"),
+        ({"mlm_probability": 1.0}, "--mlm_probability must be in (0, 1), got 1.0"),
+        ({"mlm_probability": 0.0}, "--mlm_probability must be in (0, 1), got 0.0"),
+        ({"mlm_weight": -1.0}, "--mlm_weight must be >= 0, got -1.0"),
+        ({"temp": 0.0}, "--temp must be > 0, got 0.0"),
+        ({"precision": "fp8"}, "--precision must be one of 32-true, 16-mixed, bf16-mixed, got 'fp8'"),
+        ({"fp16": True, "precision": "bf16-mixed"}, "--fp16 and --precision bf16-mixed are exclusive"),
+    ],
+)
+def test_pretrain_validation_names_the_flag(changes, message):
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        replace(base_pretrain(), **changes).validate()
+
+
+def test_valid_pretrain_arguments_pass():
+    base_pretrain().validate()
+    replace(base_pretrain(), fp16=True, precision="16-mixed", max_steps=30, mlm_weight=0.0).validate()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"batch_size": 0}, "--batch_size must be >= 1, got 0"),
+        ({"eval_batch_size": 0}, "--eval_batch_size must be >= 1, got 0"),
+        ({"num_train_epochs": -1}, "--num_train_epochs must be >= 0, got -1"),
+        ({"learning_rate": -1e-5}, "--learning_rate must be > 0, got -1e-05"),
+        ({"fp16": True, "bf16": True}, "--fp16 and --bf16 are exclusive"),
+        ({"metric_ks": [5, 50]}, "--metric_ks must include 10: model selection uses NDCG@10"),
+        ({"metric_ks": [0, 10]}, "--metric_ks must be positive integers, got [0, 10]"),
+    ],
+)
+def test_finetune_validation_names_the_flag(changes, message):
+    args = FinetuneArgs(pretrain_ckpt="c.bin", data_path="data")
+    args.validate()
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        replace(args, **changes).validate()
