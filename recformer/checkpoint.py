@@ -1,4 +1,4 @@
-"""Checkpoint loading that never drops weights silently.
+"""Checkpoint forms, the rules that relate them, and loading that never drops weights silently.
 
 Known forms (all produced by the reference code or by this package):
 
@@ -8,18 +8,25 @@ Known forms (all produced by the reference code or by this package):
     finetuned  `longformer.*` + `item_embedding.weight` (a finetuned RecformerForSeqRec, `best_model.bin`)
     folder     a `save_pretrained` folder (`model.safetensors` or `pytorch_model.bin`)
 
-`load_checkpoint(model, source)` maps any of these onto any Recformer model class: it adds or strips
-the `longformer.` prefix, ignores the parts the target has no place for (the LM head for an encoder
-or a SeqRec model, the item table for an encoder), installs a finetuned item table into a SeqRec
-model, and fails with the missing, unexpected and mis-shaped keys named for anything else.
+Any of them may come inside a training container (a Lightning `.ckpt`'s `state_dict`, a DeepSpeed
+model-states file's `module`) and behind wrapper prefixes (`model.`, `module.`, ...). The rules that
+relate the forms are one helper each: `unwrap_training_container`, `strip_wrapper_prefixes`,
+`detect_form` / `split_encoder` / `add_encoder_prefix`, `fill_position_ids` and `tie_lm_head_bias`.
+
+`load_checkpoint(model, source)` maps any form onto any Recformer model class (`TARGETS` says where
+each class keeps its encoder and which extra parts it takes or ignores), and fails with the missing,
+unexpected and mis-shaped keys named for anything else. `read_training_checkpoint` reads what a
+pretraining run wrote (a DeepSpeed folder, a Lightning `.ckpt` or a consolidated `.bin`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,10 +37,17 @@ PREFIX = "longformer."
 LM_HEAD_PREFIX = "lm_head."
 ITEM_TABLE_KEY = "item_embedding.weight"
 POSITION_IDS_KEY = "embeddings.position_ids"
+POSITION_EMBEDDINGS_KEY = "embeddings.position_embeddings.weight"
+LM_BIAS_KEY = "lm_head.bias"
+LM_DECODER_BIAS_KEY = "lm_head.decoder.bias"
 # Prefixes that training wrappers put in front of the model's own keys (Lightning module attribute,
 # DDP / DeepSpeed engine, torch.compile).
 WRAPPER_PREFIXES = ("module.", "_forward_module.", "_orig_mod.", "model.")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "recformer_ckpt.bin", "best_model.bin")
+NEITHER = (
+    "is neither a DeepSpeed checkpoint folder, a Lightning .ckpt nor a consolidated state dict (.bin) "
+    "of the Recformer pretraining module"
+)
 
 
 class CheckpointError(ValueError):
@@ -64,11 +78,113 @@ def _preview(keys: list[str], n: int = 8) -> str:
     return "[" + ", ".join(keys[:n]) + more + "]"
 
 
-def _torch_load(path: Path) -> object:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the path
-        raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})") from None
+# -- the rules --------------------------------------------------------------------------------------
+
+
+def unwrap_training_container(obj: Any) -> tuple[Any, str | None]:
+    """The model weights inside a training checkpoint and the container's name (None: not a container).
+
+    Lightning keeps them under `state_dict`, a DeepSpeed model-states file under `module`.
+    """
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        return obj["state_dict"], "Lightning checkpoint"
+    if isinstance(obj, dict) and isinstance(obj.get("module"), dict):
+        return obj["module"], "DeepSpeed model-states file"
+    return obj, None
+
+
+def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Remove prefixes that every key shares and that come from training wrappers (`model.`, `module.`, ...)."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in WRAPPER_PREFIXES:
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+                changed = True
+    return state
+
+
+def has_encoder_prefix(state: dict[str, Any]) -> bool:
+    """True when the encoder's keys carry the `longformer.` prefix (every form but `model`)."""
+    return any(k.startswith(PREFIX) for k in state)
+
+
+def detect_form(state: dict[str, torch.Tensor]) -> str:
+    """Name of the checkpoint form (`model`, `pretrain`, `finetuned`, `encoder`) or `unknown`."""
+    keys = set(state)
+    if has_encoder_prefix(state):
+        if ITEM_TABLE_KEY in keys:
+            return "finetuned"
+        if any(k.startswith(LM_HEAD_PREFIX) for k in keys):
+            return "pretrain"
+        return "encoder"
+    if any(k.startswith("embeddings.") for k in keys):
+        return "model"
+    return "unknown"
+
+
+def _is_head_part(key: str) -> bool:
+    return key.startswith(LM_HEAD_PREFIX) or key == ITEM_TABLE_KEY
+
+
+def split_encoder(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(the encoder's tensors without prefix, everything else) of any form.
+
+    In the `model` form (no prefix) every key but the LM head and the item table is the encoder's;
+    otherwise the encoder's keys are those under `longformer.`.
+    """
+    if has_encoder_prefix(state):
+        encoder = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
+        return encoder, {k: v for k, v in state.items() if not k.startswith(PREFIX)}
+    return {k: v for k, v in state.items() if not _is_head_part(k)}, {k: v for k, v in state.items() if _is_head_part(k)}
+
+
+def add_encoder_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The same tensors with the encoder under `longformer.` (a `model`-form state gets the prefix;
+    anything else is returned as it is)."""
+    if detect_form(state) != "model":
+        return dict(state)
+    return {(k if _is_head_part(k) else PREFIX + k): v for k, v in state.items()}
+
+
+def position_ids(length: int, like: torch.Tensor) -> torch.Tensor:
+    """The position-id buffer `[[0, 1, ..., length - 1]]` (int64; on `like`'s device, meta included)."""
+    return torch.arange(length, device=like.device).expand((1, -1)).clone()
+
+
+def fill_position_ids(state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+    """Add `embeddings.position_ids` when absent (newer transformers versions stop saving the buffer).
+
+    It is always `arange(max_position_embeddings)`, sized from the position table. Modifies `state`;
+    returns the keys added.
+    """
+    key, table = prefix + POSITION_IDS_KEY, prefix + POSITION_EMBEDDINGS_KEY
+    if key in state or table not in state:
+        return []
+    state[key] = position_ids(state[table].shape[0], state[table])
+    return [key]
+
+
+def tie_lm_head_bias(state: dict[str, torch.Tensor]) -> list[str]:
+    """Fill whichever of `lm_head.bias` / `lm_head.decoder.bias` is absent with the other.
+
+    The LM head's output bias is one parameter saved under both names; files may hold either.
+    Modifies `state`; returns the keys added.
+    """
+    for present, absent in ((LM_BIAS_KEY, LM_DECODER_BIAS_KEY), (LM_DECODER_BIAS_KEY, LM_BIAS_KEY)):
+        if present in state and absent not in state:
+            state[absent] = state[present]
+            return [absent]
+    return []
+
+
+# -- reading files ----------------------------------------------------------------------------------
+
+
+def torch_load(path: Path, weights_only: bool = True) -> Any:
+    """The one place checkpoint files are unpickled (tensors and plain containers only by default)."""
+    return torch.load(path, map_location="cpu", weights_only=weights_only)
 
 
 def read_state_dict(source: str | os.PathLike | dict) -> dict[str, torch.Tensor]:
@@ -93,11 +209,13 @@ def read_state_dict(source: str | os.PathLike | dict) -> dict[str, torch.Tensor]
 
             state = load_file(str(path))
         else:
-            state = _torch_load(path)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # Lightning checkpoint
-    if isinstance(state, dict) and "module" in state and isinstance(state["module"], dict):
-        state = state["module"]  # DeepSpeed model-states file
+            try:
+                state = torch_load(path)
+            except Exception as e:  # noqa: BLE001 - re-raised with the path
+                raise CheckpointError(
+                    f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})"
+                ) from None
+    state, _ = unwrap_training_container(state)
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise CheckpointError(f"{origin}: not a state dict (a mapping of parameter names to tensors)")
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -106,46 +224,92 @@ def read_state_dict(source: str | os.PathLike | dict) -> dict[str, torch.Tensor]
     return tensors
 
 
-def strip_wrapper_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Remove prefixes that every key shares and that come from training wrappers (`model.`, `module.`, ...)."""
-    changed = True
-    while changed:
-        changed = False
-        for prefix in WRAPPER_PREFIXES:
-            if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-                changed = True
-    return state
+def read_training_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any], str]:
+    """(weights, hyperparameters, form) of what a pretraining run wrote.
+
+    Accepts a DeepSpeed checkpoint folder (its ZeRO shards are consolidated with DeepSpeed's own
+    utility), a Lightning `.ckpt`, a DeepSpeed model-states file or a consolidated state dict.
+
+    Raises:
+        CheckpointError: anything else, naming the path.
+        FileNotFoundError: nothing at `path`.
+    """
+    path = Path(path)
+    if path.is_dir():
+        model_states = sorted(path.glob("**/mp_rank_*_model_states.pt"))
+        if not model_states:
+            raise CheckpointError(f"{path}: {NEITHER} (a folder without DeepSpeed *_model_states.pt files)")
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+        tag = None
+        if not (path / "latest").is_file():  # no 'latest' pointer: the one tag folder holding the states
+            tags = sorted({p.parent.relative_to(path).as_posix() for p in model_states})
+            if len(tags) != 1:
+                raise CheckpointError(f"{path}: several DeepSpeed tags {tags} and no 'latest' file")
+            tag = tags[0]
+        state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag)
+        client = torch_load(model_states[0], weights_only=False)
+        return dict(state), dict(client.get("hyper_parameters") or {}), "DeepSpeed checkpoint folder"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        obj = torch_load(path, weights_only=False)  # Lightning keeps hyperparameters as Python objects
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CheckpointError(f"{path}: {NEITHER} (cannot be read: {type(e).__name__})") from None
+    state, container = unwrap_training_container(obj)
+    if container is not None:
+        return state, dict(obj.get("hyper_parameters") or {}), container
+    if isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        return obj, {}, "consolidated state dict"
+    raise CheckpointError(f"{path}: {NEITHER}")
 
 
-def detect_form(state: dict[str, torch.Tensor]) -> str:
-    """Name of the checkpoint form (`model`, `pretrain`, `finetuned`, `encoder`) or `unknown`."""
-    keys = set(state)
-    if any(k.startswith(PREFIX) for k in keys):
-        if ITEM_TABLE_KEY in keys:
-            return "finetuned"
-        if any(k.startswith(LM_HEAD_PREFIX) for k in keys):
-            return "pretrain"
-        return "encoder"
-    if any(k.startswith("embeddings.") for k in keys):
-        return "model"
-    return "unknown"
+def start_point_folder(output: str | os.PathLike) -> Path:
+    """The `save_pretrained` folder written beside a start-point file: `dir/name.bin` -> `dir/name/`."""
+    output = Path(output)
+    return output.with_name(output.stem)
 
 
-def _encoder_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The encoder's tensors without prefix, from any form."""
-    if any(k.startswith(PREFIX) for k in state):
-        return {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
-    return {k: v for k, v in state.items() if not (k.startswith(LM_HEAD_PREFIX) or k == ITEM_TABLE_KEY)}
+# -- loading into a model ---------------------------------------------------------------------------
+
+# The extra parts a checkpoint may carry besides the encoder.
+LM_HEAD, ITEM_TABLE = "lm_head", "item_table"
 
 
-def _other_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    prefixed = any(k.startswith(PREFIX) for k in state)
+def _part(key: str) -> str | None:
+    if key.startswith(LM_HEAD_PREFIX):
+        return LM_HEAD
+    if key == ITEM_TABLE_KEY:
+        return ITEM_TABLE
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """How a model class holds a checkpoint: its encoder's key prefix, the extra parts it loads and
+    those it ignores (any other extra key is unexpected)."""
+
+    encoder_prefix: str
+    takes: tuple[str, ...] = ()
+    ignores: tuple[str, ...] = ()
+
+
+@functools.cache
+def _targets() -> dict[type, Target]:
+    from .modeling import RecformerForPretraining, RecformerForSeqRec, RecformerModel
+
     return {
-        k: v
-        for k, v in state.items()
-        if (k.startswith(LM_HEAD_PREFIX) or k == ITEM_TABLE_KEY or (prefixed and not k.startswith(PREFIX)))
+        RecformerModel: Target("", ignores=(LM_HEAD, ITEM_TABLE)),
+        RecformerForSeqRec: Target(PREFIX, takes=(ITEM_TABLE,), ignores=(LM_HEAD,)),
+        RecformerForPretraining: Target(PREFIX, takes=(LM_HEAD,), ignores=(ITEM_TABLE,)),
     }
+
+
+def _target_of(model: nn.Module) -> Target:
+    for cls, target in _targets().items():
+        if isinstance(model, cls):
+            return target
+    raise TypeError(f"load_checkpoint expects a Recformer model, got {type(model).__name__}")
 
 
 def load_checkpoint(model: nn.Module, source: str | os.PathLike | dict, strict_lm_head: bool = True) -> LoadReport:
@@ -159,8 +323,7 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | dict, strict_l
     Raises:
         CheckpointError: naming the missing, unexpected and mis-shaped keys.
     """
-    from .modeling import RecformerForPretraining, RecformerForSeqRec, RecformerModel
-
+    target = _target_of(model)
     state = strip_wrapper_prefixes(read_state_dict(source))
     form = detect_form(state)
     origin = source if not isinstance(source, dict) else "state dict"
@@ -169,72 +332,52 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | dict, strict_l
             f"{origin}: not a Recformer checkpoint; expected keys like 'embeddings.word_embeddings.weight' "
             f"or 'longformer.embeddings.word_embeddings.weight', found {_preview(list(state))}"
         )
-    encoder_state = _encoder_keys(state)
-    extra = _other_keys(state)
+    prefix = target.encoder_prefix
+    encoder = model if not prefix else getattr(model, prefix.rstrip("."))
+    encoder_state, extra = split_encoder(state)
     report = LoadReport(form=form)
-
-    if isinstance(model, RecformerModel):
-        encoder, target_prefix = model, ""
-        known = [k for k in extra if k.startswith(LM_HEAD_PREFIX) or k == ITEM_TABLE_KEY]
-        report.ignored += known
-        wanted_extra: dict[str, torch.Tensor] = {k: v for k, v in extra.items() if k not in known}
-    elif isinstance(model, (RecformerForSeqRec, RecformerForPretraining)):
-        encoder, target_prefix = model.longformer, PREFIX
-        wanted_extra = {}
-        for k, v in extra.items():
-            if k == ITEM_TABLE_KEY and isinstance(model, RecformerForSeqRec):
-                wanted_extra[k] = v
-            elif k.startswith(LM_HEAD_PREFIX) and isinstance(model, RecformerForPretraining):
-                wanted_extra[k] = v
-            elif k.startswith(LM_HEAD_PREFIX) or k == ITEM_TABLE_KEY:
-                report.ignored.append(k)
-            else:
-                wanted_extra[k] = v  # reported as unexpected below
-    else:
-        raise TypeError(f"load_checkpoint expects a Recformer model, got {type(model).__name__}")
+    parts: dict[str, dict[str, torch.Tensor]] = {LM_HEAD: {}, ITEM_TABLE: {}}
+    unknown: list[str] = []
+    for k, v in extra.items():
+        part = _part(k)
+        if part in target.takes:
+            parts[part][k] = v
+        elif part in target.ignores:
+            report.ignored.append(k)
+        else:
+            unknown.append(k)
 
     # -- encoder --------------------------------------------------------------------------------
     expected = encoder.state_dict()
-    missing = [k for k in expected if k not in encoder_state]
+    report.filled += [prefix + k for k in fill_position_ids(encoder_state)]
+    missing = [prefix + k for k in expected if k not in encoder_state]
     unexpected = [k for k in encoder_state if k not in expected]
-    if POSITION_IDS_KEY in missing:  # a buffer newer transformers versions stopped saving
-        missing.remove(POSITION_IDS_KEY)
-        report.filled.append(target_prefix + POSITION_IDS_KEY)
+    shapes_of = {prefix + k: v for k, v in expected.items()}
 
-    # -- heads ----------------------------------------------------------------------------------
+    # -- LM head --------------------------------------------------------------------------------
     head_state: dict[str, torch.Tensor] = {}
-    if isinstance(model, RecformerForPretraining):
+    if LM_HEAD in target.takes:
         head_expected = {k: v for k, v in model.state_dict().items() if k.startswith(LM_HEAD_PREFIX)}
-        lm = {k: v for k, v in wanted_extra.items() if k.startswith(LM_HEAD_PREFIX)}
+        lm = parts[LM_HEAD]
         if not lm and not strict_lm_head:
             report.filled += list(head_expected)
         else:
-            if "lm_head.bias" in lm and "lm_head.decoder.bias" not in lm:
-                lm["lm_head.decoder.bias"] = lm["lm_head.bias"]  # one tied parameter under two names
-            if "lm_head.decoder.bias" in lm and "lm_head.bias" not in lm:
-                lm["lm_head.bias"] = lm["lm_head.decoder.bias"]
+            tie_lm_head_bias(lm)
             missing += [k for k in head_expected if k not in lm]
             unexpected += [k for k in lm if k not in head_expected]
             head_state = {k: v for k, v in lm.items() if k in head_expected}
-        unexpected += [k for k in wanted_extra if not k.startswith(LM_HEAD_PREFIX)]
-        shapes_of = {**{target_prefix + k: v for k, v in expected.items()}, **head_expected}
-    else:
-        unexpected += [k for k in wanted_extra if k != ITEM_TABLE_KEY or isinstance(model, RecformerModel)]
-        shapes_of = {target_prefix + k: v for k, v in expected.items()}
+        shapes_of.update(head_expected)
+    unexpected += unknown
 
     mismatched = [
-        f"{target_prefix + k}: checkpoint {tuple(v.shape)} vs model {tuple(shapes_of[target_prefix + k].shape)}"
-        for k, v in encoder_state.items()
-        if target_prefix + k in shapes_of and tuple(v.shape) != tuple(shapes_of[target_prefix + k].shape)
-    ] + [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(shapes_of[k].shape)}"
-        for k, v in head_state.items()
-        if tuple(v.shape) != tuple(shapes_of[k].shape)
+        f"{name}: checkpoint {tuple(v.shape)} vs model {tuple(shapes_of[name].shape)}"
+        for name, v in [*((prefix + k, v) for k, v in encoder_state.items()), *head_state.items()]
+        if name in shapes_of and tuple(v.shape) != tuple(shapes_of[name].shape)
     ]
     if missing or unexpected or mismatched:
         lines = [f"{origin} ({form} form) does not fit {type(model).__name__}:"]
         if missing:
-            lines.append(f"  missing keys: {_preview([target_prefix + k if not k.startswith(LM_HEAD_PREFIX) else k for k in missing], 20)}")
+            lines.append(f"  missing keys: {_preview(missing, 20)}")
         if unexpected:
             lines.append(f"  unexpected keys: {_preview(unexpected, 20)}")
         if mismatched:
@@ -244,13 +387,13 @@ def load_checkpoint(model: nn.Module, source: str | os.PathLike | dict, strict_l
     # -- copy -----------------------------------------------------------------------------------
     to_load = {k: v for k, v in encoder_state.items() if k in expected}
     encoder.load_state_dict(to_load, strict=False)
-    report.loaded += [target_prefix + k for k in to_load]
+    report.loaded += [prefix + k for k in to_load if prefix + k not in report.filled]
     if head_state:
         model.lm_head.load_state_dict({k[len(LM_HEAD_PREFIX) :]: v for k, v in head_state.items()}, strict=False)
         model.lm_head.decoder.bias = model.lm_head.bias  # keep the tie after loading
         report.loaded += list(head_state)
-    if isinstance(model, RecformerForSeqRec):
-        table = wanted_extra.get(ITEM_TABLE_KEY)
+    if ITEM_TABLE in target.takes:
+        table = parts[ITEM_TABLE].get(ITEM_TABLE_KEY)
         if table is not None:
             if table.dim() != 2 or table.size(1) != model.config.hidden_size:
                 raise CheckpointError(

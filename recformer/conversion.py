@@ -1,4 +1,4 @@
-"""Checkpoint conversions as pure functions over state dicts (SPEC D, H).
+"""Checkpoint conversions: pure functions over state dicts, and the two pipeline steps built on them.
 
 Two conversions, each driven by a small key map:
 
@@ -13,28 +13,40 @@ Two conversions, each driven by a small key map:
   `RecformerForSeqRec` form (`longformer.*` + `lm_head.*`, the released `recformer_seqrec_ckpt.bin`),
   with the word embeddings restored from the start point when they were frozen or are absent.
 
-Nothing here reads files or builds a trainable model; target shapes come from a meta-device model,
-so the functions run at longformer-base size on meta tensors in tests.
+The two conversions read no files and build no trainable model; target shapes come from a
+meta-device model, so they run at longformer-base size on meta tensors in tests. The form rules
+they share with loading (position ids, the tied LM-head bias, prefixes) live in `checkpoint.py`.
+
+The file-facing steps: `write_start_point` (what `save_longformer_ckpt.py` does) and
+`write_released` (what `convert_pretrain_ckpt.py` does). See docs/design.md for the forms.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import SimpleNamespace
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from .checkpoint import (
+    LM_DECODER_BIAS_KEY,
     LM_HEAD_PREFIX,
     POSITION_IDS_KEY,
     PREFIX,
     CheckpointError,
     _preview,
+    add_encoder_prefix,
+    fill_position_ids,
+    has_encoder_prefix,
+    position_ids,
     strip_wrapper_prefixes,
+    tie_lm_head_bias,
 )
-from .configuration import REFERENCE_SCRIPT_VALUES, RecformerConfig
+from .configuration import RecformerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -43,8 +55,6 @@ TOKEN_TYPE_KEY = PREFIX + "embeddings.token_type_embeddings.weight"
 ITEM_POSITION_KEY = PREFIX + "embeddings.item_position_embeddings.weight"
 FULL_POSITION_IDS_KEY = PREFIX + POSITION_IDS_KEY
 LM_DECODER_WEIGHT_KEY = "lm_head.decoder.weight"
-LM_DECODER_BIAS_KEY = "lm_head.decoder.bias"
-LM_BIAS_KEY = "lm_head.bias"
 
 # Longformer masked-LM key -> how it becomes a Recformer pretraining key. Keys not listed are copied
 # under the same name when the target has them. Rules: "repeat_rows" (1 row -> token_type_size rows).
@@ -54,8 +64,8 @@ LONGFORMER_UNUSED_PREFIXES = (PREFIX + "pooler.",)
 # Target keys that the source never has and that are made here.
 NEW_KEYS = (ITEM_POSITION_KEY,)
 # Target keys filled from another source key when absent: a tied decoder is saved once, under the
-# word embeddings; the decoder bias is the LM head bias under a second name.
-FILL_FROM = {LM_DECODER_WEIGHT_KEY: WORD_EMBEDDINGS_KEY, LM_DECODER_BIAS_KEY: LM_BIAS_KEY}
+# word embeddings. (The decoder bias is the LM head bias under a second name: `tie_lm_head_bias`.)
+FILL_FROM = {LM_DECODER_WEIGHT_KEY: WORD_EMBEDDINGS_KEY}
 
 
 class ConversionError(CheckpointError):
@@ -100,11 +110,6 @@ def _new_normal(shape: torch.Size, std: float, like: torch.Tensor, generator: to
     return (torch.randn(shape, generator=generator, dtype=torch.float32) * std).to(dtype=like.dtype, device=like.device)
 
 
-def _position_ids(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-    device = "meta" if like.device.type == "meta" else like.device
-    return torch.arange(shape[-1], device=device).expand(tuple(shape)).clone()
-
-
 def longformer_to_pretraining(
     longformer_state: dict[str, torch.Tensor],
     config: RecformerConfig,
@@ -143,7 +148,7 @@ def longformer_to_pretraining(
                 out[key] = source[key].clone()
                 report.copied.append(key)
             else:
-                out[key] = _position_ids(shape, like)
+                out[key] = position_ids(shape[-1], like)
                 report.new.append(key)
             continue
         if key == LM_DECODER_BIAS_KEY:
@@ -174,8 +179,7 @@ def longformer_to_pretraining(
             lines.append("  shape mismatches: " + "; ".join(mismatched[:20]))
         raise ConversionError("\n".join(lines))
 
-    out[LM_DECODER_BIAS_KEY] = out[LM_BIAS_KEY]  # one parameter under two names (SPEC D)
-    report.filled.append(LM_DECODER_BIAS_KEY)
+    report.filled += tie_lm_head_bias(out)  # the decoder bias: one parameter under two names
     used = set(targets) | set(FILL_FROM.values())
     report.dropped = sorted(k for k in source if k not in used)
     unexpected = [k for k in report.dropped if not k.startswith(LONGFORMER_UNUSED_PREFIXES)]
@@ -216,21 +220,15 @@ def pretraining_to_released(
         (model_state, seqrec_state, report): `model_state` has no prefix (strict-loads into
         `RecformerModel`); `seqrec_state` is `longformer.*` + the 7 `lm_head.*` keys.
     """
-    state = strip_wrapper_prefixes(dict(state))
-    if not any(k.startswith(PREFIX) for k in state) and any(k.startswith("embeddings.") for k in state):
-        state = {(k if k.startswith(LM_HEAD_PREFIX) else PREFIX + k): v for k, v in state.items()}
+    state = add_encoder_prefix(strip_wrapper_prefixes(dict(state)))
     report = ConversionReport()
     unexpected = [k for k in state if not k.startswith((PREFIX, LM_HEAD_PREFIX))]
-    if unexpected or not any(k.startswith(PREFIX) for k in state):
+    if unexpected or not has_encoder_prefix(state):
         raise ConversionError(
             "not a Recformer pretraining state dict (expected 'longformer.*' and 'lm_head.*' keys, "
             f"with an optional 'model.' prefix); unexpected keys: {_preview(unexpected or list(state), 12)}"
         )
-    start = None
-    if start_state is not None:
-        start = strip_wrapper_prefixes(dict(start_state))
-        if not any(k.startswith(PREFIX) for k in start):
-            start = {PREFIX + k: v for k, v in start.items()}
+    start = None if start_state is None else add_encoder_prefix(strip_wrapper_prefixes(dict(start_state)))
 
     saved_words = state.get(WORD_EMBEDDINGS_KEY)
     if restore_word_embeddings is None:
@@ -254,16 +252,8 @@ def pretraining_to_released(
         state[WORD_EMBEDDINGS_KEY] = words
         report.restored.append(WORD_EMBEDDINGS_KEY)
 
-    if FULL_POSITION_IDS_KEY not in state:
-        positions = state[PREFIX + "embeddings.position_embeddings.weight"]
-        state[FULL_POSITION_IDS_KEY] = _position_ids(torch.Size([1, positions.shape[0]]), positions)
-        report.filled.append(FULL_POSITION_IDS_KEY)
-    if LM_BIAS_KEY in state and LM_DECODER_BIAS_KEY not in state:
-        state[LM_DECODER_BIAS_KEY] = state[LM_BIAS_KEY]
-        report.filled.append(LM_DECODER_BIAS_KEY)
-    if LM_DECODER_BIAS_KEY in state and LM_BIAS_KEY not in state:
-        state[LM_BIAS_KEY] = state[LM_DECODER_BIAS_KEY]
-        report.filled.append(LM_BIAS_KEY)
+    report.filled += fill_position_ids(state, PREFIX)
+    report.filled += tie_lm_head_bias(state)
 
     model_state = {k[len(PREFIX) :]: v for k, v in state.items() if k.startswith(PREFIX)}
     seqrec_state = dict(state)
@@ -278,34 +268,10 @@ def to_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     }
 
 
-# -- file-facing helpers used by the CLIs ---------------------------------------------------------
+# -- file-facing steps of the pretraining pipeline (`save_longformer_ckpt.py`, `convert_pretrain_ckpt.py`)
 
-
-def pretraining_config(
-    model_name_or_path: str,
-    fields: dict[str, Any] | None = None,
-    temp: float | None = None,
-    mlm_weight: float | None = None,
-) -> RecformerConfig:
-    """Recformer config from a Longformer (or Recformer) config path plus Recformer field values.
-
-    `fields` maps `max_attr_num`, `max_attr_length`, `max_item_embeddings`, `attention_window`,
-    `max_token_num` to a value or None; None keeps a saved Recformer config's value, else takes the
-    reference scripts' value (SPEC B).
-    """
-    from .finetune import build_config
-
-    fields = dict(fields or {})
-    args = SimpleNamespace(
-        model_name_or_path=model_name_or_path,
-        temp=temp,
-        finetune_negative_sample_size=0,
-        **{name: fields.get(name) for name in REFERENCE_SCRIPT_VALUES},
-    )
-    config = build_config(args)
-    if mlm_weight is not None:
-        config.mlm_weight = mlm_weight
-    return config
+MODEL_FILE = "recformer_ckpt.bin"
+SEQREC_FILE = "recformer_seqrec_ckpt.bin"
 
 
 def build_start_point(
@@ -317,3 +283,122 @@ def build_start_point(
     longformer = LongformerForMaskedLM.from_pretrained(model_name_or_path)
     generator = torch.Generator().manual_seed(seed)
     return longformer_to_pretraining(longformer.state_dict(), config, generator=generator)
+
+
+@dataclass
+class StartPoint:
+    """What `write_start_point` wrote."""
+
+    file: Path
+    folder: Path
+    num_keys: int
+    report: ConversionReport
+
+
+def write_start_point(
+    model_name_or_path: str,
+    output: str | os.PathLike,
+    fields: Mapping[str, Any] | None = None,
+    seed: int = 42,
+) -> StartPoint:
+    """Convert a Longformer masked-LM into the pretraining start point and write it twice.
+
+    `output` gets the reference file (a `torch.save`d state dict with the reference key names); the
+    `save_pretrained` folder beside it (`checkpoint.start_point_folder`) gets config, weights and
+    tokenizer, so later steps need no hub access.
+
+    Args:
+        model_name_or_path: Longformer masked-LM, hub id or folder (config, weights, tokenizer).
+        output: the start-point file.
+        fields: Recformer field values (see `configuration.build_config`).
+        seed: seed of the new item-position table.
+    """
+    from .checkpoint import load_checkpoint, start_point_folder
+    from .configuration import build_config
+    from .fileio import atomic_torch_save
+    from .modeling import RecformerForPretraining
+    from .tokenization import RecformerTokenizer
+
+    config = build_config(model_name_or_path, fields)
+    state, report = build_start_point(model_name_or_path, config, seed=seed)
+    output = Path(output)
+    atomic_torch_save(to_float32(state), output)
+    folder = start_point_folder(output)
+    model = RecformerForPretraining(config)
+    load_checkpoint(model, state)  # validates every key and shape once more
+    model.save_pretrained(folder)
+    RecformerTokenizer.from_pretrained(model_name_or_path, config).save_pretrained(folder)
+    return StartPoint(file=output, folder=folder, num_keys=len(state), report=report)
+
+
+@dataclass
+class ReleasedCheckpoint:
+    """What `write_released` read and wrote."""
+
+    source_form: str
+    source_tensors: int
+    report: ConversionReport
+    model_keys: int
+    seqrec_keys: int
+    output_dir: Path
+
+
+def write_released(
+    training_checkpoint: str | os.PathLike,
+    start_point: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    model_name_or_path: str | os.PathLike | None = None,
+    restore_word_embeddings: bool | None = None,
+) -> ReleasedCheckpoint:
+    """Turn what pretraining wrote into the released files, each checked by loading it back.
+
+    Writes `recformer_ckpt.bin` (RecformerModel form), `recformer_seqrec_ckpt.bin` (SeqRec form)
+    and the `save_pretrained` folders `recformer/` and `recformer_seqrec/` (config, weights,
+    tokenizer) into `output_dir`.
+
+    Args:
+        training_checkpoint: a DeepSpeed folder, a Lightning `.ckpt` or a consolidated `.bin`.
+        start_point: the start-point file (`write_start_point`); source of frozen word embeddings.
+        output_dir: where the released files go.
+        model_name_or_path: config + tokenizer folder (default: the folder beside `start_point`).
+        restore_word_embeddings: True/False forces it; None restores them when training froze them
+            (the checkpoint's hyperparameters say so) or, failing that, when they are unchanged.
+
+    Raises:
+        CheckpointError: an unreadable or ill-fitting checkpoint, naming the keys.
+        FileNotFoundError: no config.json in the config folder.
+    """
+    from .checkpoint import load_checkpoint, read_state_dict, read_training_checkpoint, start_point_folder
+    from .fileio import atomic_torch_save
+    from .modeling import RecformerForSeqRec, RecformerModel
+    from .tokenization import RecformerTokenizer
+
+    config_dir = Path(model_name_or_path) if model_name_or_path else start_point_folder(start_point)
+    if not (config_dir / "config.json").is_file():
+        raise FileNotFoundError(
+            f"{config_dir}: no config.json; pass --model_name_or_path (the folder save_longformer_ckpt.py wrote)"
+        )
+    config = RecformerConfig.from_pretrained(config_dir)
+    state, hparams, form = read_training_checkpoint(training_checkpoint)
+    start = read_state_dict(start_point)
+    restore = restore_word_embeddings
+    if restore is None and "fix_word_embedding" in hparams:
+        restore = bool(hparams["fix_word_embedding"])  # what training did, when the checkpoint says
+    model_state, seqrec_state, report = pretraining_to_released(state, start, restore_word_embeddings=restore)
+    model_state, seqrec_state = to_float32(model_state), to_float32(seqrec_state)
+    model = RecformerModel(config)
+    load_checkpoint(model, model_state)
+    seqrec = RecformerForSeqRec(config)
+    load_checkpoint(seqrec, seqrec_state)
+
+    out = Path(output_dir)
+    atomic_torch_save(model_state, out / MODEL_FILE)
+    atomic_torch_save(seqrec_state, out / SEQREC_FILE)
+    tokenizer = RecformerTokenizer.from_pretrained(str(config_dir), config)
+    for folder, net in (("recformer", model), ("recformer_seqrec", seqrec)):
+        net.save_pretrained(out / folder)
+        tokenizer.save_pretrained(out / folder)
+    return ReleasedCheckpoint(
+        source_form=form, source_tensors=len(state), report=report, model_keys=len(model_state),
+        seqrec_keys=len(seqrec_state), output_dir=out,
+    )  # fmt: skip

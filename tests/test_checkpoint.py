@@ -1,5 +1,7 @@
 """Every known checkpoint form loads; anything else fails naming keys; save_pretrained round trips."""
 
+import re
+
 import pytest
 import torch
 
@@ -169,3 +171,118 @@ def test_unknown_extra_keys_fail_for_every_target(config, pretrain_state, target
     state["classifier.weight"] = torch.zeros(2, 32)
     with pytest.raises(CheckpointError, match=r"unexpected keys: \[classifier.weight\]"):
         load_checkpoint(target(config), state)
+
+
+# -- the form rules, one helper each ---------------------------------------------------------------
+
+from recformer.checkpoint import (  # noqa: E402
+    NEITHER,
+    add_encoder_prefix,
+    detect_form,
+    fill_position_ids,
+    read_training_checkpoint,
+    split_encoder,
+    start_point_folder,
+    strip_wrapper_prefixes,
+    tie_lm_head_bias,
+    unwrap_training_container,
+)
+
+
+def test_unwrap_training_container():
+    weights = {"w": torch.zeros(1)}
+    assert unwrap_training_container({"state_dict": weights, "epoch": 3}) == (weights, "Lightning checkpoint")
+    assert unwrap_training_container({"module": weights, "global_steps": 1}) == (weights, "DeepSpeed model-states file")
+    assert unwrap_training_container(weights) == (weights, None)
+    assert unwrap_training_container({"state_dict": "not a dict"})[1] is None
+
+
+def test_strip_wrapper_prefixes_only_when_every_key_shares_them():
+    state = {"model.module.longformer.a": 1, "model.module.lm_head.b": 2}
+    assert strip_wrapper_prefixes(state) == {"longformer.a": 1, "lm_head.b": 2}
+    mixed = {"model.a": 1, "b": 2}
+    assert strip_wrapper_prefixes(mixed) == mixed
+
+
+def test_forms_and_encoder_split(pretrain_state):
+    model_form = released_model_form(pretrain_state)
+    finetuned = {k: v for k, v in pretrain_state.items() if k.startswith("longformer.")}
+    finetuned["item_embedding.weight"] = torch.zeros(3, 32)
+    assert detect_form(model_form) == "model" and detect_form(pretrain_state) == "pretrain"
+    assert detect_form(finetuned) == "finetuned" and detect_form({"bert.x": torch.zeros(1)}) == "unknown"
+    encoder, extra = split_encoder(pretrain_state)
+    assert set(encoder) == set(model_form) and set(extra) == {k for k in pretrain_state if k.startswith("lm_head.")}
+    encoder, extra = split_encoder({**model_form, "item_embedding.weight": torch.zeros(3, 32)})
+    assert set(encoder) == set(model_form) and set(extra) == {"item_embedding.weight"}
+    prefixed = add_encoder_prefix({**model_form, "lm_head.bias": torch.zeros(1)})
+    assert set(prefixed) == {"longformer." + k for k in model_form} | {"lm_head.bias"}
+    assert add_encoder_prefix(pretrain_state) == pretrain_state
+    assert add_encoder_prefix({"encoder.weight": 1}) == {"encoder.weight": 1}  # not a Recformer form: untouched
+
+
+def test_fill_position_ids():
+    state = {"longformer.embeddings.position_embeddings.weight": torch.zeros(7, 4)}
+    assert fill_position_ids(state, "longformer.") == ["longformer.embeddings.position_ids"]
+    assert torch.equal(state["longformer.embeddings.position_ids"], torch.arange(7)[None])
+    assert fill_position_ids(state, "longformer.") == []  # already there
+    assert fill_position_ids({"embeddings.word_embeddings.weight": torch.zeros(1)}) == []  # no table to size it
+    with torch.device("meta"):
+        meta = {"embeddings.position_embeddings.weight": torch.empty(5, 4)}
+    fill_position_ids(meta)
+    assert meta["embeddings.position_ids"].device.type == "meta" and meta["embeddings.position_ids"].shape == (1, 5)
+
+
+def test_tie_lm_head_bias_fills_either_name_with_the_same_tensor():
+    bias = torch.randn(5)
+    state = {"lm_head.bias": bias}
+    assert tie_lm_head_bias(state) == ["lm_head.decoder.bias"] and state["lm_head.decoder.bias"] is bias
+    state = {"lm_head.decoder.bias": bias}
+    assert tie_lm_head_bias(state) == ["lm_head.bias"] and state["lm_head.bias"] is bias
+    both = {"lm_head.bias": bias, "lm_head.decoder.bias": torch.zeros(5)}
+    assert tie_lm_head_bias(both) == [] and not torch.equal(both["lm_head.decoder.bias"], bias)
+
+
+def test_missing_position_ids_and_decoder_bias_are_filled_on_load(config, pretrain_state):
+    state = {k: v for k, v in pretrain_state.items() if k not in ("longformer.embeddings.position_ids", "lm_head.decoder.bias")}
+    model = RecformerForPretraining(config)
+    report = load_checkpoint(model, state)
+    assert "longformer.embeddings.position_ids" in report.filled
+    assert "longformer.embeddings.position_ids" not in report.loaded
+    assert torch.equal(model.longformer.embeddings.position_ids, torch.arange(config.max_position_embeddings)[None])
+    assert torch.equal(model.lm_head.decoder.bias, pretrain_state["lm_head.bias"])
+
+
+def test_load_checkpoint_takes_recformer_models_only(config, pretrain_state):
+    with pytest.raises(TypeError, match="load_checkpoint expects a Recformer model, got Linear"):
+        load_checkpoint(torch.nn.Linear(2, 2), pretrain_state)
+
+
+def test_read_training_checkpoint_forms(tmp_path, pretrain_state):
+    lightning = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {"model." + k: v for k, v in pretrain_state.items()},
+                "hyper_parameters": {"fix_word_embedding": True}}, lightning)  # fmt: skip
+    state, hparams, form = read_training_checkpoint(lightning)
+    assert form == "Lightning checkpoint" and hparams == {"fix_word_embedding": True} and len(state) == len(pretrain_state)
+    states_file = tmp_path / "mp_rank_00_model_states.pt"
+    torch.save({"module": dict(pretrain_state), "hyper_parameters": None}, states_file)
+    assert read_training_checkpoint(states_file)[1:] == ({}, "DeepSpeed model-states file")
+    plain = tmp_path / "consolidated.bin"
+    torch.save(dict(pretrain_state), plain)
+    assert read_training_checkpoint(plain)[1:] == ({}, "consolidated state dict")
+    junk = tmp_path / "junk.ckpt"
+    torch.save({"epoch": 3}, junk)
+    with pytest.raises(CheckpointError, match=re.escape(f"junk.ckpt: {NEITHER}") + "$"):
+        read_training_checkpoint(junk)
+    text = tmp_path / "text.ckpt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match=r"text.ckpt: is neither .* \(cannot be read: UnpicklingError\)"):
+        read_training_checkpoint(text)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="without DeepSpeed \\*_model_states.pt files"):
+        read_training_checkpoint(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError, match="nope.ckpt: not found"):
+        read_training_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_start_point_folder():
+    assert str(start_point_folder("longformer_ckpt/longformer-base-4096.bin")) == "longformer_ckpt/longformer-base-4096"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from transformers import LongformerConfig, LongformerForMaskedLM
@@ -18,14 +16,8 @@ from recformer.conversion import (
 
 from .conftest import tiny_config
 from .finetune_fixtures import MODEL_FIELDS
+from .helpers import LONGFORMER_BASE, base_config, reference_keys
 from .pretrain_fixtures import longformer_config
-
-KEYS_FILE = Path(__file__).resolve().parents[2] / "shared" / "spec" / "upstream_state_dict_keys.txt"
-BASE = dict(
-    vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-    max_position_embeddings=4098, layer_norm_eps=1e-5, pad_token_id=1, type_vocab_size=1,
-)  # fmt: skip
-REFERENCE_FIELDS = dict(max_attr_num=3, max_attr_length=32, max_item_embeddings=51, attention_window=[64] * 12, max_token_num=1024)
 
 
 def tiny_longformer(config) -> LongformerForMaskedLM:
@@ -90,10 +82,11 @@ def test_foreign_keys_are_refused(config):
 
 
 def test_base_size_on_meta_device():
-    """longformer-base shapes, no memory: 278 start-point keys, 271 RecformerModel keys (SPEC D)."""
+    """longformer-base shapes, no memory: the start point and the SeqRec form have exactly the reference
+    keys and shapes (278), the RecformerModel form their 271 encoder keys."""
     with torch.device("meta"):
-        longformer = LongformerForMaskedLM(LongformerConfig(attention_window=[512] * 12, **BASE))
-    config = tiny_config(**BASE, **REFERENCE_FIELDS, hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+        longformer = LongformerForMaskedLM(LongformerConfig(attention_window=[512] * 12, **LONGFORMER_BASE))
+    config = base_config()
     state, report = longformer_to_pretraining(longformer.state_dict(), config)
     assert len(state) == 278
     assert all(v.device.type == "meta" for v in state.values())
@@ -102,13 +95,12 @@ def test_base_size_on_meta_device():
     assert state["longformer.embeddings.position_ids"].shape == (1, 4098)
     model_state, seqrec_state, _ = pretraining_to_released({"model." + k: v for k, v in state.items()}, state, True)
     assert len(model_state) == 271 and len(seqrec_state) == 278
-    if KEYS_FILE.is_file():  # the reference key list (beside the spec), with shapes
-        listed = {}
-        for line in KEYS_FILE.read_text().splitlines():
-            if line.strip() and not line.startswith("#"):
-                key, shape = line.split(" ", 1)
-                listed[key] = [int(n) for n in shape.split("]")[0].strip("[").split(",")]
-        assert {k: list(v.shape) for k, v in seqrec_state.items()} == listed
+    listed = {k: shape for k, (shape, _) in reference_keys().items()}
+    assert {k: tuple(v.shape) for k, v in state.items()} == listed
+    assert {k: tuple(v.shape) for k, v in seqrec_state.items()} == listed
+    assert {k: tuple(v.shape) for k, v in model_state.items()} == {
+        k[len("longformer."):]: s for k, s in listed.items() if k.startswith("longformer.")
+    }
 
 
 def trained_state(config, converted):

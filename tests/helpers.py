@@ -1,0 +1,54 @@
+"""Helpers shared by the tests: loading a command-line script, writing gzip files, the longformer-base
+configuration and the reference key list."""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+from recformer import RecformerConfig
+
+FIXTURES = Path(__file__).parent / "fixtures"
+# The reference state-dict keys (RecformerForPretraining, longformer-base sizes) with shapes and dtypes.
+KEYS_FILE = FIXTURES / "upstream_state_dict_keys.txt"
+
+# allenai/longformer-base-4096 sizes.
+LONGFORMER_BASE = dict(
+    vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+    max_position_embeddings=4098, layer_norm_eps=1e-5, pad_token_id=1, type_vocab_size=1,
+)  # fmt: skip
+# The Recformer fields every reference script sets.
+REFERENCE_FIELDS = dict(max_attr_num=3, max_attr_length=32, max_item_embeddings=51, attention_window=[64] * 12, max_token_num=1024)
+
+
+def load_cli(path: Path) -> ModuleType:
+    """Import a command-line script as a module, to call its main() in this process."""
+    spec = importlib.util.spec_from_file_location(f"cli_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def write_gz(path: Path, lines: list[str]) -> Path:
+    """Write `lines` (one per line) gzip-compressed, byte for byte reproducible; returns `path`."""
+    path.write_bytes(gzip.compress("".join(line + "\n" for line in lines).encode(), mtime=0))
+    return path
+
+
+def base_config(**overrides) -> RecformerConfig:
+    """The config of the released checkpoints: longformer-base sizes plus the reference Recformer fields."""
+    return RecformerConfig(**{**LONGFORMER_BASE, **REFERENCE_FIELDS, **overrides})
+
+
+def reference_keys() -> dict[str, tuple[tuple[int, ...], str]]:
+    """{key: (shape, dtype)} of the reference key list, in its order."""
+    keys = {}
+    for line in KEYS_FILE.read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, rest = line.split(" ", 1)
+        shape, dtype = rest.rsplit(" ", 1)  # "[1, 4098] int64"
+        keys[name] = (tuple(int(x) for x in shape.strip("[]").split(",")), dtype)
+    return keys
