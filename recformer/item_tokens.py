@@ -5,22 +5,20 @@ int8 types, int64 offsets), so a million-item catalogue costs a few hundred MB r
 of Python lists. It is indexed by row (finetuning item ids) or by key (pretraining asins).
 
 `tokenize_catalogue` builds it (the Rust tokenizer encodes in parallel threads) and caches it on
-disk under a key made of the tokenizer's vocabulary, the Recformer fields that shape an item, and
-the items' text, so any change to one of those never reuses a stale cache.
+disk (`cache.py`: keyed by the tokenizer, the Recformer fields that shape an item, and the items).
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
+from .cache import cached, tokenized_items_path
 from .fileio import atomic_open, dumps_json
 from .tokenization import RecformerTokenizer
 
@@ -89,23 +87,6 @@ class TokenizedItems(Sequence):
             return cls(data["ids"], data["types"], data["offsets"], keys)
 
 
-def tokenizer_fingerprint(tokenizer: RecformerTokenizer) -> str:
-    """Hash of the tokenizer's vocabulary, merges and the Recformer fields that shape an item."""
-    h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
-    cfg = tokenizer.config
-    h.update(f"|attr_num={cfg.max_attr_num}|attr_length={cfg.max_attr_length}".encode())
-    return h.hexdigest()[:16]
-
-
-def catalogue_fingerprint(items: Sequence[Mapping[str, Any]], keys: Sequence[Hashable] | None) -> str:
-    h = hashlib.sha256()
-    for item in items:
-        h.update(dumps_json(item))
-        h.update(b"\n")
-    h.update(dumps_json(list(keys) if keys is not None else None))
-    return h.hexdigest()[:16]
-
-
 def tokenize_catalogue(
     tokenizer: RecformerTokenizer,
     items: Sequence[Mapping[str, Any]],
@@ -124,18 +105,12 @@ def tokenize_catalogue(
     """
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
-    path = None
-    if cache_dir is not None:
-        name = f"items-{tokenizer_fingerprint(tokenizer)}-{catalogue_fingerprint(items, keys)}.npz"
-        path = Path(cache_dir) / name
-        if path.is_file():
-            logger.info("tokenized items: reusing %s", path)
-            return TokenizedItems.load(path)
-    encoded: list[tuple[list[int], list[int]]] = []
-    for start in tqdm(range(0, len(items), chunk_size), desc="tokenize items", disable=not progress, unit="chunk"):
-        encoded += tokenizer.encode_items(items[start : start + chunk_size], use_cache=False)
-    table = TokenizedItems.from_lists(encoded, keys)
-    if path is not None:
-        table.save(path)
-        logger.info("tokenized items: wrote %s", path)
-    return table
+
+    def build() -> TokenizedItems:
+        encoded: list[tuple[list[int], list[int]]] = []
+        for start in tqdm(range(0, len(items), chunk_size), desc="tokenize items", disable=not progress, unit="chunk"):
+            encoded += tokenizer.tokenize_items(items[start : start + chunk_size], use_cache=False)
+        return TokenizedItems.from_lists(encoded, keys)
+
+    path = tokenized_items_path(cache_dir, tokenizer, items, keys) if cache_dir is not None else None
+    return cached(path, build, TokenizedItems.load, TokenizedItems.save, "tokenized items")

@@ -64,3 +64,18 @@ def ranking_metrics(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int
     """NDCG@k and Recall@k for each k, MRR and AUC, averaged over the B users of `scores` [B, N]."""
     ranks, n_valid = compute_ranks(scores, labels)
     return metrics_from_ranks(ranks, n_valid, ks)
+
+
+def format_metrics(metrics: dict[str, float]) -> str:
+    """One line: `NDCG@10=0.1234 Recall@10=...`."""
+    return " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+
+
+def format_metrics_table(rows: dict[str, dict[str, float]]) -> str:
+    """A small text table: one row per named metrics dict, one column per metric."""
+    names = list(next(iter(rows.values())).keys())
+    width = max(len(r) for r in rows) + 2
+    lines = [" " * width + "".join(f"{n:>11}" for n in names)]
+    for label, metrics in rows.items():
+        lines.append(f"{label:<{width}}" + "".join(f"{metrics[n]:>11.4f}" for n in names))
+    return "\n".join(lines)

@@ -23,9 +23,6 @@ from .configuration import RecformerConfig
 
 logger = logging.getLogger(__name__)
 
-# Inputs a Recformer encoder takes, as the tokenizer and the collators produce them.
-ENCODER_INPUT_NAMES = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids", "item_position_ids")
-
 
 @dataclass
 class RecformerModelOutput(ModelOutput):
@@ -376,6 +373,8 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> RecformerPretrainingOutput:
+        if inputs_embeds is not None or return_dict is False:
+            raise NotImplementedError("RecformerForPretraining takes input ids and always returns a RecformerPretrainingOutput")
         side_a = dict(
             attention_mask=attention_mask_a,
             global_attention_mask=global_attention_mask_a,
@@ -478,11 +477,27 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
             self._item_norm_cache = (key, weight.detach().norm(dim=-1))
         return self._item_norm_cache[1]
 
-    def similarity_score(self, pooler_output: torch.Tensor, candidates: torch.Tensor | None = None) -> torch.Tensor:
-        """Scores of `pooler_output` [B, H] against every item ([B, N]) or against `candidates` [B, C] ([B, C])."""
+    def similarity_score(
+        self, pooler_output: torch.Tensor, candidates: torch.Tensor | None = None, chunk_size: int | None = None
+    ) -> torch.Tensor:
+        """Scores (cosine / temp) of `pooler_output` [B, H] against the item table: every item ([B, N]) or
+        each row's `candidates` [B, C] ([B, C]).
+
+        With `chunk_size`, the full-table scores are computed `chunk_size` items at a time into a
+        float32 [B, N] result, so no intermediate is larger than [B, chunk] (the same numbers as one
+        product); use it for evaluation against large catalogues.
+        """
         table = self._require_items()
         if candidates is None:
-            return self.sim(pooler_output, table.weight, y_norm=self.item_norms())  # [B, N]
+            weight, norms = table.weight, self.item_norms()
+            n = weight.size(0)
+            if chunk_size is None or n <= chunk_size:
+                return self.sim(pooler_output, weight, y_norm=norms)  # [B, N]
+            scores = torch.empty(pooler_output.size(0), n, dtype=torch.float32, device=pooler_output.device)
+            for start in range(0, n, chunk_size):
+                end = min(start + chunk_size, n)
+                scores[:, start:end] = self.sim(pooler_output, weight[start:end], y_norm=norms[start:end])
+            return scores
         cand = table(candidates)  # [B, C, H]
         scores = torch.einsum("bh,bch->bc", F.normalize(pooler_output, dim=-1, eps=Similarity.eps), cand.to(pooler_output.dtype))
         return scores / (cand.norm(dim=-1).to(scores.dtype).clamp(min=Similarity.eps) * self.sim.temp)

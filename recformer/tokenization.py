@@ -1,6 +1,6 @@
 """Recformer tokenizer: items (attribute -> text dicts) and item sequences to model inputs.
 
-Layout of one sequence (SPEC E), oldest item first in, newest first out:
+Layout of one sequence (the reference layout; docs/design.md), oldest item first in, newest first out:
 
     <s> | k1 v1 k2 v2 ... (newest item) | k1 v1 ... (next older item) | ...
     token type:      0 | 1 for key tokens, 2 for value tokens
@@ -120,7 +120,7 @@ class RecformerTokenizer(RobertaTokenizer):
             token_type_ids += ([TOKEN_TYPE_KEY] * len(name_ids) + [TOKEN_TYPE_VALUE] * len(value_ids))[:max_len]
         return input_ids, token_type_ids
 
-    def encode_items(self, items: Iterable[Item], use_cache: bool = True) -> list[tuple[list[int], list[int]]]:
+    def tokenize_items(self, items: Iterable[Item], use_cache: bool = True) -> list[tuple[list[int], list[int]]]:
         """`(input_ids, token_type_ids)` for each item, tokenizing the distinct uncached ones in one batch."""
         items = list(items)
         for item in items:
@@ -151,14 +151,14 @@ class RecformerTokenizer(RobertaTokenizer):
 
     def encode_item(self, item: Item) -> tuple[list[int], list[int]]:
         """`(input_ids, token_type_ids)` of one item (see the module docstring for the layout)."""
-        return self.encode_items([item])[0]
+        return self.tokenize_items([item])[0]
 
     # -- sequences -----------------------------------------------------------------------------
     def _tokenized(self, items: Sequence[Item | TokenizedItem]) -> list[TokenizedItem]:
         raw = [i for i, item in enumerate(items) if isinstance(item, Mapping)]
         out: list[Any] = list(items)
         if raw:
-            for i, enc in zip(raw, self.encode_items(items[i] for i in raw)):
+            for i, enc in zip(raw, self.tokenize_items(items[i] for i in raw)):
                 out[i] = enc
         for i, item in enumerate(out):
             if not _is_pretokenized_item(item):
@@ -214,7 +214,7 @@ class RecformerTokenizer(RobertaTokenizer):
         """Encode and pad a batch of sequences (a list of lists of items)."""
         if encode_item:  # tokenize every distinct item of the batch in one call
             flat = [item for seq in item_batch for item in seq if isinstance(item, Mapping)]
-            self.encode_items(flat)
+            self.tokenize_items(flat)
         return self.padding([self.encode(seq, encode_item) for seq in item_batch], pad_to_max=pad_to_max)
 
     def __call__(self, items, pad_to_max: bool = False, return_tensor: bool = False, **kwargs):

@@ -19,7 +19,7 @@ ITEMS = [{"title": "red shoe"}, {"brand": "b"}, {"title": "red", "brand": "b!"},
 
 @pytest.fixture
 def table(tokenizer):
-    return tokenizer.encode_items(ITEMS)
+    return tokenizer.tokenize_items(ITEMS)
 
 
 def test_shared_encoder_equals_tokenizer_on_item_dicts(tokenizer, table):

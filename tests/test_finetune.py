@@ -10,12 +10,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import finetune as finetune_cli
 from recformer import RecformerForSeqRec, RecformerModel, RecformerTokenizer, load_checkpoint, ranking_metrics
+from recformer.args import FinetuneArgs
+from recformer.cli import finetune as finetune_cli
 from recformer.collators import encode_item_sequences
-from recformer.finetune import FinetuneArgs, Finetuner, TrainingDiverged, encode_all_items, evaluate
+from recformer.evaluation import encode_items, evaluate
+from recformer.finetune import Finetuner, TrainingDiverged
 from recformer.finetune_data import load_finetune_data
 from recformer.item_tokens import tokenize_catalogue
+from recformer.run_log import RunLog
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
 
@@ -118,7 +121,7 @@ def test_item_encoding_in_length_order_matches_one_by_one(assets):
     tokenizer = RecformerTokenizer.from_pretrained(str(assets["model"]), config)
     encoder = RecformerModel(config).eval()
     table = tokenize_catalogue(tokenizer, data.items, progress=False)
-    batched = encode_all_items(encoder, tokenizer, table, 8, torch.device("cpu"), progress=False)
+    batched = encode_items(encoder, tokenizer, table, 8, torch.device("cpu"), progress=False)
     with torch.no_grad():
         for i in (0, 7, 29):
             alone = encoder(**encode_item_sequences(tokenizer, table, [[i]])).pooler_output[0]
@@ -156,7 +159,7 @@ def test_patience_and_best_checkpoint_selection(assets, tmp_path, monkeypatch):
 
     monkeypatch.setattr(Finetuner, "evaluate_split", fake_eval)
     original_save = Finetuner.save_best
-    monkeypatch.setattr(Finetuner, "save_best", lambda self: (saved_at.append((self.state["stage"], self.state["epoch"])), original_save(self)))
+    monkeypatch.setattr(Finetuner, "save_best", lambda self: (saved_at.append((self.state.stage, self.state.epoch)), original_save(self)))
     metrics = Finetuner(make_args(assets, tmp_path, num_train_epochs=20)).run()
     dev = [(r["stage"], r["epoch"], r["NDCG@10"]) for r in metrics["dev"]]
     assert dev == [(1, 0, 0.10), (1, 1, 0.30), (1, 2, 0.20), (1, 3, 0.25), (1, 4, 0.29), (1, 5, 0.30), (1, 6, 0.10),
@@ -167,19 +170,19 @@ def test_patience_and_best_checkpoint_selection(assets, tmp_path, monkeypatch):
 
 def test_kill_and_resume_equals_uninterrupted_run(assets, tmp_path, monkeypatch, full_run):
     folder_full, uninterrupted = full_run
-    original_log = Finetuner._log_jsonl
+    original_log = RunLog.log_step
 
     def killed_mid_epoch(self, record):
         original_log(self, record)
         if (record["stage"], record["epoch"]) == (1, 2):
             raise KeyboardInterrupt("killed")  # after a logged step of epoch 2, before its evaluation
 
-    monkeypatch.setattr(Finetuner, "_log_jsonl", killed_mid_epoch)
+    monkeypatch.setattr(RunLog, "log_step", killed_mid_epoch)
     with pytest.raises(KeyboardInterrupt):
         Finetuner(make_args(assets, tmp_path)).run()
     partial = json.loads((tmp_path / "Tiny" / "metrics.json").read_text())
     assert len(partial["dev"]) == 2 and partial["test"] is None
-    monkeypatch.setattr(Finetuner, "_log_jsonl", original_log)
+    monkeypatch.setattr(RunLog, "log_step", original_log)
     resumed = Finetuner(make_args(assets, tmp_path, resume=True)).run()
     assert resumed == uninterrupted
 
@@ -189,11 +192,43 @@ def test_kill_and_resume_equals_uninterrupted_run(assets, tmp_path, monkeypatch,
     assert steps(tmp_path / "Tiny") == steps(folder_full)  # no step logged twice, none missing
 
 
-def test_sampled_negatives_and_exclude_history_run(assets, tmp_path):
+def test_sampled_negatives_and_exclude_history_reach_training_and_evaluation(assets, tmp_path):
+    """The run's final test metrics are those of its best checkpoint evaluated with history excluded."""
     metrics = Finetuner(
         make_args(assets, tmp_path, num_train_epochs=1, finetune_negative_sample_size=5, exclude_history=True)
     ).run()
-    assert 0.0 <= metrics["test"]["NDCG@10"] <= 1.0
+    data = load_finetune_data(assets["data"])
+    config = finetune_config(item_num=30)
+    tokenizer = RecformerTokenizer.from_pretrained(str(assets["model"]), config)
+    model = RecformerForSeqRec(config)
+    load_checkpoint(model, tmp_path / "Tiny" / "best_model.bin")
+    table = tokenize_catalogue(tokenizer, data.items, progress=False)
+    pairs = data.test_pairs()
+    excluded = evaluate(model, pairs, tokenizer, table, 32, torch.device("cpu"), [10, 50], exclude_history=True, progress=False)
+    kept = evaluate(model, pairs, tokenizer, table, 32, torch.device("cpu"), [10, 50], progress=False)
+    assert metrics["test"] == pytest.approx(excluded, abs=1e-6)
+    assert excluded["MRR"] > kept["MRR"]  # history items outranked some targets
+    assert json.loads((tmp_path / "Tiny" / "args.json").read_text())["finetune_negative_sample_size"] == 5
+
+
+def test_item_table_cache_is_reused_for_the_same_checkpoint_and_rebuilt_for_another(assets, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    first = Finetuner(make_args(assets, tmp_path / "a", cache_dir=str(cache), num_train_epochs=0))
+    table = first.initial_item_table()
+    assert len(list(cache.glob("item_table-*.pt"))) == 1
+    torch.testing.assert_close(table, first.item_vectors())
+
+    again = Finetuner(make_args(assets, tmp_path / "b", cache_dir=str(cache), num_train_epochs=0))
+    monkeypatch.setattr(Finetuner, "item_vectors", lambda self: pytest.fail("the cached table was not reused"))
+    assert torch.equal(again.initial_item_table(), table)
+    monkeypatch.undo()
+
+    other_ckpt = make_pretrained_checkpoint(tmp_path, seed=1)
+    other = Finetuner(make_args(assets, tmp_path / "c", cache_dir=str(cache), pretrain_ckpt=str(other_ckpt), num_train_epochs=0))
+    rebuilt = other.initial_item_table()
+    assert len(list(cache.glob("item_table-*.pt"))) == 2
+    torch.testing.assert_close(rebuilt, other.item_vectors())
+    assert not torch.allclose(rebuilt, table)
 
 
 @pytest.mark.parametrize("form", ["model", "folder"])

@@ -22,7 +22,7 @@ ITEMS = [
 
 
 def batch_of(tokenizer, sequences):
-    table = tokenizer.encode_items(ITEMS)
+    table = tokenizer.tokenize_items(ITEMS)
     return encode_item_sequences(tokenizer, table, sequences)
 
 
@@ -122,7 +122,7 @@ def test_missing_item_position_ids_is_a_clear_error(tokenizer, config):
 
 def test_pretraining_loss_equals_hand_computation(tokenizer, config):
     model = RecformerForPretraining(config).eval()
-    collator = PretrainCollator(tokenizer, tokenizer.encode_items(ITEMS), rng=random.Random(3))
+    collator = PretrainCollator(tokenizer, tokenizer.tokenize_items(ITEMS), rng=random.Random(3))
     batch = collator([[0, 1, 2], [3, 4], [1, 2, 3, 4], [4, 0]])
     with torch.no_grad():
         out = model(**batch)
@@ -151,7 +151,7 @@ def test_pretraining_loss_equals_hand_computation(tokenizer, config):
 def test_pretraining_loss_backpropagates_and_lm_bias_is_tied(tokenizer, config):
     model = RecformerForPretraining(config).train()
     assert model.lm_head.decoder.bias is model.lm_head.bias
-    batch = PretrainCollator(tokenizer, tokenizer.encode_items(ITEMS), rng=random.Random(0))([[0, 1], [2, 3, 4]])
+    batch = PretrainCollator(tokenizer, tokenizer.tokenize_items(ITEMS), rng=random.Random(0))([[0, 1], [2, 3, 4]])
     model(**batch).loss.backward()
     assert model.lm_head.bias.grad is not None
     assert model.longformer.embeddings.item_position_embeddings.weight.grad.abs().sum() > 0
@@ -213,10 +213,33 @@ def test_seqrec_requires_an_item_table(tokenizer, config):
 
 def test_side_with_nothing_masked_contributes_zero(tokenizer, config):
     model = RecformerForPretraining(config).eval()
-    batch = PretrainCollator(tokenizer, tokenizer.encode_items(ITEMS), rng=random.Random(0))([[0, 1], [2, 3]])
+    batch = PretrainCollator(tokenizer, tokenizer.tokenize_items(ITEMS), rng=random.Random(0))([[0, 1], [2, 3]])
     batch["mlm_labels_b"] = torch.full_like(batch["mlm_labels_b"], -100)
     out = model(**batch)
     assert torch.isfinite(out.loss) and out.mlm_loss_b.item() == 0.0
     torch.testing.assert_close(out.loss, out.cl_loss + config.mlm_weight * out.mlm_loss_a)
     out.loss.backward()
     assert model.lm_head.dense.weight.grad is not None
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 9, 40])
+def test_chunked_scoring_equals_one_product(tokenizer, config, chunk_size):
+    model = RecformerForSeqRec(config).eval()
+    model.init_item_embedding(torch.randn(37, config.hidden_size))
+    batch = batch_of(tokenizer, [[0, 1], [2], [3, 4, 0]])
+    with torch.no_grad():
+        pooled = model.longformer(**batch).pooler_output
+        whole = model.similarity_score(pooled)
+        chunked = model.similarity_score(pooled, chunk_size=chunk_size)
+    assert chunked.shape == (3, 37) and chunked.dtype == torch.float32
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+
+
+def test_pretraining_refuses_inputs_embeds_and_tuple_output(tokenizer, config):
+    model = RecformerForPretraining(config).eval()
+    batch = PretrainCollator(tokenizer, tokenizer.tokenize_items(ITEMS), rng=random.Random(0))([[0, 1], [2, 3]])
+    with pytest.raises(NotImplementedError, match="takes input ids"):
+        model(**batch, inputs_embeds=torch.zeros(2, 3, config.hidden_size))
+    with pytest.raises(NotImplementedError, match="always returns a RecformerPretrainingOutput"):
+        model(**batch, return_dict=False)
+    assert model(**batch, return_dict=True).loss is not None

@@ -1,0 +1,104 @@
+"""The two disk caches of the pipeline, each keyed by everything that produced its content.
+
+* tokenized items (`items-<tokenizer>-<catalogue>.npz`): the tokenizer's vocabulary and merges,
+  the Recformer fields that shape an item, and the items' text and keys;
+* item vectors (`item_table-<key>.pt`): the checkpoint file's bytes, the tokenizer, the config
+  fields that change an item's vector, and the items' text.
+
+Any change to one of those gives another file name, so a stale cache is never reused; files are
+written atomically, so a killed run never leaves a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .fileio import dumps_json
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Config fields that change an item's vector besides the weights: the item layout and the pooler.
+ITEM_VECTOR_FIELDS = (
+    "max_attr_num", "max_attr_length", "max_item_embeddings", "attention_window", "max_token_num",
+    "pooler_type", "hidden_size",
+)  # fmt: skip
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Hash of a RecformerTokenizer's vocabulary, merges and the Recformer fields that shape an item."""
+    h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
+    cfg = tokenizer.config
+    h.update(f"|attr_num={cfg.max_attr_num}|attr_length={cfg.max_attr_length}".encode())
+    return h.hexdigest()[:16]
+
+
+def catalogue_fingerprint(items: Sequence[Mapping[str, Any]], keys: Sequence[Hashable] | None) -> str:
+    """Hash of the items' attribute dicts, in order, and of their keys."""
+    h = hashlib.sha256()
+    for item in items:
+        h.update(dumps_json(item))
+        h.update(b"\n")
+    h.update(dumps_json(list(keys) if keys is not None else None))
+    return h.hexdigest()[:16]
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """sha256 of a checkpoint file (or of the weight files of a folder)."""
+    p = Path(path)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin"))
+    else:
+        files = [p]
+    h = hashlib.sha256()
+    for f in files:
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
+def tokenized_items_path(
+    cache_dir: str | os.PathLike, tokenizer: Any, items: Sequence[Mapping[str, Any]], keys: Sequence[Hashable] | None
+) -> Path:
+    """Cache file of a tokenized catalogue."""
+    return Path(cache_dir) / f"items-{tokenizer_fingerprint(tokenizer)}-{catalogue_fingerprint(items, keys)}.npz"
+
+
+def item_table_path(
+    cache_dir: str | os.PathLike,
+    checkpoint: str | os.PathLike,
+    tokenizer: Any,
+    config: Any,
+    items: Sequence[Mapping[str, Any]],
+) -> Path:
+    """Cache file of the item vectors that the encoder loaded from `checkpoint` gives the catalogue."""
+    fields = {k: getattr(config, k) for k in ITEM_VECTOR_FIELDS}
+    parts = [file_fingerprint(checkpoint), tokenizer_fingerprint(tokenizer), fields, catalogue_fingerprint(items, None)]
+    key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache_dir) / f"item_table-{key}.pt"
+
+
+def cached(
+    path: Path | None,
+    build: Callable[[], T],
+    load: Callable[[Path], T],
+    save: Callable[[T, Path], None],
+    what: str,
+) -> T:
+    """`load(path)` when the cache file exists, else `build()` and `save` it there (no cache: `path` None)."""
+    if path is not None and path.is_file():
+        logger.info("%s: reusing %s", what, path)
+        return load(path)
+    value = build()
+    if path is not None:
+        save(value, path)
+        logger.info("%s: wrote %s", what, path)
+    return value

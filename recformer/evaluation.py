@@ -1,0 +1,112 @@
+"""Item vectors and full-ranking evaluation of a RecformerForSeqRec.
+
+`encode_items` turns the tokenized catalogue into the item table (each item encoded alone as a
+one-item sequence); `evaluate` scores (history, target) pairs against every item with
+`RecformerForSeqRec.similarity_score` and averages the ranking metrics (`metrics.py`) over users.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .collators import EvalCollator, encode_item_sequences
+from .item_tokens import TokenizedItems
+from .metrics import compute_ranks, metrics_from_ranks
+from .modeling import RecformerForSeqRec, RecformerModel
+from .tokenization import RecformerTokenizer
+
+# Items scored per chunk in evaluation: bounds the intermediates of scoring a large catalogue.
+SCORE_CHUNK = 262_144
+
+AmpContext = Callable[[], contextlib.AbstractContextManager]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """Every tensor of a batch on `device`."""
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+@torch.no_grad()
+def encode_items(
+    encoder: RecformerModel,
+    tokenizer: RecformerTokenizer,
+    table: TokenizedItems,
+    batch_size: int,
+    device: torch.device,
+    amp: AmpContext = contextlib.nullcontext,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Pooled vector of every item encoded alone (`<s>` + item) [N, H], float32 on CPU, in id order.
+
+    Items are batched in order of length (less padding) and put back in id order.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    order = np.argsort(-table.lengths(), kind="stable")
+    out = torch.empty(len(table), encoder.config.hidden_size, dtype=torch.float32)
+    for start in tqdm(range(0, len(order), batch_size), desc="encode items", disable=not progress, unit="batch"):
+        ids = order[start : start + batch_size].tolist()
+        batch = to_device(encode_item_sequences(tokenizer, table, [[i] for i in ids]), device)
+        with amp():
+            pooled = encoder(**batch).pooler_output
+        out[ids] = pooled.float().cpu()
+    encoder.train(was_training)
+    return out
+
+
+def mask_history(scores: torch.Tensor, pairs: Sequence[tuple[Sequence[int], int]]) -> torch.Tensor:
+    """Give every item of row b's history, except its target, the score -inf (in place; returns `scores`).
+
+    A masked item never outranks anything and is never recommended; a target that also appears in
+    its history keeps its score, so it can still be ranked first.
+    """
+    for row, (history, target) in enumerate(pairs):
+        seen = [i for i in set(history) if i != target]
+        if seen:
+            scores[row, seen] = float("-inf")
+    return scores
+
+
+@torch.no_grad()
+def evaluate(
+    model: RecformerForSeqRec,
+    pairs: Sequence[tuple[list[int], int]],
+    tokenizer: RecformerTokenizer,
+    table: TokenizedItems,
+    batch_size: int,
+    device: torch.device,
+    ks: Sequence[int],
+    exclude_history: bool = False,
+    amp: AmpContext = contextlib.nullcontext,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> dict[str, float]:
+    """Full-ranking metrics over all items for (history, target) pairs, averaged over users.
+
+    Histories are batched in order of length; with `exclude_history`, items already in a history
+    are never ranked for it (`mask_history`).
+    """
+    was_training = model.training
+    model.eval()
+    collator = EvalCollator(tokenizer, table)
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
+    ranks, n_valid = [], []
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
+        chunk = [pairs[i] for i in order[start : start + batch_size]]
+        batch = to_device(collator(chunk), device)
+        labels = batch.pop("labels")
+        with amp():
+            pooled = model.longformer(**batch).pooler_output  # [B, H]
+        scores = model.similarity_score(pooled.float(), chunk_size=SCORE_CHUNK)  # [B, N] float32
+        if exclude_history:
+            mask_history(scores, chunk)
+        r, v = compute_ranks(scores, labels)
+        ranks.append(r.cpu())
+        n_valid.append(v.cpu())
+    model.train(was_training)
+    return metrics_from_ranks(torch.cat(ranks), torch.cat(n_valid), ks)
