@@ -26,7 +26,7 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check recformer tests bench *.py pretrain_data finetune_data
+	$(PY) -m ruff check .
 
 clean:
 	rm -rf $(VENV) demo_output data/demo/processed

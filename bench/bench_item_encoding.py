@@ -17,7 +17,8 @@ import torch
 
 from recformer import RecformerConfig, RecformerModel
 from recformer.collators import encode_item_sequences
-from recformer.finetune import autocast_context, encode_all_items
+from recformer.devices import autocast_context
+from recformer.evaluation import encode_items
 from recformer.item_tokens import TokenizedItems
 
 
@@ -103,7 +104,7 @@ def main() -> None:
 
     reference_way(model, tok, synthetic_catalogue(32, dims["vocab_size"]), device)  # warm-up
     ref, t_ref = timed(lambda: reference_way(model, tok, table, device))
-    ours, t_ours = timed(lambda: encode_all_items(model, tok, table, a.batch_size, device, progress=False))
+    ours, t_ours = timed(lambda: encode_items(model, tok, table, a.batch_size, device, progress=False))
     line = f"{a.items} items, {a.size} model, {device}"
     print(f"item encoding ({line})")
     print(f"  reference way (id order, batch 16, fp32): {t_ref:7.2f} s  {a.items / t_ref:8.0f} items/s")
@@ -114,7 +115,7 @@ def main() -> None:
     if device.type == "cuda":
         amp = lambda: autocast_context(device, fp16=True, bf16=False)  # noqa: E731
         half, t_half = timed(
-            lambda: encode_all_items(model, tok, table, a.batch_size, device, amp, progress=False)
+            lambda: encode_items(model, tok, table, a.batch_size, device, amp, progress=False)
         )
         cos = torch.nn.functional.cosine_similarity(half, ref, dim=-1).min().item()
         print(

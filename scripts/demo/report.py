@@ -8,9 +8,8 @@ from pathlib import Path
 
 import torch
 
-from recformer.finetune import format_metrics_table
 from recformer.finetune_data import load_finetune_data, popularity_scores
-from recformer.metrics import ranking_metrics
+from recformer.metrics import format_metrics_table, ranking_metrics
 
 
 def popularity_metrics(data_path: Path, ks: list[int]) -> dict[str, float]:

@@ -1,0 +1,49 @@
+"""Finetune a pretrained Recformer on one processed dataset (two stages) and evaluate it.
+
+Flags keep the reference script's names and defaults; see `python finetune.py --help`.
+Example:
+    python finetune.py --pretrain_ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin \
+        --data_path finetune_data/Scientific --num_train_epochs 128 --batch_size 16 --device 0 --fp16 \
+        --finetune_negative_sample_size -1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+
+from recformer.args import FinetuneArgs
+from recformer.args import build_parser as build_args_parser
+from recformer.checkpoint import CheckpointError
+from recformer.devices import set_tokenizer_threads
+from recformer.finetune import Finetuner, TrainingDiverged
+from recformer.finetune_data import DataError
+from recformer.metrics import format_metrics_table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_args_parser(FinetuneArgs, __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = FinetuneArgs(**vars(build_parser().parse_args(argv)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_tokenizer_threads(args.preprocessing_num_workers)
+    print("finetune arguments:", json.dumps(asdict(args), indent=1), flush=True)
+    try:
+        finetuner = Finetuner(args)
+        metrics = finetuner.run()
+    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(format_metrics_table({"zero-shot test": metrics["zero_shot_test"], "finetuned test": metrics["test"]}))
+    print(f"outputs: {finetuner.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

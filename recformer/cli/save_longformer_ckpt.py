@@ -1,0 +1,49 @@
+"""Build the Recformer pretraining start point from a Longformer masked-LM checkpoint.
+
+Writes the reference file (a state dict with the reference key names, `torch.save`d) and, beside it,
+a `save_pretrained` folder named after the file (config, weights, tokenizer), so later steps need no
+hub access:
+
+    python save_longformer_ckpt.py --model_name_or_path allenai/longformer-base-4096 \
+        --output longformer_ckpt/longformer-base-4096.bin
+    # -> longformer_ckpt/longformer-base-4096.bin and longformer_ckpt/longformer-base-4096/
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from recformer.args import DEFAULT_START
+from recformer.configuration import DEFAULT_MODEL, add_recformer_field_args, field_values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="Longformer masked-LM: hub id or local folder")
+    parser.add_argument("--output", default=DEFAULT_START, help="start-point state dict file")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the new item-position table")
+    add_recformer_field_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from recformer.conversion import write_start_point
+
+    try:
+        start = write_start_point(args.model_name_or_path, args.output, field_values(args), seed=args.seed)
+    except (ValueError, OSError) as e:
+        print(f"error: {args.model_name_or_path}: {e}", file=sys.stderr)
+        return 2
+    print(f"start point from {args.model_name_or_path}:")
+    for line in start.report.lines():
+        print(f"  {line}")
+    print(f"wrote {start.file} ({start.num_keys} keys) and {start.folder}/ (config, weights, tokenizer)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
