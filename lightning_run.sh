@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The reference pretraining run (SPEC H): per-GPU batch 16, gradient accumulation 8, 32 epochs,
+# The reference pretraining run: per-GPU batch 16, gradient accumulation 8, 32 epochs,
 # lr 5e-5, fp16, frozen word embeddings, DeepSpeed ZeRO-2, seed 42, validation every 2000 batches.
 # Nothing to edit: GPUs and nodes come from the environment.
 #

@@ -55,6 +55,17 @@ def recformer_field() -> Any:
     return field(default=None, metadata={"recformer_field": True})
 
 
+@dataclass(kw_only=True)
+class RecformerFieldArgs:
+    """The five Recformer field flags every model command takes (`configuration.add_recformer_field_args`)."""
+
+    max_attr_num: int | None = recformer_field()
+    max_attr_length: int | None = recformer_field()
+    max_item_embeddings: int | None = recformer_field()
+    attention_window: list[int] | None = recformer_field()
+    max_token_num: int | None = recformer_field()
+
+
 def _flag_type(annotation: Any) -> tuple[type, bool]:
     """(element type, is a list) of an `X`, `X | None`, `list[X]` or `list[X] | None` annotation."""
     if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
@@ -126,7 +137,7 @@ class _Validated:
 
 
 @dataclass(kw_only=True)
-class FinetuneArgs(_Validated):
+class FinetuneArgs(RecformerFieldArgs, _Validated):
     """Every finetuning option (the flags of `finetune.py` / `recformer-finetune`)."""
 
     pretrain_ckpt: str = flag(
@@ -166,11 +177,6 @@ class FinetuneArgs(_Validated):
     temp: float | None = flag(None, "similarity temperature (default: the config's, 0.05)")
     cache_dir: str | None = flag(None, "tokenized items and item tables (default <output>/cache)")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
-    max_attr_num: int | None = recformer_field()
-    max_attr_length: int | None = recformer_field()
-    max_item_embeddings: int | None = recformer_field()
-    attention_window: list[int] | None = recformer_field()
-    max_token_num: int | None = recformer_field()
 
     def validate(self) -> None:
         """Raise a ValueError naming the flag for a value that cannot work."""
@@ -187,7 +193,7 @@ class FinetuneArgs(_Validated):
 
 
 @dataclass(kw_only=True)
-class PretrainArgs(_Validated):
+class PretrainArgs(RecformerFieldArgs, _Validated):
     """Every pretraining option (the flags of `lightning_pretrain.py` / `recformer-pretrain`)."""
 
     model_name_or_path: str = flag(
@@ -231,11 +237,6 @@ class PretrainArgs(_Validated):
     seed: int = flag(42)
     cache_dir: str | None = flag(None, "tokenized-item cache (default <output_dir>/cache)")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
-    max_attr_num: int | None = recformer_field()
-    max_attr_length: int | None = recformer_field()
-    max_item_embeddings: int | None = recformer_field()
-    attention_window: list[int] | None = recformer_field()
-    max_token_num: int | None = recformer_field()
 
     def validate(self) -> None:
         """Raise a ValueError naming the flag for a value that cannot work."""

@@ -1,4 +1,4 @@
-"""Recformer pretraining with PyTorch Lightning (SPEC H): the LightningModule and the data module.
+"""Recformer pretraining with PyTorch Lightning (see docs/design.md): the LightningModule and the data module.
 
 Imported only by pretraining code: `import recformer` never imports this module (nor Lightning,
 nor DeepSpeed).
@@ -237,7 +237,7 @@ def batch_tokens(batch: Mapping[str, torch.Tensor]) -> int:
 
 
 class RecformerPretrainModule(pl.LightningModule):
-    """Lightning wrapper of `RecformerForPretraining` (SPEC H).
+    """Lightning wrapper of `RecformerForPretraining` (the pretraining objective: docs/design.md).
 
     AdamW (no decay on biases and LayerNorm weights), linear decay to 0 over
     `trainer.estimated_stepping_batches` after `warmup_steps` of linear warm-up. Logs train loss,

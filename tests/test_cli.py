@@ -1,0 +1,95 @@
+"""Command-line entry points: installed names, --help, thin shims, and which way dependencies point."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+from .helpers import load_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMANDS = {  # installed name -> (module, reference-named top-level script)
+    "recformer-finetune": ("recformer.cli.finetune", "finetune.py"),
+    "recformer-pretrain": ("recformer.cli.pretrain", "lightning_pretrain.py"),
+    "recformer-save-longformer-ckpt": ("recformer.cli.save_longformer_ckpt", "save_longformer_ckpt.py"),
+    "recformer-convert-pretrain-ckpt": ("recformer.cli.convert_pretrain_ckpt", "convert_pretrain_ckpt.py"),
+}
+FLAGS = {  # one flag of each command that its help must list
+    "recformer-finetune": "--pretrain_ckpt",
+    "recformer-pretrain": "--longformer_ckpt",
+    "recformer-save-longformer-ckpt": "--model_name_or_path",
+    "recformer-convert-pretrain-ckpt": "--lightning_ckpt",
+}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Absolute names of every module a file imports (relative imports resolved inside `recformer`)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parent, base]) if base else ".".join(parent)
+            names.add(base)
+            names |= {f"{base}.{alias.name}" for alias in node.names}
+    return names
+
+
+def test_entry_points_are_declared():
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    for name, (module, _) in COMMANDS.items():
+        assert scripts[name] == f"{module}:main"
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_every_command_answers_help(name, capsys):
+    module = importlib.import_module(COMMANDS[name][0])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert FLAGS[name] in capsys.readouterr().out
+    assert FLAGS[name] in module.build_parser().format_help()
+
+
+@pytest.mark.parametrize("name", list(COMMANDS))
+def test_top_level_scripts_are_shims_of_the_commands(name):
+    module, script = COMMANDS[name]
+    shim = load_cli(ROOT / script)
+    assert shim.main is importlib.import_module(module).main
+    assert imported_modules(ROOT / script) == {"sys", module, f"{module}.main"}
+
+
+def test_shim_runs_as_a_script():
+    result = subprocess.run([sys.executable, str(ROOT / "save_longformer_ckpt.py"), "--help"],
+                            capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert result.returncode == 0 and "--max_token_num" in result.stdout
+
+
+def test_no_script_imports_another_script():
+    scripts = {p.stem for p in ROOT.glob("*.py")} | {"finetune_data", "pretrain_data", "bench", "tests", "scripts"}
+    for path in [*ROOT.glob("*.py"), *ROOT.glob("bench/*.py"), *ROOT.glob("scripts/**/*.py")]:
+        bad = {m for m in imported_modules(path) if m.split(".")[0] in scripts}
+        assert not bad, f"{path.relative_to(ROOT)} imports {sorted(bad)}"
+
+
+def test_the_library_never_imports_the_finetuning_loop_or_a_command():
+    for path in (ROOT / "recformer").rglob("*.py"):
+        if path.parent.name == "cli":
+            continue
+        modules = imported_modules(path)
+        assert not {m for m in modules if m.startswith(("recformer.finetune.", "recformer.cli"))}, path
+        if path.name != "finetune.py":
+            assert "recformer.finetune" not in modules and not any(
+                m.startswith("recformer.finetune.") for m in modules
+            ), path
