@@ -4,6 +4,7 @@ carrying a text signal that popularity ranking lacks."""
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import math
 import re
@@ -71,6 +72,38 @@ def processed(tmp_path_factory) -> dict[str, Path]:
     )
     assert load_script(REPO / "pretrain_data" / "interaction_data_process.py").main(roots) == 0
     return {"finetune": finetune, "pretrain": pretrain}
+
+
+# SHA-256 of every processed demo file, as the first release wrote them: the demo's numbers stay put only
+# while these bytes do. stats.json is hashed with the repository prefix removed from its input paths.
+DEMO_OUTPUT_SHA256 = {
+    "finetune": {
+        "meta_data.json": "bc017b021f93770655df6c42d8d8ee4e671cfe3ba61d0c74c42230515235390a",
+        "smap.json": "8a1449980a620ac1ff67df8378d84a970934e6624c76068b887f2e17b91704ba",
+        "stats.json": "35c1c88b91215c4b220c8733a92a6aa00d661007b5e6fce8d08b38bf874ab62a",
+        "test.json": "0d510099ea8ed872717d57a9b5400e32c24e23b6cb6d65932d22b6525010dfff",
+        "train.json": "5269d958c534f9fb1661fc9f79983e172e9c736991aa34d863f1b6185d3ef546",
+        "umap.json": "e22c84fec9bfc8215e87bc5a570088ae9eeb0ca104bcbee3465a48c403491398",
+        "val.json": "b315317b152089b31dfef74f43f723ccbfd7b4796940f0910aa25b23f9031110",
+    },
+    "pretrain": {
+        "dev.json": "a284cf7a98e45d263d9509664ce3630c0bf2e997f4b225b1ea3867e929315989",
+        "meta_data.json": "e7b899ccb65066be1539d804bad99c9d461cb767cbdfb4bc7851db5fe2acdf49",
+        "stats.json": "07996d18750d1df895ef2f7af228bebf9b65287c48c80ef2045e40769795183f",
+        "train.json": "3855b6bfe5f1ed947f949ccd3fc025f74366afbab3119cc966b3d9dd84024dc4",
+    },
+}
+
+
+@pytest.mark.parametrize("folder", sorted(DEMO_OUTPUT_SHA256))
+def test_processed_demo_files_are_byte_identical(processed, folder):
+    found = {}
+    for path in processed[folder].iterdir():
+        data = path.read_bytes()
+        if path.name == "stats.json":
+            data = data.replace(f"{REPO}/".encode(), b"")
+        found[path.name] = hashlib.sha256(data).hexdigest()
+    assert found == DEMO_OUTPUT_SHA256[folder]
 
 
 def test_finetune_demo_scale_and_mess(processed):
