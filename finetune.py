@@ -17,8 +17,8 @@ from dataclasses import asdict
 
 from recformer.checkpoint import CheckpointError
 from recformer.configuration import add_recformer_field_args
+from recformer.data.finetune_reader import DataError
 from recformer.finetune import FinetuneArgs, Finetuner, TrainingDiverged, format_metrics_table
-from recformer.finetune_data import DataError
 
 
 def positive_int(text: str) -> int:

@@ -143,13 +143,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from recformer import CheckpointError, RecformerTokenizer
     from recformer.conversion import ConversionError, pretraining_config
+    from recformer.data.pretrain_reader import PretrainDataError
     from recformer.fileio import atomic_write_json
-    from recformer.lightning_module import (
-        PretrainDataError,
-        PretrainDataModule,
-        RecformerPretrainModule,
-        throughput_summary,
-    )
+    from recformer.lightning_module import PretrainDataModule, RecformerPretrainModule, throughput_summary
 
     output_dir = Path(args.output_dir)
     pl.seed_everything(args.seed, workers=True)

@@ -38,8 +38,8 @@ from transformers import get_linear_schedule_with_warmup
 from .checkpoint import load_checkpoint
 from .collators import EvalCollator, FinetuneCollator, encode_item_sequences
 from .configuration import REFERENCE_SCRIPT_VALUES, RecformerConfig, is_recformer_config_dict
+from .data.finetune_reader import FinetuneData, load_finetune_data
 from .fileio import atomic_torch_save, atomic_write_json, atomic_write_text, read_json
-from .finetune_data import FinetuneData, load_finetune_data
 from .item_tokens import TokenizedItems, catalogue_fingerprint, tokenize_catalogue, tokenizer_fingerprint
 from .metrics import compute_ranks, metrics_from_ranks
 from .modeling import RecformerForSeqRec, RecformerModel

@@ -5,34 +5,26 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import importlib.util
 import math
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from recformer import amazon
+from recformer.data import amazon
+from recformer.data.pretrain_writer import PRETRAIN_CATEGORIES
 from recformer.fileio import read_json
+
+from .helpers import load_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 RAW = DEMO / "raw"
-PRETRAIN_CATEGORIES = list(amazon.PRETRAIN_CATEGORIES)
 RAW_FILES = ["finetune/Demo_5.json.gz", "finetune/meta_Demo.json.gz"] + [
-    f"pretrain/{name.format(c)}" for c in PRETRAIN_CATEGORIES for name in ("{}_5.json.gz", "meta_{}.json.gz")
+    f"pretrain/{name.format(c)}" for c in PRETRAIN_CATEGORIES for name in (amazon.REVIEW_FILE, amazon.META_FILE)
 ]
-
-
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_raw_files_are_committed_and_small():
@@ -42,7 +34,7 @@ def test_raw_files_are_committed_and_small():
 
 
 def test_generator_reproduces_the_committed_files(tmp_path):
-    load_script(DEMO / "generate_demo_data.py").generate(tmp_path)
+    load_cli(DEMO / "generate_demo_data.py").generate(tmp_path)
     for name in RAW_FILES:
         new, committed = (tmp_path / name).read_bytes(), (RAW / name).read_bytes()
         assert new[4:8] == b"\0\0\0\0"  # gzip header time 0: the bytes depend only on the content
@@ -55,7 +47,7 @@ def processed(tmp_path_factory) -> dict[str, Path]:
     """Run the three command-line scripts on the demo data, as the demo does."""
     out = tmp_path_factory.mktemp("demo_processed")
     finetune, pretrain = out / "finetune", out / "pretrain"
-    cli = load_script(REPO / "finetune_data" / "process.py")
+    cli = load_cli(REPO / "finetune_data" / "process.py")
     argv = [
         "--file_path",
         str(RAW / "finetune/Demo_5.json.gz"),
@@ -65,12 +57,12 @@ def processed(tmp_path_factory) -> dict[str, Path]:
     assert cli.main([*argv, "--output_path", str(finetune), "--no_progress"]) == 0
     roots = ["--seq_root", str(RAW / "pretrain"), "--output_dir", str(pretrain), "--no_progress"]
     assert (
-        load_script(REPO / "pretrain_data" / "meta_data_process.py").main(
+        load_cli(REPO / "pretrain_data" / "meta_data_process.py").main(
             ["--meta_root", str(RAW / "pretrain"), *roots]
         )
         == 0
     )
-    assert load_script(REPO / "pretrain_data" / "interaction_data_process.py").main(roots) == 0
+    assert load_cli(REPO / "pretrain_data" / "interaction_data_process.py").main(roots) == 0
     return {"finetune": finetune, "pretrain": pretrain}
 
 

@@ -13,8 +13,8 @@ import torch
 import finetune as finetune_cli
 from recformer import RecformerForSeqRec, RecformerModel, RecformerTokenizer, load_checkpoint, ranking_metrics
 from recformer.collators import encode_item_sequences
+from recformer.data.finetune_reader import load_finetune_data
 from recformer.finetune import FinetuneArgs, Finetuner, TrainingDiverged, encode_all_items, evaluate
-from recformer.finetune_data import load_finetune_data
 from recformer.item_tokens import tokenize_catalogue
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import torch
 
+from recformer.data.finetune_reader import load_finetune_data, popularity_scores
 from recformer.finetune import format_metrics_table
-from recformer.finetune_data import load_finetune_data, popularity_scores
 from recformer.metrics import ranking_metrics
 
 
