@@ -31,7 +31,7 @@ import orjson
 from recformer.data.formats import FINETUNE
 
 REPO = Path(__file__).resolve().parents[1]
-FINETUNE_FILES = tuple(f.name for f in FINETUNE.data_files)
+DATA_FILES = tuple(f.name for f in FINETUNE.data_files)
 
 # Runs the command in argv[1:] as its only child and prints that child's wall time and peak RSS.
 MEASURE = """
@@ -136,7 +136,7 @@ def baseline(review_path: str, meta_path: str, output_dir: str, min_seq_len: int
         train[uid], val[uid], test[uid] = items[:-2], [items[-2]], [items[-1]]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, obj in zip(FINETUNE_FILES, (umap, smap, train, val, test, meta)):
+    for name, obj in zip(DATA_FILES, (umap, smap, train, val, test, meta)):
         with open(out / name, "w", encoding="utf-8") as f:
             json.dump(obj, f)
 
@@ -149,7 +149,7 @@ def measure(cmd: list[str]) -> dict:
 def same_outputs(a: Path, b: Path) -> list[str]:
     """Names of the files that differ (as parsed JSON, key order included)."""
     differ = []
-    for name in FINETUNE_FILES:
+    for name in DATA_FILES:
         x, y = orjson.loads((a / name).read_bytes()), orjson.loads((b / name).read_bytes())
         if x != y or (isinstance(x, dict) and list(x) != list(y)):
             differ.append(name)

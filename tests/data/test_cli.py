@@ -163,16 +163,8 @@ def test_missing_files_exit_non_zero_naming_them(pretrain_raw, tmp_path):
 
     # The interaction step: a missing meta_data.json, then a missing review file.
     cli = load_cli(INTERACTION_SCRIPT)
-    argv = [
-        "--seq_root",
-        str(pretrain_raw),
-        "--output_dir",
-        str(out),
-        "--train_categories",
-        "CatA",
-        "--dev_categories",
-        "CatC",
-    ]
+    argv = ["--seq_root", str(pretrain_raw), "--output_dir", str(out), "--train_categories", "CatA"]
+    argv += ["--dev_categories", "CatC"]
     assert cli.main([*argv, "--no_progress"]) == 1
     out.mkdir()
     (out / "meta_data.json").write_text("{}")
@@ -192,16 +184,8 @@ def test_missing_file_messages_name_the_paths(pretrain_raw, tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(pretrain_raw / "meta_CatC.json.gz") in err
     cli = load_cli(INTERACTION_SCRIPT)
-    argv = [
-        "--seq_root",
-        str(pretrain_raw),
-        "--output_dir",
-        str(out),
-        "--train_categories",
-        "CatA",
-        "--dev_categories",
-        "CatC",
-    ]
+    argv = ["--seq_root", str(pretrain_raw), "--output_dir", str(out), "--train_categories", "CatA"]
+    argv += ["--dev_categories", "CatC"]
     assert cli.main(argv) == 1
     assert str(out / "meta_data.json") in capsys.readouterr().err
     assert cli.main([*argv[:4], "--train_categories", "CatA", "CatB", "--dev_categories", "CatC"]) == 1
