@@ -28,8 +28,10 @@ from pathlib import Path
 
 import orjson
 
+from recformer.data.formats import FINETUNE
+
 REPO = Path(__file__).resolve().parents[1]
-FINETUNE_FILES = ("umap.json", "smap.json", "train.json", "val.json", "test.json", "meta_data.json")
+DATA_FILES = tuple(f.name for f in FINETUNE.data_files)
 
 # Runs the command in argv[1:] as its only child and prints that child's wall time and peak RSS.
 MEASURE = """
@@ -134,7 +136,7 @@ def baseline(review_path: str, meta_path: str, output_dir: str, min_seq_len: int
         train[uid], val[uid], test[uid] = items[:-2], [items[-2]], [items[-1]]
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for name, obj in zip(FINETUNE_FILES, (umap, smap, train, val, test, meta)):
+    for name, obj in zip(DATA_FILES, (umap, smap, train, val, test, meta)):
         with open(out / name, "w", encoding="utf-8") as f:
             json.dump(obj, f)
 
@@ -147,7 +149,7 @@ def measure(cmd: list[str]) -> dict:
 def same_outputs(a: Path, b: Path) -> list[str]:
     """Names of the files that differ (as parsed JSON, key order included)."""
     differ = []
-    for name in FINETUNE_FILES:
+    for name in DATA_FILES:
         x, y = orjson.loads((a / name).read_bytes()), orjson.loads((b / name).read_bytes())
         if x != y or (isinstance(x, dict) and list(x) != list(y)):
             differ.append(name)
@@ -180,7 +182,7 @@ def main() -> int:
         base = measure(
             [sys.executable, __file__, "--baseline", str(reviews), str(meta), str(workdir / "baseline")]
         )
-        imp = measure([sys.executable, "-c", "import recformer.amazon"])
+        imp = measure([sys.executable, "-c", "import recformer.cli.process_finetune"])
         if ours["rc"] or base["rc"]:
             print(f"a run failed: ours rc={ours['rc']}, baseline rc={base['rc']}")
             return 1
@@ -190,7 +192,7 @@ def main() -> int:
             print(f"{name:24s} {args.lines / r['wall_s']:>10,.0f} lines/s  {r['wall_s']:6.1f} s  "
                   f"peak RSS {r['peak_rss_mib']:7.0f} MiB")  # fmt: skip
         print(f"{'  of which import':24s} {'':>10s}          {imp['wall_s']:6.1f} s  "
-              f"peak RSS {imp['peak_rss_mib']:7.0f} MiB  (`import recformer.amazon`)")  # fmt: skip
+              f"peak RSS {imp['peak_rss_mib']:7.0f} MiB  (`import recformer.cli.process_finetune`)")  # fmt: skip
         differ = same_outputs(workdir / "ours", workdir / "baseline")
         print("outputs identical" if not differ else f"OUTPUTS DIFFER: {', '.join(differ)}")
         return 1 if differ else 0

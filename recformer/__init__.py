@@ -1,6 +1,6 @@
 """Recformer: text-only sequential recommendation with a Longformer-derived encoder.
 
-The public names are loaded on first use, so `import recformer.amazon` (data processing) does not
+The public names are loaded on first use, so `import recformer.data` (data processing) does not
 pay for torch and transformers. Nothing here imports Lightning or DeepSpeed.
 """
 

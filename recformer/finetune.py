@@ -41,10 +41,10 @@ from .cache import cached, item_table_path
 from .checkpoint import load_checkpoint, torch_load
 from .collators import FinetuneCollator
 from .configuration import build_config, field_values
+from .data.finetune_reader import FinetuneData, load_finetune_data
 from .devices import autocast_context, resolve_device
 from .evaluation import encode_items, evaluate, to_device
 from .fileio import atomic_torch_save, atomic_write_json
-from .finetune_data import FinetuneData, load_finetune_data
 from .item_tokens import tokenize_catalogue
 from .metrics import format_metrics
 from .modeling import RecformerForSeqRec

@@ -1,12 +1,7 @@
 """Recformer pretraining with PyTorch Lightning (see docs/design.md): the LightningModule and the data module.
 
 Imported only by pretraining code: `import recformer` never imports this module (nor Lightning,
-nor DeepSpeed).
-
-Data (SPEC G): `train.json` / `dev.json` are JSON lists of asin lists (one chronological sequence
-per user), `meta_data.json` maps asin -> {title, brand, category}. Asins missing from the metadata
-are dropped from their sequences (counted and logged); sequences left with fewer than 2 items have
-no (history, next item) pair and are skipped (counted and logged).
+nor DeepSpeed). The data files are read and validated by `recformer.data.pretrain_reader`.
 """
 
 from __future__ import annotations
@@ -17,7 +12,6 @@ import random
 import time
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -27,97 +21,13 @@ from transformers import get_linear_schedule_with_warmup
 
 from .collators import PretrainCollator
 from .configuration import RecformerConfig
-from .fileio import read_json
+from .data.pretrain_reader import SequenceStats, read_item_metadata, read_pretrain_sequences
 from .item_tokens import TokenizedItems, tokenize_catalogue
 from .modeling import RecformerForPretraining
 from .optimization import parameter_groups
 from .tokenization import RecformerTokenizer
 
 logger = logging.getLogger(__name__)
-
-class PretrainDataError(ValueError):
-    """Pretraining input that cannot be used; the message names the file."""
-
-
-# -- data ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class SequenceStats:
-    """What `read_pretrain_sequences` kept and dropped."""
-
-    sequences_read: int = 0
-    sequences_kept: int = 0
-    missing_asins: int = 0
-    short_sequences: int = 0
-
-    def summary(self) -> str:
-        return (
-            f"{self.sequences_kept}/{self.sequences_read} sequences kept; "
-            f"{self.missing_asins} asins missing from the metadata skipped; "
-            f"{self.short_sequences} sequences with fewer than 2 items skipped"
-        )
-
-
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def read_item_metadata(path: str | os.PathLike) -> dict[str, dict[str, Any]]:
-    """`meta_data.json`: {asin: {attribute: text}}; anything else raises PretrainDataError naming the file."""
-    try:
-        meta = read_json(path)
-    except (FileNotFoundError, ValueError) as e:
-        raise PretrainDataError(str(e)) from None
-    if not isinstance(meta, dict) or not all(isinstance(v, dict) for v in meta.values()):
-        raise PretrainDataError(
-            f"{path}: expected a JSON object mapping each asin to its attributes "
-            '(e.g. {"B0001": {"title": "...", "brand": "...", "category": "..."}})'
-        )
-    if not meta:
-        raise PretrainDataError(f"{path}: holds no items")
-    return meta
-
-
-def read_pretrain_sequences(
-    path: str | os.PathLike, known_items: Mapping[str, Any] | set
-) -> tuple[list[list[str]], SequenceStats]:
-    """Read a list of asin lists, dropping asins without metadata and sequences left shorter than 2.
-
-    Raises:
-        PretrainDataError: the file is missing, is not JSON, or is not a list of asin lists.
-    """
-    try:
-        data = read_json(path)
-    except (FileNotFoundError, ValueError) as e:
-        raise PretrainDataError(str(e)) from None
-    bad = None
-    if not isinstance(data, list):
-        bad = f"the top level is {type(data).__name__}"
-    else:
-        for i, seq in enumerate(data):
-            if not isinstance(seq, list) or not all(isinstance(a, str) for a in seq):
-                bad = f"entry {i} is {_describe(seq)}"
-                break
-    if bad is not None:
-        raise PretrainDataError(
-            f'{path}: expected a JSON list of asin lists (e.g. [["B0001", "B0002"], ...]); {bad}'
-        )
-    stats = SequenceStats(sequences_read=len(data))
-    sequences = []
-    for seq in data:
-        kept = [a for a in seq if a in known_items]
-        stats.missing_asins += len(seq) - len(kept)
-        if len(kept) < 2:
-            stats.short_sequences += 1
-            continue
-        sequences.append(kept)
-    stats.sequences_kept = len(sequences)
-    logger.info("%s: %s", path, stats.summary())
-    if not sequences:
-        raise PretrainDataError(f"{path}: no sequence with at least 2 known items ({stats.summary()})")
-    return sequences, stats
 
 
 class IndexedSequences(Dataset):

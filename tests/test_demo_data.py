@@ -4,34 +4,27 @@ carrying a text signal that popularity ranking lacks."""
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import hashlib
 import math
 import re
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from recformer import amazon
+from recformer.data import amazon
+from recformer.data.pretrain_writer import PRETRAIN_CATEGORIES
 from recformer.fileio import read_json
+
+from .helpers import load_cli
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "data" / "demo"
 RAW = DEMO / "raw"
-PRETRAIN_CATEGORIES = list(amazon.PRETRAIN_CATEGORIES)
 RAW_FILES = ["finetune/Demo_5.json.gz", "finetune/meta_Demo.json.gz"] + [
-    f"pretrain/{name.format(c)}" for c in PRETRAIN_CATEGORIES for name in ("{}_5.json.gz", "meta_{}.json.gz")
+    f"pretrain/{name.format(c)}" for c in PRETRAIN_CATEGORIES for name in (amazon.REVIEW_FILE, amazon.META_FILE)
 ]
-
-
-def load_script(path: Path):
-    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_raw_files_are_committed_and_small():
@@ -41,7 +34,7 @@ def test_raw_files_are_committed_and_small():
 
 
 def test_generator_reproduces_the_committed_files(tmp_path):
-    load_script(DEMO / "generate_demo_data.py").generate(tmp_path)
+    load_cli(DEMO / "generate_demo_data.py").generate(tmp_path)
     for name in RAW_FILES:
         new, committed = (tmp_path / name).read_bytes(), (RAW / name).read_bytes()
         assert new[4:8] == b"\0\0\0\0"  # gzip header time 0: the bytes depend only on the content
@@ -54,7 +47,7 @@ def processed(tmp_path_factory) -> dict[str, Path]:
     """Run the three command-line scripts on the demo data, as the demo does."""
     out = tmp_path_factory.mktemp("demo_processed")
     finetune, pretrain = out / "finetune", out / "pretrain"
-    cli = load_script(REPO / "finetune_data" / "process.py")
+    cli = load_cli(REPO / "finetune_data" / "process.py")
     argv = [
         "--file_path",
         str(RAW / "finetune/Demo_5.json.gz"),
@@ -64,13 +57,45 @@ def processed(tmp_path_factory) -> dict[str, Path]:
     assert cli.main([*argv, "--output_path", str(finetune), "--no_progress"]) == 0
     roots = ["--seq_root", str(RAW / "pretrain"), "--output_dir", str(pretrain), "--no_progress"]
     assert (
-        load_script(REPO / "pretrain_data" / "meta_data_process.py").main(
+        load_cli(REPO / "pretrain_data" / "meta_data_process.py").main(
             ["--meta_root", str(RAW / "pretrain"), *roots]
         )
         == 0
     )
-    assert load_script(REPO / "pretrain_data" / "interaction_data_process.py").main(roots) == 0
+    assert load_cli(REPO / "pretrain_data" / "interaction_data_process.py").main(roots) == 0
     return {"finetune": finetune, "pretrain": pretrain}
+
+
+# SHA-256 of every processed demo file, as the first release wrote them: the demo's numbers stay put only
+# while these bytes do. stats.json is hashed with the repository prefix removed from its input paths.
+DEMO_OUTPUT_SHA256 = {
+    "finetune": {
+        "meta_data.json": "bc017b021f93770655df6c42d8d8ee4e671cfe3ba61d0c74c42230515235390a",
+        "smap.json": "8a1449980a620ac1ff67df8378d84a970934e6624c76068b887f2e17b91704ba",
+        "stats.json": "35c1c88b91215c4b220c8733a92a6aa00d661007b5e6fce8d08b38bf874ab62a",
+        "test.json": "0d510099ea8ed872717d57a9b5400e32c24e23b6cb6d65932d22b6525010dfff",
+        "train.json": "5269d958c534f9fb1661fc9f79983e172e9c736991aa34d863f1b6185d3ef546",
+        "umap.json": "e22c84fec9bfc8215e87bc5a570088ae9eeb0ca104bcbee3465a48c403491398",
+        "val.json": "b315317b152089b31dfef74f43f723ccbfd7b4796940f0910aa25b23f9031110",
+    },
+    "pretrain": {
+        "dev.json": "a284cf7a98e45d263d9509664ce3630c0bf2e997f4b225b1ea3867e929315989",
+        "meta_data.json": "e7b899ccb65066be1539d804bad99c9d461cb767cbdfb4bc7851db5fe2acdf49",
+        "stats.json": "07996d18750d1df895ef2f7af228bebf9b65287c48c80ef2045e40769795183f",
+        "train.json": "3855b6bfe5f1ed947f949ccd3fc025f74366afbab3119cc966b3d9dd84024dc4",
+    },
+}
+
+
+@pytest.mark.parametrize("folder", sorted(DEMO_OUTPUT_SHA256))
+def test_processed_demo_files_are_byte_identical(processed, folder):
+    found = {}
+    for path in processed[folder].iterdir():
+        data = path.read_bytes()
+        if path.name == "stats.json":
+            data = data.replace(f"{REPO}/".encode(), b"")
+        found[path.name] = hashlib.sha256(data).hexdigest()
+    assert found == DEMO_OUTPUT_SHA256[folder]
 
 
 def test_finetune_demo_scale_and_mess(processed):

@@ -14,9 +14,9 @@ from recformer import RecformerForSeqRec, RecformerModel, RecformerTokenizer, lo
 from recformer.args import FinetuneArgs
 from recformer.cli import finetune as finetune_cli
 from recformer.collators import encode_item_sequences
+from recformer.data.finetune_reader import load_finetune_data
 from recformer.evaluation import encode_items, evaluate
 from recformer.finetune import Finetuner, TrainingDiverged
-from recformer.finetune_data import load_finetune_data
 from recformer.item_tokens import tokenize_catalogue
 from recformer.run_log import RunLog
 

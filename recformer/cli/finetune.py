@@ -18,9 +18,9 @@ from dataclasses import asdict
 from recformer.args import FinetuneArgs
 from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
+from recformer.data.finetune_reader import DataError
 from recformer.devices import set_tokenizer_threads
 from recformer.finetune import Finetuner, TrainingDiverged
-from recformer.finetune_data import DataError
 from recformer.metrics import format_metrics_table
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from recformer.finetune_data import load_finetune_data, popularity_scores
+from recformer.data.finetune_reader import load_finetune_data, popularity_scores
 from recformer.metrics import format_metrics_table, ranking_metrics
 
 

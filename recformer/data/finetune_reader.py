@@ -1,8 +1,7 @@
-"""Finetuning data: the processed dataset folder (reference format), validated before any training.
+"""The finetuning-folder reader: the files of `formats.FINETUNE`, validated before any training.
 
-Folder layout (what `finetune_data/process.py` and the released processed data contain):
-`train.json` {user: [item ids]}, `val.json` / `test.json` {user: [item id]}, `smap.json` {asin: id},
-`meta_data.json` {asin: {title, brand, category}} (`umap.json` is not needed here).
+Reads ``train.json``, ``val.json``, ``test.json``, ``smap.json`` and ``meta_data.json`` (``umap.json`` is
+not needed) of a folder written by `finetune_writer` or of the released processed data.
 
 Dev input is the train sequence with the val item as target; test input is train + val with the
 test item as target.
@@ -14,10 +13,13 @@ import logging
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from recformer.data.formats import FINETUNE, DataFile
+from recformer.fileio import read_json
 
-from .fileio import read_json
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +30,8 @@ class DataError(ValueError):
 
 @dataclass
 class FinetuneData:
+    """A finetuning folder as read and validated by `load_finetune_data`."""
+
     train: dict[str, list[int]]
     val: dict[str, list[int]]
     test: dict[str, list[int]]
@@ -51,9 +55,13 @@ class FinetuneData:
         return [(self.train[u] + self.val.get(u, []), t[0]) for u, t in self.test.items() if t]
 
 
-def _check_sequences(path: Path, data: object, num_items: int, allow_empty: bool) -> dict[str, list[int]]:
+def _read_sequences(
+    path: Path, spec: DataFile, num_items: int, item_map: str, allow_empty: bool
+) -> dict[str, list[int]]:
+    """One split file {user: [item ids]}, every id checked against the `num_items` ids of `item_map`."""
+    data = read_json(path)
     if not isinstance(data, dict):
-        raise DataError(f"{path}: expected a JSON object {{user id: [item ids]}}, got {type(data).__name__}")
+        raise DataError(f"{path}: expected a {spec.describe()}, got {type(data).__name__}")
     if not data:
         raise DataError(f"{path}: the dataset is empty (no users)")
     out: dict[str, list[int]] = {}
@@ -65,7 +73,8 @@ def _check_sequences(path: Path, data: object, num_items: int, allow_empty: bool
         for i in seq:
             if not 0 <= i < num_items:
                 raise DataError(
-                    f"{path}: user {user}: item id {i} is not in the item map (ids 0..{num_items - 1} from smap.json)"
+                    f"{path}: user {user}: item id {i} is not in the item map "
+                    f"(ids 0..{num_items - 1} from {item_map})"
                 )
         out[str(user)] = seq
     return out
@@ -73,27 +82,40 @@ def _check_sequences(path: Path, data: object, num_items: int, allow_empty: bool
 
 def load_finetune_data(
     data_path: str | Path,
-    train_file: str = "train.json",
-    dev_file: str = "val.json",
-    test_file: str = "test.json",
-    item2id_file: str = "smap.json",
-    meta_file: str = "meta_data.json",
+    train_file: str = FINETUNE.train.name,
+    dev_file: str = FINETUNE.val.name,
+    test_file: str = FINETUNE.test.name,
+    item2id_file: str = FINETUNE.smap.name,
+    meta_file: str = FINETUNE.meta_data.name,
 ) -> FinetuneData:
-    """Read and validate a processed finetuning folder; raise DataError/FileNotFoundError naming the problem."""
+    """Read and validate a processed finetuning folder.
+
+    Raises:
+        FileNotFoundError: the folder or one of its files is missing (the message names it).
+        DataError: a file is malformed or disagrees with another; the message names the file and the key.
+    """
     root = Path(data_path)
     if not root.is_dir():
         raise FileNotFoundError(f"{root}: data folder not found")
-    paths = {name: root / f for name, f in (("train", train_file), ("dev", dev_file), ("test", test_file),
-                                            ("item2id", item2id_file), ("meta", meta_file))}
+    paths = {
+        name: root / f
+        for name, f in (
+            ("train", train_file),
+            ("dev", dev_file),
+            ("test", test_file),
+            ("item2id", item2id_file),
+            ("meta", meta_file),
+        )
+    }
     for p in paths.values():
         if not p.is_file():
             raise FileNotFoundError(f"{p}: file not found")
     item2id = read_json(paths["item2id"])
     meta = read_json(paths["meta"])
     if not isinstance(item2id, dict) or not item2id:
-        raise DataError(f"{paths['item2id']}: expected a non-empty JSON object {{asin: item id}}")
+        raise DataError(f"{paths['item2id']}: expected a non-empty {FINETUNE.smap.describe()}")
     if not isinstance(meta, dict):
-        raise DataError(f"{paths['meta']}: expected a JSON object {{asin: attributes}}")
+        raise DataError(f"{paths['meta']}: expected a {FINETUNE.meta_data.describe()}")
     ids = sorted(item2id.values())
     if ids != list(range(len(ids))):
         dup = [i for i, c in Counter(item2id.values()).items() if c > 1]
@@ -105,23 +127,36 @@ def load_finetune_data(
     for asin, i in item2id.items():
         attrs = meta.get(asin)
         if not isinstance(attrs, dict):
-            raise DataError(f"{paths['item2id']}: item {asin!r} (id {i}) has no entry in {paths['meta'].name}")
+            raise DataError(
+                f"{paths['item2id']}: item {asin!r} (id {i}) has no entry in {paths['meta'].name}"
+            )
         items[i] = attrs
-    train = _check_sequences(paths["train"], read_json(paths["train"]), len(items), allow_empty=False)
-    val = _check_sequences(paths["dev"], read_json(paths["dev"]), len(items), allow_empty=True)
-    test = _check_sequences(paths["test"], read_json(paths["test"]), len(items), allow_empty=True)
+    n, item_map = len(items), paths["item2id"].name
+    train = _read_sequences(paths["train"], FINETUNE.train, n, item_map, allow_empty=False)
+    val = _read_sequences(paths["dev"], FINETUNE.val, n, item_map, allow_empty=True)
+    test = _read_sequences(paths["test"], FINETUNE.test, n, item_map, allow_empty=True)
     for path, split in ((paths["dev"], val), (paths["test"], test)):
         for user in split:
             if user not in train:
                 raise DataError(f"{path}: user {user} has no sequence in {paths['train'].name}")
-    logger.info("%s: %d users, %d items, %d train interactions", root.name, len(train), len(items),
-                sum(len(s) for s in train.values()))
+    logger.info(
+        "%s: %d users, %d items, %d train interactions",
+        root.name,
+        len(train),
+        len(items),
+        sum(len(s) for s in train.values()),
+    )
     return FinetuneData(train=train, val=val, test=test, item2id=item2id, items=items, name=root.name)
 
 
 def popularity_scores(sequences: list[list[int]], num_items: int) -> torch.Tensor:
-    """Interaction count of every item in `sequences` [N] (the popularity baseline's scores)."""
-    counts = torch.zeros(num_items, dtype=torch.float64)
+    """Interaction count of every item in `sequences` [N] (the popularity baseline's scores).
+
+    torch is imported here, not at the top, so that reading data stays torch-free.
+    """
+    import torch
+
+    counts = torch.zeros(num_items, dtype=torch.float64)  # [N]
     flat = torch.tensor([i for s in sequences for i in s], dtype=torch.long)
     if flat.numel():
         counts.index_add_(0, flat, torch.ones_like(flat, dtype=torch.float64))

@@ -7,18 +7,20 @@ import json
 
 import pytest
 
-from recformer import amazon
-from recformer.amazon import FileStats
+from recformer.data import amazon
+from recformer.data.amazon import FileStats
+
+from ..helpers import write_gz
 
 GOOD_REVIEW = {"reviewerID": "U1", "asin": "B000000001", "unixReviewTime": 1400000000, "overall": 5.0}
 
 
 def write_lines(path, lines: list[str], gz: bool | None = None) -> None:
     """Write raw lines (each ends with a newline); gzipped when the name ends in .gz unless told."""
-    data = "".join(line + "\n" for line in lines).encode("utf-8")
     if gz if gz is not None else str(path).endswith(".gz"):
-        data = gzip.compress(data, mtime=0)
-    path.write_bytes(data)
+        write_gz(path, lines)
+    else:
+        path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 
 
 # Every kind of line the reader meets, with what it must make of it.
@@ -214,8 +216,10 @@ def test_load_meta_later_line_wins_and_title_less_lines_never_replace(tmp_path):
     assert stats.records == 4 and stats.skipped == {"no_title": 1} and stats.python_literal == 1
 
 
-def test_parse_line():
-    assert amazon.parse_line(b'{"a": 1}') == {"a": 1}
-    assert amazon.parse_line(b"{'a': True, 'b': None}") == {"a": True, "b": None}
-    with pytest.raises(ValueError):
-        amazon.parse_line(b"{'a': ")
+def test_iter_records_json_then_python_literal_then_unparseable(tmp_path):
+    path = tmp_path / "lines.json"
+    write_lines(path, ['{"a": 1}', "{'a': True, 'b': None}", "{'a': "])
+    stats = FileStats(str(path))
+    assert list(amazon.iter_records(path, stats, progress=False)) == [{"a": 1}, {"a": True, "b": None}]
+    assert stats.python_literal == 1
+    assert stats.skipped == {"unparseable": 1}

@@ -1,0 +1,158 @@
+"""The finetuning-folder writer: one category's review and meta files -> the files of `formats.FINETUNE`.
+
+`build_finetune_dataset` holds the reference semantics (which reviews count, id order, the leave-one-out
+split) over records in memory; `process_finetune` reads the raw files and writes the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from recformer.data.amazon import FileStats, gc_paused, iter_reviews, load_meta, resolve_input, sum_file_stats
+from recformer.data.formats import FINETUNE, begin_output, finish_output
+from recformer.fileio import atomic_write_json
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneFolderContents:
+    """What `process_finetune` writes: the six data files of `formats.FINETUNE` and the counts behind them."""
+
+    umap: dict[str, int]  # reviewerID -> user id
+    smap: dict[str, int]  # asin -> item id
+    train: dict[int, list[int]]  # user id -> item ids, all but the last two
+    val: dict[int, list[int]]  # user id -> [second-to-last item id]
+    test: dict[int, list[int]]  # user id -> [last item id]
+    meta_data: dict[str, dict[str, str]]  # asin -> {title, brand, category}
+    stats: dict[str, Any]
+
+    def files(self) -> dict[str, Any]:
+        """File name -> content, in `FINETUNE.data_files` order."""
+        contents = (self.umap, self.smap, self.train, self.val, self.test, self.meta_data)
+        return {spec.name: obj for spec, obj in zip(FINETUNE.data_files, contents, strict=True)}
+
+
+@gc_paused()
+def build_finetune_dataset(
+    reviews: Iterable[tuple[str, str, int]],
+    meta: Mapping[str, dict[str, str]],
+    min_seq_len: int = 4,
+    user_sample_rate: float = 1.0,
+    seed: int = 42,
+) -> FinetuneFolderContents:
+    """Build the finetuning folder's contents from reviews in file order and the item metadata.
+
+    Reference semantics: a review counts only if its asin is in `meta`; users with at least `min_seq_len`
+    counted reviews are eligible and, in order of their first counted review, kept with probability
+    `user_sample_rate` (``random.Random(seed)``; a rate of 1 keeps everyone and draws nothing). User ids are
+    0-based in that order; item ids are 0-based in the order met walking the kept users in that order and
+    each user's reviews in file order. Each sequence is then stable-sorted by time (ties keep file order) and
+    split leave-one-out. ``meta_data`` is `meta` (every item with a title), as the reference writes it.
+
+    Example: reviews u1:A@5, u2:B@1, u1:C@3, u1:D@3, u1:B@9 with min_seq_len 4 give
+    umap {u1: 0}, smap {A: 0, C: 1, D: 2, B: 3}, sequence by time C, D, A, B -> train {0: [1, 2]},
+    val {0: [0]}, test {0: [3]}.
+    """
+    if min_seq_len < 3:
+        raise ValueError(f"min_seq_len must be at least 3 for a leave-one-out split, got {min_seq_len}")
+    if not 0.0 < user_sample_rate <= 1.0:
+        raise ValueError(f"user_sample_rate must be in (0, 1], got {user_sample_rate}")
+
+    # Each meta asin's position: a sequence stores these small shared ints, not one string per review.
+    position = {asin: i for i, asin in enumerate(meta)}
+    asins = list(meta)
+    # reviewerID -> flat [pos, time, pos, time, ...] in file order (half the memory of a list of tuples);
+    # a defaultdict keeps the order of each user's first counted review, like a dict.
+    sequences: defaultdict[str, list[int]] = defaultdict(list)
+    without_meta = 0
+    for user, asin, t in reviews:
+        pos = position.get(asin)
+        if pos is None:
+            without_meta += 1
+            continue
+        seq = sequences[user]
+        seq.append(pos)
+        seq.append(t)
+
+    rng = random.Random(seed)
+    umap: dict[str, int] = {}
+    item_id = [-1] * len(asins)  # meta position -> item id, -1 until the item is met
+    smap_positions: list[int] = []  # meta positions in item-id order
+    train: dict[int, list[int]] = {}
+    val: dict[int, list[int]] = {}
+    test: dict[int, list[int]] = {}
+    below_min = sampled_out = interactions = 0
+    for user, seq in sequences.items():
+        n = len(seq) // 2
+        if n < min_seq_len:
+            below_min += 1
+            continue
+        if user_sample_rate < 1.0 and rng.random() >= user_sample_rate:
+            sampled_out += 1
+            continue
+        uid = umap[user] = len(umap)
+        positions, times = seq[0::2], seq[1::2]
+        for pos in positions:  # file order decides the item ids
+            if item_id[pos] < 0:
+                item_id[pos] = len(smap_positions)
+                smap_positions.append(pos)
+        order = sorted(range(n), key=times.__getitem__)  # a stable sort: tied times keep file order
+        items = [item_id[positions[i]] for i in order]
+        train[uid], val[uid], test[uid] = items[:-2], [items[-2]], [items[-1]]
+        interactions += n
+    smap = {asins[pos]: sid for sid, pos in enumerate(smap_positions)}
+
+    meta_data = {asin: dict(rec) for asin, rec in meta.items()}
+    stats = {
+        "interactions_without_meta": without_meta,
+        "users_with_interactions": len(sequences),
+        "users_below_min_seq_len": below_min,
+        "users_sampled_out": sampled_out,
+        "users": len(umap),
+        "items": len(smap),
+        "interactions": interactions,
+        "avg_seq_len": round(interactions / len(umap), 4) if umap else 0.0,
+        "meta_data_items": len(meta_data),
+        "min_seq_len": min_seq_len,
+        "user_sample_rate": user_sample_rate,
+        "seed": seed,
+    }
+    return FinetuneFolderContents(umap, smap, train, val, test, meta_data, stats)
+
+
+def process_finetune(
+    file_path: str | os.PathLike,
+    meta_file_path: str | os.PathLike,
+    output_path: str | os.PathLike,
+    min_seq_len: int = 4,
+    user_sample_rate: float = 1.0,
+    seed: int = 42,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Read one category's review and meta files and write the finetuning folder; return the stats."""
+    # Both inputs must exist before any work starts.
+    file_path, meta_file_path = resolve_input(file_path), resolve_input(meta_file_path)
+    meta_stats, review_stats = FileStats(str(meta_file_path)), FileStats(str(file_path))
+    meta, duplicates = load_meta(meta_file_path, meta_stats, progress)
+    data = build_finetune_dataset(
+        iter_reviews(file_path, review_stats, progress), meta, min_seq_len, user_sample_rate, seed
+    )
+    stats = {
+        **sum_file_stats([review_stats, meta_stats]),
+        "reviews": review_stats.to_dict(),
+        "meta": {**meta_stats.to_dict(), "duplicate_records": duplicates, "items_with_title": len(meta)},
+        **data.stats,
+    }
+    output_dir = begin_output(output_path, FINETUNE.stats)
+    for name, obj in data.files().items():
+        atomic_write_json(output_dir / name, obj)
+    finish_output(output_dir, stats, FINETUNE.stats)
+    logger.info("wrote %s: %d users, %d items", output_dir, stats["users"], stats["items"])
+    return stats

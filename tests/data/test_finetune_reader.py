@@ -1,0 +1,91 @@
+"""The finetuning-folder reader: a round trip through the writer, and one clear error per kind of bad file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from recformer.data.finetune_reader import DataError, load_finetune_data, popularity_scores
+from recformer.data.finetune_writer import process_finetune
+
+from .finetune_case import EXPECTED
+
+
+@pytest.fixture
+def folder(finetune_raw, tmp_path):
+    out = tmp_path / "Tiny"
+    process_finetune(*finetune_raw, out, progress=False)
+    return out
+
+
+def test_reads_what_the_writer_wrote(folder):
+    data = load_finetune_data(folder)
+    assert data.name == "Tiny"
+    assert (data.train, data.val, data.test) == (
+        EXPECTED["train.json"],
+        EXPECTED["val.json"],
+        EXPECTED["test.json"],
+    )
+    assert data.item2id == EXPECTED["smap.json"]
+    # Items in id order: C A B F E; H has metadata but was never reviewed, so it is no item.
+    meta = EXPECTED["meta_data.json"]
+    assert data.items == [meta[a] for a in ("C", "A", "B", "F", "E")] and data.num_items == 5
+    assert data.train_sequences() == [[3, 1, 2], [1, 0]]
+    assert data.dev_pairs() == [([3, 1, 2], 0), ([1, 0], 2)]
+    assert data.test_pairs() == [([3, 1, 2, 0], 4), ([1, 0, 2], 4)]
+
+
+@pytest.mark.parametrize(
+    "file, content, message",
+    [
+        (
+            "train.json",
+            [[3, 1, 2]],
+            'train.json: expected a JSON object {user id: [item ids]} (e.g. {"0": [3, 1, 2]}), got list',
+        ),
+        ("val.json", {"0": [0], "7": [1]}, "val.json: user 7 has no sequence in train.json"),
+        (
+            "test.json",
+            {"0": [5]},
+            "test.json: user 0: item id 5 is not in the item map (ids 0..4 from smap.json)",
+        ),
+        ("test.json", {"0": ["4"]}, "test.json: user 0: expected a list of integer item ids, got ['4']"),
+        (
+            "smap.json",
+            {"C": 0, "A": 1, "B": 1},
+            "smap.json: item ids must be 0..2 without gaps or repeats (id 1 ",
+        ),
+        ("smap.json", [], 'smap.json: expected a non-empty JSON object {asin: item id} (e.g. {"B0001": 0, '),
+        ("meta_data.json", [], "meta_data.json: expected a JSON object mapping each asin to its attributes"),
+        (
+            "meta_data.json",
+            {"C": {"title": "Gamma"}},
+            "smap.json: item 'A' (id 1) has no entry in meta_data.json",
+        ),
+    ],
+)
+def test_bad_files_are_refused_naming_file_and_key(folder, file, content, message):
+    (folder / file).write_text(json.dumps(content))
+    with pytest.raises(DataError) as e:
+        load_finetune_data(folder)
+    assert f"{folder}/{message}" in str(e.value)  # the full path of the file at fault, then the problem
+
+
+def test_missing_folder_and_missing_file(folder, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere: data folder not found"):
+        load_finetune_data(tmp_path / "nowhere")
+    (folder / "val.json").unlink()
+    with pytest.raises(FileNotFoundError, match="val.json: file not found"):
+        load_finetune_data(folder)
+    # umap.json is not needed to read the folder.
+    (folder / "umap.json").unlink()
+    assert load_finetune_data(folder, dev_file="test.json").val == EXPECTED["test.json"]
+
+
+def test_popularity_scores_count_interactions():
+    scores = popularity_scores([[0, 1, 1], [2]], num_items=4)
+    assert scores.dtype == torch.float64
+    assert scores.tolist() == [1.0, 2.0, 1.0, 0.0]
+    assert popularity_scores([], num_items=3).tolist() == [0.0, 0.0, 0.0]
