@@ -106,8 +106,10 @@ class PretrainDataModule(pl.LightningDataModule):
         if self.items is not None:
             return
         meta = read_item_metadata(self.item_attr_file)
-        self.train_sequences, self.stats["train"] = read_pretrain_sequences(self.train_file, meta)
-        self.dev_sequences, self.stats["dev"] = read_pretrain_sequences(self.dev_file, meta)
+        # Passing the meta file refuses sequences that the interaction step built from another one.
+        attr_file = self.item_attr_file
+        self.train_sequences, self.stats["train"] = read_pretrain_sequences(self.train_file, meta, attr_file)
+        self.dev_sequences, self.stats["dev"] = read_pretrain_sequences(self.dev_file, meta, attr_file)
         asins = list(meta)
         self.items = tokenize_catalogue(
             self.tokenizer, [meta[a] for a in asins], keys=asins, cache_dir=self.cache_dir, progress=self.progress

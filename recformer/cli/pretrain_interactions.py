@@ -2,7 +2,8 @@
 
 One sequence per reviewer per review file, keeping the items of meta_data.json, sorted by (time, asin).
 The training categories go to train.json and the dev categories to dev.json (JSON lists of asin lists),
-with stats.json beside them. Run the meta step (recformer-pretrain-meta) first. Example:
+with interaction_stats.json and interaction_manifest.json beside them. Run the meta step
+(recformer-pretrain-meta) first. Example:
 
     recformer-pretrain-interactions --seq_root raw/5core --output_dir pretrain
 
@@ -71,4 +72,5 @@ def main(argv: list[str] | None = None) -> int:
             args.dev_categories,
             progress=not args.no_progress,
         ),
+        PRETRAIN.interaction_stats,
     )

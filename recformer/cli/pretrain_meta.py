@@ -1,7 +1,8 @@
 """Select and describe the pretraining items (the files: recformer/data/formats.py).
 
 An item is kept if some meta file gives it a title and some review file reviews it; a later category's meta
-record replaces an earlier one. Writes meta_data.json and stats.json to --output_dir. Example:
+record replaces an earlier one. Writes meta_data.json, meta_stats.json and meta_manifest.json to
+--output_dir. Example:
 
     recformer-pretrain-meta --meta_root raw/meta --seq_root raw/5core --output_dir pretrain
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from recformer.data.cli import run_cli
+from recformer.data.formats import PRETRAIN
 from recformer.data.pretrain_writer import PRETRAIN_CATEGORIES, process_pretrain_meta
 
 
@@ -45,4 +47,5 @@ def main(argv: list[str] | None = None) -> int:
         lambda: process_pretrain_meta(
             args.meta_root, args.seq_root, args.output_dir, args.categories, progress=not args.no_progress
         ),
+        PRETRAIN.meta_stats,
     )

@@ -1,7 +1,7 @@
 """Build a finetuning folder from one Amazon 2018 category (the files: recformer/data/formats.py).
 
-Writes umap.json, smap.json, train.json, val.json, test.json, meta_data.json and stats.json to
---output_path. Example:
+Writes umap.json, smap.json, train.json, val.json, test.json, meta_data.json, stats.json and manifest.json
+to --output_path. Example:
 
     recformer-process-finetune --file_path Industrial_and_Scientific_5.json.gz \
         --meta_file_path meta_Industrial_and_Scientific.json.gz --output_path Scientific

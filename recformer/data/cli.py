@@ -28,6 +28,14 @@ def _is_file_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
 
 
+def describe_error(e: BaseException) -> str:
+    """One line for an error: an `OSError` with a file name as "path: reason", anything else as its text."""
+    if isinstance(e, OSError) and e.filename is not None and e.strerror:
+        target = f" -> {e.filename2}" if e.filename2 is not None else ""
+        return f"{e.filename}{target}: {e.strerror}"
+    return str(e).replace("\n", " ")
+
+
 def format_args(args: Any) -> str:
     """Resolved command-line arguments, one per line, for the scripts to print once."""
     return "arguments:\n" + "\n".join(f"  {k} = {v}" for k, v in vars(args).items())
@@ -45,8 +53,8 @@ def run_cli(
     print(format_args(args))
     try:
         stats = job()
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"error: {describe_error(e)}", file=sys.stderr)
         return 1
     print(dump_stats({"args": vars(args), **stats}))
     print(f"full stats: {os.path.join(output_dir, stats_file.name)}")

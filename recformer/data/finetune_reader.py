@@ -5,6 +5,11 @@ not needed) of a folder written by `finetune_writer` or of the released processe
 
 Dev input is the train sequence with the val item as target; test input is train + val with the
 test item as target.
+
+A folder that `finetune_writer` was still writing, or whose files are not the ones its manifest records, is
+refused (`formats.read_step_json`); a folder without a manifest (written by the original scripts) is read as
+it is. Refused at load time too, naming the file: a val or test file without any target, a user with more
+than one target (the format holds one), an item whose metadata is empty.
 """
 
 from __future__ import annotations
@@ -15,8 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recformer.data.formats import FINETUNE, DataFile
-from recformer.fileio import read_json
+from recformer.data.formats import FINETUNE, DataFile, check_step_folder, read_step_json
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -56,10 +60,14 @@ class FinetuneData:
 
 
 def _read_sequences(
-    path: Path, spec: DataFile, num_items: int, item_map: str, allow_empty: bool
+    path: Path, spec: DataFile, num_items: int, item_map: str, targets: bool
 ) -> dict[str, list[int]]:
-    """One split file {user: [item ids]}, every id checked against the `num_items` ids of `item_map`."""
-    data = read_json(path)
+    """One split file {user: [item ids]}, every id checked against the `num_items` ids of `item_map`.
+
+    A target file (`targets`: val, test) holds at most one item per user and at least one in all; a train
+    file holds at least one item per user.
+    """
+    data = _read_file(path)
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a {spec.describe()}, got {type(data).__name__}")
     if not data:
@@ -68,8 +76,12 @@ def _read_sequences(
     for user, seq in data.items():
         if not isinstance(seq, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in seq):
             raise DataError(f"{path}: user {user}: expected a list of integer item ids, got {seq!r:.80}")
-        if not seq and not allow_empty:
+        if not seq and not targets:
             raise DataError(f"{path}: user {user} has an empty sequence")
+        if targets and len(seq) > 1:
+            raise DataError(
+                f"{path}: user {user} has {len(seq)} target items {seq!r:.80}; expected a {spec.describe()}"
+            )
         for i in seq:
             if not 0 <= i < num_items:
                 raise DataError(
@@ -77,7 +89,16 @@ def _read_sequences(
                     f"(ids 0..{num_items - 1} from {item_map})"
                 )
         out[str(user)] = seq
+    if targets and not any(out.values()):
+        raise DataError(
+            f"{path}: no user has a target item (every list is empty); expected a {spec.describe()}"
+        )
     return out
+
+
+def _read_file(path: Path) -> object:
+    """A file of a finetuning folder, refused when the folder is incomplete or mixes runs (`DataError`)."""
+    return read_step_json(path, FINETUNE.step, DataError)
 
 
 def load_finetune_data(
@@ -93,6 +114,7 @@ def load_finetune_data(
     Raises:
         FileNotFoundError: the folder or one of its files is missing (the message names it).
         DataError: a file is malformed or disagrees with another; the message names the file and the key.
+            Also a folder that a processing run stopped writing, or whose files differ from its manifest.
     """
     root = Path(data_path)
     if not root.is_dir():
@@ -107,11 +129,12 @@ def load_finetune_data(
             ("meta", meta_file),
         )
     }
+    check_step_folder(root, FINETUNE.step, DataError)
     for p in paths.values():
         if not p.is_file():
             raise FileNotFoundError(f"{p}: file not found")
-    item2id = read_json(paths["item2id"])
-    meta = read_json(paths["meta"])
+    item2id = _read_file(paths["item2id"])
+    meta = _read_file(paths["meta"])
     if not isinstance(item2id, dict) or not item2id:
         raise DataError(f"{paths['item2id']}: expected a non-empty {FINETUNE.smap.describe()}")
     if not isinstance(meta, dict):
@@ -130,11 +153,15 @@ def load_finetune_data(
             raise DataError(
                 f"{paths['item2id']}: item {asin!r} (id {i}) has no entry in {paths['meta'].name}"
             )
+        if not attrs:
+            raise DataError(
+                f"{paths['meta']}: item {asin!r} (id {i}) has no attributes ({{}}): it has no text"
+            )
         items[i] = attrs
     n, item_map = len(items), paths["item2id"].name
-    train = _read_sequences(paths["train"], FINETUNE.train, n, item_map, allow_empty=False)
-    val = _read_sequences(paths["dev"], FINETUNE.val, n, item_map, allow_empty=True)
-    test = _read_sequences(paths["test"], FINETUNE.test, n, item_map, allow_empty=True)
+    train = _read_sequences(paths["train"], FINETUNE.train, n, item_map, targets=False)
+    val = _read_sequences(paths["dev"], FINETUNE.val, n, item_map, targets=True)
+    test = _read_sequences(paths["test"], FINETUNE.test, n, item_map, targets=True)
     for path, split in ((paths["dev"], val), (paths["test"], test)):
         for user in split:
             if user not in train:

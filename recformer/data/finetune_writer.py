@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recformer.data.amazon import FileStats, gc_paused, iter_reviews, load_meta, resolve_input, sum_file_stats
-from recformer.data.formats import FINETUNE, begin_output, finish_output
-from recformer.fileio import atomic_write_json
+from recformer.data.formats import FINETUNE, DataFile, StepOutput
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +32,10 @@ class FinetuneFolderContents:
     meta_data: dict[str, dict[str, str]]  # asin -> {title, brand, category}
     stats: dict[str, Any]
 
-    def files(self) -> dict[str, Any]:
-        """File name -> content, in `FINETUNE.data_files` order."""
+    def files(self) -> list[tuple[DataFile, Any]]:
+        """(file, content) pairs, in `FINETUNE.data_files` order."""
         contents = (self.umap, self.smap, self.train, self.val, self.test, self.meta_data)
-        return {spec.name: obj for spec, obj in zip(FINETUNE.data_files, contents, strict=True)}
+        return list(zip(FINETUNE.data_files, contents, strict=True))
 
 
 @gc_paused()
@@ -55,6 +54,8 @@ def build_finetune_dataset(
     0-based in that order; item ids are 0-based in the order met walking the kept users in that order and
     each user's reviews in file order. Each sequence is then stable-sorted by time (ties keep file order) and
     split leave-one-out. ``meta_data`` is `meta` (every item with a title), as the reference writes it.
+    A user's repeated reviews of one item are all kept, as in the reference, and counted
+    (``duplicate_reviews``).
 
     Example: reviews u1:A@5, u2:B@1, u1:C@3, u1:D@3, u1:B@9 with min_seq_len 4 give
     umap {u1: 0}, smap {A: 0, C: 1, D: 2, B: 3}, sequence by time C, D, A, B -> train {0: [1, 2]},
@@ -88,7 +89,7 @@ def build_finetune_dataset(
     train: dict[int, list[int]] = {}
     val: dict[int, list[int]] = {}
     test: dict[int, list[int]] = {}
-    below_min = sampled_out = interactions = 0
+    below_min = sampled_out = interactions = duplicates = 0
     for user, seq in sequences.items():
         n = len(seq) // 2
         if n < min_seq_len:
@@ -107,6 +108,7 @@ def build_finetune_dataset(
         items = [item_id[positions[i]] for i in order]
         train[uid], val[uid], test[uid] = items[:-2], [items[-2]], [items[-1]]
         interactions += n
+        duplicates += n - len(set(positions))
     smap = {asins[pos]: sid for sid, pos in enumerate(smap_positions)}
 
     meta_data = {asin: dict(rec) for asin, rec in meta.items()}
@@ -118,6 +120,7 @@ def build_finetune_dataset(
         "users": len(umap),
         "items": len(smap),
         "interactions": interactions,
+        "duplicate_reviews": duplicates,
         "avg_seq_len": round(interactions / len(umap), 4) if umap else 0.0,
         "meta_data_items": len(meta_data),
         "min_seq_len": min_seq_len,
@@ -136,23 +139,40 @@ def process_finetune(
     seed: int = 42,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Read one category's review and meta files and write the finetuning folder; return the stats."""
-    # Both inputs must exist before any work starts.
+    """Read one category's review and meta files and write the finetuning folder; return the stats.
+
+    The folder changes only once everything is written (`formats.StepOutput`): a run that fails or is
+    killed before leaves the old folder as it was.
+
+    Raises:
+        FileNotFoundError, IsADirectoryError: an input file is missing or a folder (checked first).
+        OSError: the output folder cannot be written (checked before any input is read), or a write failed.
+        ValueError: an input file is unusable, or no user qualifies (the message names the input files).
+    """
     file_path, meta_file_path = resolve_input(file_path), resolve_input(meta_file_path)
+    output = StepOutput(output_path, FINETUNE.step)
     meta_stats, review_stats = FileStats(str(meta_file_path)), FileStats(str(file_path))
     meta, duplicates = load_meta(meta_file_path, meta_stats, progress)
     data = build_finetune_dataset(
         iter_reviews(file_path, review_stats, progress), meta, min_seq_len, user_sample_rate, seed
     )
+    if not data.umap:
+        s = data.stats
+        raise ValueError(
+            f"{file_path}: no user qualifies: {s['users_with_interactions']} users review items of "
+            f"{meta_file_path}, {s['users_below_min_seq_len']} of them fewer than {min_seq_len} times, "
+            f"{s['users_sampled_out']} sampled out; {s['interactions_without_meta']} reviews are of items "
+            "without a title there"
+        )
     stats = {
         **sum_file_stats([review_stats, meta_stats]),
         "reviews": review_stats.to_dict(),
         "meta": {**meta_stats.to_dict(), "duplicate_records": duplicates, "items_with_title": len(meta)},
         **data.stats,
     }
-    output_dir = begin_output(output_path, FINETUNE.stats)
-    for name, obj in data.files().items():
-        atomic_write_json(output_dir / name, obj)
-    finish_output(output_dir, stats, FINETUNE.stats)
-    logger.info("wrote %s: %d users, %d items", output_dir, stats["users"], stats["items"])
+    with output:
+        for spec, obj in data.files():
+            output.write_json(spec, obj)
+        output.commit(stats)
+    logger.info("wrote %s: %d users, %d items", output.dir, stats["users"], stats["items"])
     return stats

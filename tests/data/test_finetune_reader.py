@@ -67,6 +67,7 @@ def test_reads_what_the_writer_wrote(folder):
     ],
 )
 def test_bad_files_are_refused_naming_file_and_key(folder, file, content, message):
+    (folder / "manifest.json").unlink()  # a folder edited by hand (as without a manifest: the original code's)
     (folder / file).write_text(json.dumps(content))
     with pytest.raises(DataError) as e:
         load_finetune_data(folder)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import random
 import signal
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from recformer.data import amazon, finetune_writer
+from recformer.data import amazon, finetune_writer, formats
 from recformer.data.formats import FINETUNE
-from recformer.fileio import atomic_open, read_json
+from recformer.fileio import read_json
 
 from .finetune_case import EXPECTED
 
@@ -29,9 +29,15 @@ def test_process_finetune_matches_hand_worked_output(finetune_raw, tmp_path):
     for name, expected in EXPECTED.items():
         assert read_json(out / name) == expected, name
     assert list(read_json(out / "smap.json")) == ["C", "A", "B", "F", "E"]
-    assert sorted(p.name for p in out.iterdir()) == sorted([*EXPECTED, "stats.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*EXPECTED, "stats.json", "manifest.json"])
     # The folder is exactly the one the format defines (the reader takes its defaults from there too).
     assert [f.name for f in FINETUNE.data_files] == list(EXPECTED) and FINETUNE.stats.name == "stats.json"
+    # The manifest, written last, records every file the run wrote.
+    manifest = read_json(out / "manifest.json")["files"]
+    assert list(manifest) == [*EXPECTED, "stats.json"]
+    for name, entry in manifest.items():
+        data = (out / name).read_bytes()
+        assert entry == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}, name
 
     assert read_json(out / "stats.json") == stats
     assert stats["lines_read"] == 26
@@ -45,6 +51,7 @@ def test_process_finetune_matches_hand_worked_output(finetune_raw, tmp_path):
     assert stats["users_below_min_seq_len"] == 1
     assert stats["users_sampled_out"] == 0
     assert (stats["users"], stats["items"], stats["interactions"], stats["avg_seq_len"]) == (2, 5, 9, 4.5)
+    assert stats["duplicate_reviews"] == 0
     assert (stats["min_seq_len"], stats["user_sample_rate"], stats["seed"]) == (4, 1.0, 42)
 
 
@@ -106,29 +113,27 @@ def test_rate_one_keeps_everyone_whatever_the_seed():
     assert len(a.umap) == 300 and a.umap == b.umap and a.train == b.train and a.test == b.test
 
 
-def test_interrupted_run_leaves_no_partial_file_and_no_completion_mark(finetune_raw, tmp_path, monkeypatch):
+def test_interrupted_run_leaves_the_old_folder_as_it_was(finetune_raw, tmp_path, monkeypatch):
     reviews, meta = finetune_raw
     out = tmp_path / "out"
     finetune_writer.process_finetune(reviews, meta, out, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    real_write = finetune_writer.atomic_write_json
+    real_write = formats.StepOutput.write_json
 
-    def write_then_die(path, obj, indent=False):
-        if Path(path).name == "val.json":  # killed half-way through writing val.json
-            with atomic_open(path, "wb") as f:
+    def write_then_die(self, spec, obj):
+        if spec.name == "val.json":  # interrupted half-way through writing val.json
+            with self.open(spec) as f:
                 f.write(b'{"0": [')
                 raise KeyboardInterrupt
-        real_write(path, obj, indent)
+        real_write(self, spec, obj)
 
-    monkeypatch.setattr(finetune_writer, "atomic_write_json", write_then_die)
+    monkeypatch.setattr(formats.StepOutput, "write_json", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         finetune_writer.process_finetune(reviews, meta, out, min_seq_len=3, progress=False)
-    # The old val.json is intact, no temporary file is left, and stats.json (written last) is gone.
-    assert (out / "val.json").read_bytes() == before["val.json"]
-    assert json.loads((out / "train.json").read_bytes())  # rewritten completely before the interruption
-    assert not (out / "stats.json").exists()
-    assert sorted(p.name for p in out.iterdir()) == sorted(n for n in before if n != "stats.json")
+    # Every old file is intact (umap, smap and train were already written anew, beside them), and no
+    # temporary file is left.
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
 def test_killed_writer_never_leaves_the_target(tmp_path):
