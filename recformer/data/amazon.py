@@ -401,21 +401,19 @@ def _attribute_text(value: Any, stats: FileStats | None) -> str:
     spaces, None as ``""``; a number becomes its decimal text, any other value is left out (both counted)."""
     if value is None:
         return ""
-    if isinstance(value, str):
-        return _clean_text(value, stats)
     if isinstance(value, (list, tuple)):
-        return " ".join(_item_text(v, stats) for v in value)
-    return _item_text(value, stats)
+        return " ".join(t for t in (_scalar_text(v, stats) for v in value) if t is not None)
+    text = _scalar_text(value, stats)
+    return "" if text is None else text
 
 
-def _item_text(value: Any, stats: FileStats | None) -> str:
+def _scalar_text(value: Any, stats: FileStats | None) -> str | None:
+    """A string (cleaned) or a number as text; None for anything else. Non-strings are counted."""
     if isinstance(value, str):
         return _clean_text(value, stats)
     if stats is not None:
         stats.clean(NON_TEXT)
-    if type(value) in (int, float):
-        return str(value)
-    return ""
+    return str(value) if type(value) in (int, float) else None
 
 
 def normalize_meta(

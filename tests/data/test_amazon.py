@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 
 import pytest
@@ -223,3 +224,126 @@ def test_iter_records_json_then_python_literal_then_unparseable(tmp_path):
     assert list(amazon.iter_records(path, stats, progress=False)) == [{"a": 1}, {"a": True, "b": None}]
     assert stats.python_literal == 1
     assert stats.skipped == {"unparseable": 1}
+
+
+def test_gzip_with_trailing_zero_padding_is_read(tmp_path):
+    """Zero bytes after the last member (tape and block padding) pass `gzip -t` and Python's gzip."""
+    path = tmp_path / "padded.json.gz"
+    data = gzip.compress(b'{"asin": "A"}\n{"asin": "B"}\n', mtime=0)
+    path.write_bytes(data + b"\0" * 3000 + gzip.compress(b'{"asin": "C"}\n', mtime=0) + b"\0" * 1024)
+    assert gzip.decompress(path.read_bytes()) == b'{"asin": "A"}\n{"asin": "B"}\n{"asin": "C"}\n'
+    assert [r["asin"] for r in amazon.iter_records(path, progress=False)] == ["A", "B", "C"]
+    # Padding across the reader's block boundary.
+    blocks = list(amazon._read_blocks(io.BytesIO(data + b"\0" * 10), True, block_size=len(data) + 3))
+    assert b"".join(blocks) == b'{"asin": "A"}\n{"asin": "B"}\n'
+    # Anything but zeros after a member is still an error.
+    path.write_bytes(data + b"\0\0garbage")
+    with pytest.raises(ValueError, match="padded.json.gz: corrupt gzip data"):
+        list(amazon.iter_records(path, progress=False))
+
+
+def test_a_deeply_nested_line_is_skipped_and_counted(tmp_path):
+    path = tmp_path / "deep.json"
+    write_lines(path, [json.dumps(GOOD_REVIEW), "[" * 2000 + "]" * 2000, '{"a": ' * 2000 + "1" + "}" * 2000])
+    stats = FileStats(str(path))
+    assert [r["reviewerID"] for r in amazon.iter_records(path, stats, progress=False)] == ["U1"]
+    assert stats.skipped == {"too_deep": 2} and stats.lines == 3
+
+
+def test_lone_surrogates_are_cleaned_in_text_and_refused_in_ids(tmp_path):
+    # orjson rejects a lone surrogate escape; the fallback parsers accept it, and it cannot be written back.
+    lines = [
+        '{"asin": "A", "title": "Cable \\ud800 3ft", "brand": "B\\udfff", "category": ["x\\ud801", "y"]}',
+        '{"asin": "B", "title": "Smile \\ud83d\\ude00"}',  # a valid pair: one character, nothing to clean
+        "{'asin': 'C', 'title': 'Smile \\ud83d\\ude00'}",  # the same pair as a Python literal (two code units)
+        '{"asin": "D\\ud800", "title": "bad id"}',
+    ]
+    path = tmp_path / "meta.json"
+    write_lines(path, lines)
+    stats = FileStats(str(path))
+    meta = dict(amazon.iter_meta(path, stats, progress=False))
+    assert meta == {
+        "A": {"title": "Cable \ufffd 3ft", "brand": "B\ufffd", "category": "x\ufffd y"},
+        "B": {"title": "Smile \U0001f600", "brand": "", "category": ""},
+        "C": {"title": "Smile \U0001f600", "brand": "", "category": ""},
+    }
+    assert stats.cleaned == {"lone_surrogate": 4} and stats.skipped == {"bad_value": 1}
+    assert json.dumps(meta, ensure_ascii=False).encode("utf-8")  # everything kept is UTF-8 text
+
+    reviews = tmp_path / "reviews.json"
+    write_lines(reviews, [json.dumps(GOOD_REVIEW), '{"reviewerID": "U\\ud800", "asin": "A", "unixReviewTime": 1}'])
+    stats = FileStats(str(reviews))
+    assert list(amazon.iter_reviews(reviews, stats, progress=False)) == [("U1", "B000000001", 1400000000)]
+    assert stats.skipped == {"bad_value": 1}
+
+
+def test_non_text_attribute_values_are_made_text_or_left_out_and_counted():
+    stats = FileStats("meta")
+    record = {"asin": "A", "title": "T", "brand": 3, "category": [["nested"], "y", None, True, 2.5, {"k": 1}]}
+    assert amazon.normalize_meta(record, stats) == ("A", {"title": "T", "brand": "3", "category": "y 2.5"})
+    assert stats.cleaned == {"non_text": 6}
+    stats = FileStats("meta")
+    deep: list = []
+    for _ in range(5000):  # deeper than repr() can go: never turned into text
+        deep = [deep]
+    assert amazon.normalize_meta({"asin": "A", "title": "T", "brand": deep, "category": {"a": 1}}, stats) == (
+        "A",
+        {"title": "T", "brand": "", "category": ""},
+    )
+    assert stats.cleaned == {"non_text": 2}
+
+
+def test_the_stats_count_what_was_cleaned(tmp_path):
+    path = tmp_path / "meta.json"
+    write_lines(path, ['{"asin": "A", "title": "T\\udc00", "brand": 7}', '{"asin": "B", "title": "T"}'])
+    stats = FileStats(str(path))
+    assert len(amazon.load_meta(path, stats, progress=False)[0]) == 2
+    assert stats.to_dict()["cleaned"] == {"lone_surrogate": 1, "non_text": 1}
+    assert amazon.sum_file_stats([stats, stats])["values_cleaned"] == {"lone_surrogate": 2, "non_text": 2}
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "the file is empty (0 bytes; an interrupted download?)"),
+        (gzip.compress(b"", mtime=0), "no line holds a JSON record (0 lines read)"),
+        (b"\n \n", "no line holds a JSON record (2 lines read, skipped {'blank': 2})"),
+        ('{"asin": "A", "title": "T"}\n'.encode("utf-16"), "the file is UTF-16 text"),
+        (gzip.compress('{"asin": "A"}\n'.encode("utf-16-be"), mtime=0), "no line holds a JSON record"),
+    ],
+    ids=["0-byte", "empty-gzip", "blank-lines", "utf16", "utf16-gzip-no-bom"],
+)
+def test_a_file_without_any_record_is_an_error_naming_it(tmp_path, content, message):
+    path = tmp_path / "meta_Cat.json.gz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as e:
+        list(amazon.iter_records(path, progress=False))
+    assert str(e.value).startswith(f"{path}: {message}")
+
+
+def test_a_file_without_any_usable_review_or_item_is_an_error_naming_it(tmp_path):
+    reviews = tmp_path / "Cat_5.json"
+    write_lines(reviews, ['{"reviewerID": "U"}', '{"asin": "A"}'])
+    with pytest.raises(ValueError, match=f"{reviews}: no line is a usable review .*missing_field"):
+        list(amazon.iter_reviews(reviews, progress=False))
+    meta = tmp_path / "meta_Cat.json"
+    write_lines(meta, ['{"asin": "A", "title": ""}', '{"asin": "B"}'])
+    with pytest.raises(ValueError, match=f"{meta}: no line is a usable item with an asin and a title"):
+        amazon.load_meta(meta, progress=False)
+
+
+def test_a_utf8_byte_order_mark_is_dropped(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(GOOD_REVIEW).encode() + b"\n")
+    stats = FileStats(str(path))
+    assert [r["asin"] for r in amazon.iter_records(path, stats, progress=False)] == ["B000000001"]
+    assert stats.skipped == {}
+
+
+def test_a_folder_given_as_input_file_is_called_a_folder(tmp_path):
+    folder = tmp_path / "Cat_5.json.gz"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError, match=f"input file is a folder: {folder}"):
+        amazon.resolve_input(folder)
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        amazon.category_paths(tmp_path, ["Cat"], amazon.REVIEW_FILE)
