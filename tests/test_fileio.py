@@ -43,7 +43,11 @@ def test_a_full_disk_names_the_path_and_keeps_the_old_file(tmp_path, monkeypatch
     monkeypatch.setattr(fileio.os, "fsync", no_space)  # the data reaches the disk at fsync
     with pytest.raises(OSError) as e:
         atomic_write_bytes(target, b"new")
-    assert (e.value.errno, e.value.filename, e.value.strerror) == (errno.ENOSPC, str(target), "No space left on device")
+    assert (e.value.errno, e.value.filename, e.value.strerror) == (
+        errno.ENOSPC,
+        str(target),
+        "No space left on device",
+    )
     assert str(target) in str(e.value)
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["train.json"]  # no temporary file left
@@ -63,7 +67,9 @@ def test_other_errors_in_the_block_pass_unchanged(tmp_path):
         missing.read_text()
     assert e.value.filename == str(missing)
     with pytest.raises(OSError) as e, atomic_open(tmp_path / "out.json", "w"):
-        raise OSError(errno.EIO, "Input/output error")  # e.g. reading a bad input disk: not the output's fault
+        raise OSError(
+            errno.EIO, "Input/output error"
+        )  # e.g. reading a bad input disk: not the output's fault
     assert e.value.filename is None
 
 
@@ -77,7 +83,10 @@ def test_staged_files_change_nothing_until_commit(tmp_path):
         assert (tmp_path / "a.json").read_text() == "old a" and not (tmp_path / "b.json").exists()
         digests = staged.commit()
     assert (tmp_path / "a.json").read_text() == "new a" and (tmp_path / "b.json").read_text() == "new b"
-    assert digests == {tmp_path / "a.json": fileio.FileDigest.of(b"new a"), tmp_path / "b.json": fileio.FileDigest.of(b"new b")}
+    assert digests == {
+        tmp_path / "a.json": fileio.FileDigest.of(b"new a"),
+        tmp_path / "b.json": fileio.FileDigest.of(b"new b"),
+    }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
 
 
@@ -90,7 +99,13 @@ def test_staged_files_not_committed_are_deleted(tmp_path):
 
 
 def test_stale_temporary_files_of_named_outputs_are_removed(tmp_path):
-    for name in (".train.json.0a1b2c.tmp", ".val.json.ffff.tmp", ".other.json.0a1b.tmp", "train.json", "x.tmp"):
+    for name in (
+        ".train.json.0a1b2c.tmp",
+        ".val.json.ffff.tmp",
+        ".other.json.0a1b.tmp",
+        "train.json",
+        "x.tmp",
+    ):
         (tmp_path / name).write_text("")
     removed = fileio.remove_stale_temp_files(tmp_path, ["train.json", "val.json"])
     assert sorted(p.name for p in removed) == [".train.json.0a1b2c.tmp", ".val.json.ffff.tmp"]

@@ -245,7 +245,9 @@ def _read_manifest(folder: Path, step: Step, error: type[Exception]) -> dict[str
         isinstance(v, dict) and type(v.get("size")) is int and isinstance(v.get("sha256"), str)
         for v in files.values()
     ):
-        raise error(f"{path}: not a manifest of {step.command} (expected {{'files': {{name: {{size, sha256}}}}}})")
+        raise error(
+            f"{path}: not a manifest of {step.command} (expected {{'files': {{name: {{size, sha256}}}}}})"
+        )
     return manifest
 
 

@@ -255,7 +255,7 @@ def test_lone_surrogates_are_cleaned_in_text_and_refused_in_ids(tmp_path):
     lines = [
         '{"asin": "A", "title": "Cable \\ud800 3ft", "brand": "B\\udfff", "category": ["x\\ud801", "y"]}',
         '{"asin": "B", "title": "Smile \\ud83d\\ude00"}',  # a valid pair: one character, nothing to clean
-        "{'asin': 'C', 'title': 'Smile \\ud83d\\ude00'}",  # the same pair as a Python literal (two code units)
+        "{'asin': 'C', 'title': 'Smile \\ud83d\\ude00'}",  # the same pair as a Python literal: two units
         '{"asin": "D\\ud800", "title": "bad id"}',
     ]
     path = tmp_path / "meta.json"
@@ -271,7 +271,9 @@ def test_lone_surrogates_are_cleaned_in_text_and_refused_in_ids(tmp_path):
     assert json.dumps(meta, ensure_ascii=False).encode("utf-8")  # everything kept is UTF-8 text
 
     reviews = tmp_path / "reviews.json"
-    write_lines(reviews, [json.dumps(GOOD_REVIEW), '{"reviewerID": "U\\ud800", "asin": "A", "unixReviewTime": 1}'])
+    write_lines(
+        reviews, [json.dumps(GOOD_REVIEW), '{"reviewerID": "U\\ud800", "asin": "A", "unixReviewTime": 1}']
+    )
     stats = FileStats(str(reviews))
     assert list(amazon.iter_reviews(reviews, stats, progress=False)) == [("U1", "B000000001", 1400000000)]
     assert stats.skipped == {"bad_value": 1}

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import errno
+import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from recformer.cli import pretrain_interactions, pretrain_meta, process_finetune
+from recformer.data.finetune_reader import load_finetune_data
 from recformer.fileio import read_json
 
-from ..helpers import load_cli
-from .finetune_case import EXPECTED
+from ..helpers import load_cli, write_gz
+from .finetune_case import EXPECTED, META_LINES
 from .pretrain_case import DEV, EXPECTED_DEV, EXPECTED_META, EXPECTED_TRAIN, TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -190,3 +194,202 @@ def test_missing_file_messages_name_the_paths(pretrain_raw, tmp_path, capsys):
     assert str(out / "meta_data.json") in capsys.readouterr().err
     assert cli.main([*argv[:4], "--train_categories", "CatA", "CatB", "--dev_categories", "CatC"]) == 1
     assert str(pretrain_raw / "CatB_5.json.gz") in capsys.readouterr().err
+
+
+def run_finetune(reviews, meta, out, *extra) -> int:
+    argv = ["--file_path", str(reviews), "--meta_file_path", str(meta), "--output_path", str(out), *extra]
+    return process_finetune.main([*argv, "--no_progress"])
+
+
+def last_error_line(capsys) -> str:
+    """The one error line a failed command prints (after no traceback)."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def truncated_gz(path: Path) -> Path:
+    """An input that fails as soon as it is read: a check that precedes reading reports first."""
+    data = gzip.compress(b'{"asin": "A"}\n' * 5000, mtime=0)
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+# Each command with a runner (raw folder, output folder) and one name of the files it writes.
+def _finetune(root: Path, out: Path) -> int:
+    return run_finetune(root / "Cat_5.json.gz", root / "meta_Cat.json.gz", out)
+
+
+def _meta(root: Path, out: Path) -> int:
+    argv = [
+        "--meta_root",
+        str(root),
+        "--seq_root",
+        str(root),
+        "--output_dir",
+        str(out),
+        "--categories",
+        "Cat",
+    ]
+    return pretrain_meta.main([*argv, "--no_progress"])
+
+
+def _interactions(root: Path, out: Path) -> int:
+    argv = ["--seq_root", str(root), "--output_dir", str(out), "--meta_file", str(root / "meta_data.json")]
+    return pretrain_interactions.main(
+        [*argv, "--train_categories", "Cat", "--dev_categories", "Cat", "--no_progress"]
+    )
+
+
+RUNNERS = {
+    "finetune": (_finetune, "train.json"),
+    "meta": (_meta, "meta_data.json"),
+    "interactions": (_interactions, "dev.json"),
+}
+
+
+def output_problem(problem: str, taken_name: str, tmp_path: Path, monkeypatch) -> tuple[Path, str]:
+    """An unusable output location: (the output folder to give, the error line it must get)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real_access = os.access
+    # Root may write anywhere, so a folder its owner may not write is simulated through os.access.
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    if problem == "is_a_file":
+        return a_file, f"error: {a_file}: exists and is not a folder"
+    if problem == "below_a_file":
+        return a_file / "out", f"error: {a_file / 'out'}: cannot be created: {a_file} is a file"
+    if problem == "below_a_locked_folder":
+        return locked / "out", f"error: {locked / 'out'}: cannot be created: {locked} is not writable"
+    if problem == "not_writable":
+        return locked, f"error: {locked}: the output folder is not writable"
+    assert problem == "a_name_taken_by_a_folder"
+    (tmp_path / "blocked" / taken_name).mkdir(parents=True)
+    return (
+        tmp_path / "blocked",
+        f"error: {tmp_path / 'blocked' / taken_name}: exists and is not a file; move it away",
+    )
+
+
+@pytest.mark.parametrize("command", sorted(RUNNERS))
+@pytest.mark.parametrize(
+    "problem",
+    ["is_a_file", "below_a_file", "below_a_locked_folder", "not_writable", "a_name_taken_by_a_folder"],
+)
+def test_output_problems_get_one_line_before_any_input_is_read(
+    command, problem, tmp_path, monkeypatch, capsys
+):
+    run, taken_name = RUNNERS[command]
+    root = tmp_path / "raw"
+    root.mkdir()
+    # Inputs that fail as soon as they are read: the output check must report first.
+    for name in ("Cat_5.json.gz", "meta_Cat.json.gz"):
+        truncated_gz(root / name)
+    (root / "meta_data.json").write_text("{not json")
+    out, expected = output_problem(problem, taken_name, tmp_path, monkeypatch)
+    assert run(root, out) == 1
+    assert last_error_line(capsys) == expected
+
+
+def folder_bytes(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_full_disk_gets_one_line_naming_the_file_and_the_old_folder_stays(finetune_raw, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_finetune(*finetune_raw, out) == 0
+    old = folder_bytes(out)
+    calls = []
+
+    def fsync_fails_on_the_third_file(fd):
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(os, "fsync", fsync_fails_on_the_third_file)
+        assert run_finetune(*finetune_raw, out, "--min_seq_len", "3") == 1
+    assert last_error_line(capsys) == f"error: {out / 'train.json'}: No space left on device"
+    assert folder_bytes(out) == old  # nothing replaced, no temporary file left
+    assert load_finetune_data(out).train == EXPECTED["train.json"]
+
+
+def test_a_run_that_fails_midway_leaves_the_old_pretraining_folder_as_it_was(pretrain_raw, tmp_path, capsys):
+    out = tmp_path / "out"
+    common = ["--seq_root", str(pretrain_raw), "--output_dir", str(out), "--no_progress"]
+    assert pretrain_meta.main(["--meta_root", str(pretrain_raw), *common, "--categories", *TRAIN, *DEV]) == 0
+    categories = ["--train_categories", *TRAIN, "--dev_categories", *DEV]
+    assert pretrain_interactions.main([*common, *categories]) == 0
+    old = folder_bytes(out)
+    # The dev category's file is cut short: found only after train.json has been written anew.
+    truncated_gz(pretrain_raw / "CatC_5.json.gz")
+    assert pretrain_interactions.main([*common, *categories]) == 1
+    assert last_error_line(capsys).startswith(
+        f"error: {pretrain_raw / 'CatC_5.json.gz'}: the gzip stream ends"
+    )
+    assert folder_bytes(out) == old
+
+
+def test_a_lone_surrogate_in_a_meta_line_is_cleaned_and_counted(finetune_raw, tmp_path):
+    """Such a line crashed the writer half-way, leaving new umap/smap next to old files."""
+    reviews, _ = finetune_raw
+    meta = write_gz(
+        tmp_path / "meta_S.json.gz", [*META_LINES[:-1], '{"asin": "H", "title": "Eta \\ud800", "brand": "W"}']
+    )
+    out = tmp_path / "out"
+    assert run_finetune(reviews, meta, out) == 0
+    assert read_json(out / "meta_data.json")["H"] == {"title": "Eta \ufffd", "brand": "W", "category": ""}
+    assert read_json(out / "stats.json")["values_cleaned"] == {"lone_surrogate": 1}
+    assert load_finetune_data(out).train == EXPECTED["train.json"]
+
+
+def test_a_folder_given_as_an_input_file_is_called_a_folder(finetune_raw, tmp_path, capsys):
+    folder = tmp_path / "Cat_5.json.gz"
+    folder.mkdir()
+    assert run_finetune(folder, finetune_raw[1], tmp_path / "out") == 1
+    assert last_error_line(capsys) == f"error: input file is a folder: {folder}"
+
+
+@pytest.mark.parametrize("which", ["reviews", "meta"])
+@pytest.mark.parametrize("content", ["0-byte", "utf16", "no-record"])
+def test_an_empty_or_unreadable_input_is_an_error_naming_it(finetune_raw, tmp_path, capsys, which, content):
+    reviews, meta = finetune_raw
+    bad = reviews if which == "reviews" else meta
+    if content == "0-byte":  # a failed download
+        bad.write_bytes(b"")
+    elif content == "utf16":
+        bad.write_bytes(gzip.decompress(bad.read_bytes()).decode("utf-8").encode("utf-16"))
+    else:
+        write_gz(bad, ["", "not json"])
+    out = tmp_path / "out"
+    assert run_finetune(reviews, meta, out) == 1
+    assert last_error_line(capsys).startswith(f"error: {bad}: ")
+    assert not out.exists()
+
+
+def test_no_qualifying_user_is_an_error_naming_the_input(finetune_raw, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_finetune(*finetune_raw, out, "--min_seq_len", "9") == 1
+    assert last_error_line(capsys) == (
+        f"error: {finetune_raw[0]}: no user qualifies: 3 users review items of {finetune_raw[1]}, 3 of them "
+        "fewer than 9 times, 0 sampled out; 3 reviews are of items without a title there"
+    )
+    assert not out.exists()
+
+
+def test_an_empty_pretraining_meta_file_is_an_error_naming_it(pretrain_raw, tmp_path, capsys):
+    (pretrain_raw / "meta_CatB.json.gz").write_bytes(b"")
+    roots = [
+        "--meta_root",
+        str(pretrain_raw),
+        "--seq_root",
+        str(pretrain_raw),
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    assert pretrain_meta.main([*roots, "--categories", *TRAIN, *DEV, "--no_progress"]) == 1
+    assert last_error_line(capsys) == (
+        f"error: {pretrain_raw / 'meta_CatB.json.gz'}: the file is empty (0 bytes; an interrupted download?)"
+    )

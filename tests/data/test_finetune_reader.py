@@ -69,7 +69,9 @@ def test_reads_what_the_writer_wrote(folder):
     ],
 )
 def test_bad_files_are_refused_naming_file_and_key(folder, file, content, message):
-    (folder / "manifest.json").unlink(missing_ok=True)  # a folder edited by hand (as without a manifest: the original code's)
+    (folder / "manifest.json").unlink(
+        missing_ok=True
+    )  # a folder edited by hand (as without a manifest: the original code's)
     (folder / file).write_text(json.dumps(content))
     with pytest.raises(DataError) as e:
         load_finetune_data(folder)
@@ -115,7 +117,9 @@ def test_a_user_with_several_targets_is_refused(folder, name):
     edit(folder, name, {"0": [0, 4], "1": [2]})  # was cut to the first item without a word
     with pytest.raises(DataError) as e:
         load_finetune_data(folder)
-    assert str(e.value).startswith(f"{folder / name}: user 0 has 2 target items [0, 4]; expected a JSON object")
+    assert str(e.value).startswith(
+        f"{folder / name}: user 0 has 2 target items [0, 4]; expected a JSON object"
+    )
 
 
 def test_an_item_without_attributes_is_refused(folder):
@@ -123,7 +127,10 @@ def test_an_item_without_attributes_is_refused(folder):
     edit(folder, "meta_data.json", meta)
     with pytest.raises(DataError) as e:
         load_finetune_data(folder)
-    assert str(e.value) == f"{folder / 'meta_data.json'}: item 'A' (id 1) has no attributes ({{}}): it has no text"
+    assert (
+        str(e.value)
+        == f"{folder / 'meta_data.json'}: item 'A' (id 1) has no attributes ({{}}): it has no text"
+    )
 
 
 def test_a_folder_whose_processing_run_stopped_is_refused(folder):
@@ -143,15 +150,19 @@ def test_a_folder_mixing_two_runs_is_refused(folder, finetune_raw, tmp_path):
     with pytest.raises(DataError) as e:
         load_finetune_data(folder)
     assert str(e.value).startswith(
-        f"{folder / 'val.json'}: is not the file that manifest.json beside it records (size or SHA-256 differ): "
-        "the folder mixes files of different runs; re-run recformer-process-finetune"
+        f"{folder / 'val.json'}: is not the file that manifest.json beside it records (size or SHA-256 "
+        "differ): the folder mixes files of different runs; re-run recformer-process-finetune"
     )
 
 
 def test_a_folder_of_the_original_scripts_loads_unchanged(tmp_path):
-    """No manifest, no marker (as the original code and this project's first release wrote them): read as is."""
+    """No manifest, no marker (as the original code and the first release wrote them): read as it is."""
     golden = Path(__file__).resolve().parents[1] / "fixtures" / "processed_golden" / "finetune"
     folder = tmp_path / "Tiny"
     shutil.copytree(golden, folder)
     data = load_finetune_data(folder)
-    assert (data.train, data.val, data.test) == (EXPECTED["train.json"], EXPECTED["val.json"], EXPECTED["test.json"])
+    assert (data.train, data.val, data.test) == (
+        EXPECTED["train.json"],
+        EXPECTED["val.json"],
+        EXPECTED["test.json"],
+    )

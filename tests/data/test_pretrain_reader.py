@@ -82,7 +82,9 @@ def read_corpus(folder):
 def test_reads_what_both_steps_wrote(corpus):
     meta, train, dev = read_corpus(corpus)
     assert meta == EXPECTED_META
-    assert train == [s for s in EXPECTED_TRAIN if len(s) > 1] and dev == [s for s in EXPECTED_DEV if len(s) > 1]
+    assert train == [s for s in EXPECTED_TRAIN if len(s) > 1] and dev == [
+        s for s in EXPECTED_DEV if len(s) > 1
+    ]
 
 
 @pytest.mark.parametrize(
@@ -109,7 +111,9 @@ def test_a_new_train_file_next_to_an_old_dev_file_is_refused(corpus, pretrain_ra
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(corpus / "meta_data.json", other / "meta_data.json")
-    process_pretrain_interactions(pretrain_raw, other / "meta_data.json", other, ["CatA"], DEV, progress=False)
+    process_pretrain_interactions(
+        pretrain_raw, other / "meta_data.json", other, ["CatA"], DEV, progress=False
+    )
     (corpus / "train.json").write_bytes((other / "train.json").read_bytes())
     with pytest.raises(PretrainDataError) as e:
         read_corpus(corpus)

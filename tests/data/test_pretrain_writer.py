@@ -19,7 +19,9 @@ def test_meta_data_process_matches_hand_worked_output(pretrain_raw, tmp_path):
     stats = pretrain_writer.process_pretrain_meta(
         pretrain_raw, pretrain_raw, out, TRAIN + DEV, progress=False
     )
-    assert sorted(p.name for p in out.iterdir()) == sorted(["meta_data.json", "meta_stats.json", "meta_manifest.json"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["meta_data.json", "meta_stats.json", "meta_manifest.json"]
+    )
     assert read_json(out / "meta_data.json") == EXPECTED_META
     assert read_json(out / "meta_stats.json") == stats
     assert list(read_json(out / "meta_manifest.json")["files"]) == ["meta_data.json", "meta_stats.json"]
@@ -94,7 +96,9 @@ def test_an_empty_meta_file_or_category_is_an_error_naming_the_file(pretrain_raw
         )
     # CatC's reviews are of c1 and c2 only: without them, the dev category gives no sequence.
     (out / "meta_data.json").write_text(json.dumps({a: EXPECTED_META[a] for a in ("a1", "a2", "b1")}))
-    with pytest.raises(ValueError, match=re.escape(f"{pretrain_raw / 'CatC_5.json.gz'}: none of its 3 reviews")):
+    with pytest.raises(
+        ValueError, match=re.escape(f"{pretrain_raw / 'CatC_5.json.gz'}: none of its 3 reviews")
+    ):
         pretrain_writer.process_pretrain_interactions(
             pretrain_raw, out / "meta_data.json", out, TRAIN, DEV, progress=False
         )
