@@ -32,6 +32,7 @@ from recformer.fileio import (
     FileDigest,
     StagedFiles,
     atomic_write_bytes,
+    atomic_write_text,
     dumps_json,
     fsync_dir,
     parse_json,
@@ -208,13 +209,15 @@ class StepOutput:
         step read of another step's output)."""
         self._staged.write_bytes(self.dir / self.step.stats.name, dumps_json(stats, indent=True))
         marker, manifest = self.dir / self.step.marker, self.dir / self.step.manifest
-        marker.write_text(
+        atomic_write_text(
+            marker,
             f"{self.step.command} (process {os.getpid()}) began replacing the files of this folder at "
             f"{time.strftime('%Y-%m-%d %H:%M:%S')} and removes this file when it is done. While this file is "
-            "here the folder mixes files of two runs and is refused: re-run the command.\n"
+            "here the folder mixes files of two runs and is refused: re-run the command.\n",
         )
         fsync_dir(self.dir)
-        manifest.unlink(missing_ok=True)
+        # The old manifest stays until the new one replaces it: were the marker deleted by hand after a kill,
+        # the files already renamed would still differ from it.
         digests = self._staged.commit()
         record = {
             "command": self.step.command,

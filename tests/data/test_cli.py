@@ -133,6 +133,10 @@ def test_pretrain_scripts_run_end_to_end(pretrain_raw, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert f"meta_file = {out / 'meta_data.json'}" in printed
+    # Each step prints its own stats file; the interaction step leaves the meta step's in place.
+    assert f"full stats: {out / 'meta_stats.json'}" in printed
+    assert f"full stats: {out / 'interaction_stats.json'}" in printed
+    assert read_json(out / "meta_stats.json")["categories"] == [*TRAIN, *DEV]
     assert read_json(out / "train.json") == EXPECTED_TRAIN
     assert read_json(out / "dev.json") == EXPECTED_DEV
     assert read_json(out / "meta_data.json") == EXPECTED_META
