@@ -293,12 +293,33 @@ def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     return x.view(*x.shape[:-1], heads, -1)
 
 
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where allowed, -inf elsewhere: SDPA's CPU kernel converts a boolean mask this way on every call."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
 def _dense_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> torch.Tensor:
-    mask = layout.cached(("dense", w), lambda: _dense_local_mask(layout, w))
+    mask = layout.cached(("dense", w, q.dtype), lambda: _additive(_dense_local_mask(layout, w), q.dtype))
     out = F.scaled_dot_product_attention(
         q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout
     )  # [B, nh, L, d]
     return out.transpose(1, 2)
+
+
+def _block_columns(layout: AttentionLayout, w: int) -> torch.Tensor:
+    """[B * nb * (G + span)] flat key positions each query block reads: the row's global keys, then its span
+    (positions past either end are clamped; the mask leaves them out)."""
+    batch, length = layout.key_valid.shape
+    s = block_size(w)
+    nb = math.ceil(length / s)
+    device = layout.key_valid.device
+    spans = torch.arange(nb, device=device)[:, None] * s - w + torch.arange(s + 2 * w, device=device)[None, :]
+    columns = spans.clamp(0, length - 1).expand(batch, -1, -1)  # [B, nb, span]
+    if layout.global_positions is not None:
+        glob = layout.global_positions.clamp(max=length - 1)[:, None, :].expand(-1, nb, -1)  # [B, nb, G]
+        columns = torch.cat([glob, columns], dim=-1)
+    rows = torch.arange(batch, device=device)[:, None, None] * length
+    return (columns + rows).reshape(-1)  # flat indices into [B * L]
 
 
 def _blocked_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> torch.Tensor:
@@ -306,21 +327,17 @@ def _blocked_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> 
     batch, length, heads, dim = q.shape
     s = block_size(w)
     nb = math.ceil(length / s)
-    span = s + 2 * w
-    right = nb * s - length + w
-    mask = layout.cached(("blocks", w), lambda: _blocked_local_mask(layout, w))  # [B, nb, 1, s, G + span]
-    qb = F.pad(q, (0, 0, 0, 0, 0, nb * s - length)).view(batch, nb, s, heads, dim).transpose(2, 3)  # [B, nb, nh, s, d]
+    mask = layout.cached(("blocks", w, q.dtype), lambda: _additive(_blocked_local_mask(layout, w), q.dtype))
+    columns = layout.cached(("columns", w), lambda: _block_columns(layout, w))  # [B * nb * (G + span)]
 
-    def keys(x: torch.Tensor) -> torch.Tensor:  # [B, L, nh, d] -> [B, nb, nh, G + span, d]
-        spans = F.pad(x, (0, 0, 0, 0, w, right)).unfold(1, span, s).transpose(-1, -2)  # [B, nb, nh, span, d]
-        if layout.global_positions is None:
-            return spans
-        index = layout.global_positions.clamp(max=length - 1)[:, :, None, None].expand(-1, -1, heads, dim)
-        glob = x.gather(1, index).transpose(1, 2)  # [B, nh, G, d]
-        return torch.cat([glob[:, None].expand(-1, nb, -1, -1, -1), spans], dim=3)
+    def keys(x: torch.Tensor) -> torch.Tensor:  # [B, L, nh, d] -> [B * nb, nh, G + span, d], one gather
+        return x.reshape(batch * length, heads * dim).index_select(0, columns).view(batch * nb, -1, heads, dim).transpose(1, 2)
 
-    out = F.scaled_dot_product_attention(qb, keys(k), keys(v), attn_mask=mask, dropout_p=dropout)  # [B, nb, nh, s, d]
-    return out.transpose(2, 3).reshape(batch, nb * s, heads, dim)[:, :length]
+    qb = F.pad(q, (0, 0, 0, 0, 0, nb * s - length)) if length % s else q
+    qb = qb.reshape(batch * nb, s, heads, dim).transpose(1, 2)  # [B * nb, nh, s, d]
+    # 4-D inputs reach the fused CPU/GPU kernels; 5-D ones take the math path.
+    out = F.scaled_dot_product_attention(qb, keys(k), keys(v), attn_mask=mask.flatten(0, 1), dropout_p=dropout)
+    return out.view(batch, nb, heads, s, dim).transpose(2, 3).reshape(batch, nb * s, heads, dim)[:, :length]
 
 
 def _flex_local(q, k, v, layout: AttentionLayout, w: int) -> torch.Tensor:
@@ -355,7 +372,7 @@ def longformer_self_attention(module: nn.Module, hidden_states: torch.Tensor, la
     q_glob = _heads(module.query_global(hidden_states.gather(1, index)), heads)  # [B, G, nh, d]
     k_glob = _heads(module.key_global(hidden_states), heads)  # [B, L, nh, d]
     v_glob = _heads(module.value_global(hidden_states), heads)
-    mask = layout.cached("global", lambda: _global_row_mask(layout))  # [B, 1, G, L]
+    mask = layout.cached(("global", q_glob.dtype), lambda: _additive(_global_row_mask(layout), q_glob.dtype))
     rows = F.scaled_dot_product_attention(
         q_glob.transpose(1, 2), k_glob.transpose(1, 2), v_glob.transpose(1, 2), attn_mask=mask, dropout_p=dropout
     )  # [B, nh, G, d]
