@@ -20,10 +20,13 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import logging
 import random
 import statistics
+import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -119,6 +122,7 @@ def run_cases(model, cases: dict, repeats: int) -> dict[str, dict[str, float]]:
                 t0 = time.perf_counter()
                 fn()
                 times[name].setdefault(impl, []).append(time.perf_counter() - t0)
+                print(f"{name} {impl}: {times[name][impl][-1]:.2f} s", file=sys.stderr, flush=True)
     return {name: {impl: statistics.median(ts) for impl, ts in by.items()} for name, by in times.items()}
 
 
@@ -214,6 +218,9 @@ def main() -> None:
     p.add_argument("--output", type=Path, default=None)
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("recformer.amazon").setLevel(logging.ERROR)  # the demo files' deliberately bad lines
+    warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
     result = {"part": a.part, "size": a.size, "window": a.window, "threads": a.threads, "repeats": a.repeats,
               "torch": torch.__version__}
     result.update(items_part(a, a.implementations) if a.part == "items" else histories_part(a, a.implementations))

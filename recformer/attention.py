@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 # The names `config._attn_implementation` takes (transformers' names), "auto" first: the default.
 ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flex_attention")
-FAST_IMPLEMENTATIONS = ("sdpa", "flex_attention")
 # Names transformers knows that Recformer accepts only to refuse, with the reason.
 REFUSED_IMPLEMENTATIONS = {
     "flash_attention_2": (
@@ -91,10 +90,13 @@ def resolve_attn_implementation(
     name = check_attn_implementation(requested)
     if name == "auto":
         if output_attentions:
-            return "eager"
-        if flex_compiler_available(device) and not dropout_active:
-            return "flex_attention"
-        return "sdpa"
+            chosen = "eager"
+        elif flex_compiler_available(device) and not dropout_active:
+            chosen = "flex_attention"
+        else:
+            chosen = "sdpa"
+        _log_auto_choice(device.type, chosen)
+        return chosen
     if output_attentions and name != "eager":
         raise ValueError(f"output_attentions needs attn_implementation='eager' (or 'auto'), not {name!r}")
     if name == "flex_attention":
@@ -114,6 +116,11 @@ def resolve_attn_implementation(
                 "has no backward there); use 'sdpa' or 'auto'"
             )
     return name
+
+
+@functools.cache
+def _log_auto_choice(device_type: str, chosen: str) -> None:
+    logger.info("attn_implementation 'auto' runs %r on %s", chosen, device_type)
 
 
 @functools.cache

@@ -331,7 +331,7 @@ class RecformerModel(RecformerPreTrainedModel):
         if global_attention_mask is None and global_positions is not None:
             global_attention_mask = self._mask_from_positions(global_positions, input_ids.shape[1])
         dropout_active = self.training and self.config.attention_probs_dropout_prob > 0
-        needs_grad = torch.is_grad_enabled() and self.embeddings.word_embeddings.weight.requires_grad
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         implementation = resolve_attn_implementation(
             self.config._attn_implementation, input_ids.device, dropout_active, needs_grad, bool(output_attentions)
         )
