@@ -335,10 +335,20 @@ def _blocked_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> 
     s = block_size(w)
     nb = math.ceil(length / s)
     mask = layout.cached(("blocks", w, q.dtype), lambda: _additive(_blocked_local_mask(layout, w), q.dtype))
-    columns = layout.cached(("columns", w), lambda: _block_columns(layout, w))  # [B * nb * (G + span)]
+    span, right = s + 2 * w, nb * s - length + w
 
-    def keys(x: torch.Tensor) -> torch.Tensor:  # [B, L, nh, d] -> [B * nb, nh, G + span, d], one gather
-        return x.reshape(batch * length, heads * dim).index_select(0, columns).view(batch * nb, -1, heads, dim).transpose(1, 2)
+    def keys(x: torch.Tensor) -> torch.Tensor:  # [B, L, nh, d] -> [B * nb, nh, G + span, d]
+        if not (x.requires_grad and torch.is_grad_enabled()):  # one gather
+            columns = layout.cached(("columns", w), lambda: _block_columns(layout, w))  # [B * nb * (G + span)]
+            flat = x.reshape(batch * length, heads * dim).index_select(0, columns)
+            return flat.view(batch * nb, -1, heads, dim).transpose(1, 2)
+        # A gather backpropagates through scatter_add, slow on CPU; pad + unfold + cat backpropagate by slicing.
+        spans = F.pad(x, (0, 0, 0, 0, w, right)).unfold(1, span, s).transpose(-1, -2)  # [B, nb, nh, span, d]
+        if layout.global_positions is not None:
+            index = layout.global_positions.clamp(max=length - 1)[:, :, None, None].expand(-1, -1, heads, dim)
+            glob = x.gather(1, index).transpose(1, 2)[:, None].expand(-1, nb, -1, -1, -1)  # [B, nb, nh, G, d]
+            spans = torch.cat([glob, spans], dim=3)
+        return spans.reshape(batch * nb, heads, -1, dim)
 
     qb = F.pad(q, (0, 0, 0, 0, 0, nb * s - length)) if length % s else q
     qb = qb.reshape(batch * nb, s, heads, dim).transpose(1, 2)  # [B * nb, nh, s, d]
