@@ -108,9 +108,14 @@ def build_model(size: str, window: int) -> RecformerModel:
     return RecformerModel(config)
 
 
-def run_cases(model, cases: dict, repeats: int) -> dict[str, dict[str, float]]:
-    """cases: name -> (implementations it applies to, fn); fn() runs the work once. Median seconds."""
-    times: dict[str, dict[str, list[float]]] = {name: {} for name in cases}
+def run_cases(model, cases: dict, repeats: int) -> tuple[dict, dict]:
+    """cases: name -> (implementations it applies to, fn); fn() runs the work once.
+
+    Returns the median wall seconds and the median process CPU seconds (less sensitive to other
+    processes on the same cores), each as {case: {implementation: seconds}}.
+    """
+    wall: dict[str, dict[str, list[float]]] = {name: {} for name in cases}
+    cpu: dict[str, dict[str, list[float]]] = {name: {} for name in cases}
     for impls, fn in cases.values():  # warm-up, one call each
         for impl in impls:
             model.config._attn_implementation = impl
@@ -119,11 +124,17 @@ def run_cases(model, cases: dict, repeats: int) -> dict[str, dict[str, float]]:
         for name, (impls, fn) in cases.items():
             for impl in impls:
                 model.config._attn_implementation = impl
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 fn()
-                times[name].setdefault(impl, []).append(time.perf_counter() - t0)
-                print(f"{name} {impl}: {times[name][impl][-1]:.2f} s", file=sys.stderr, flush=True)
-    return {name: {impl: statistics.median(ts) for impl, ts in by.items()} for name, by in times.items()}
+                wall[name].setdefault(impl, []).append(time.perf_counter() - t0)
+                cpu[name].setdefault(impl, []).append(time.process_time() - c0)
+                print(f"{name} {impl}: {wall[name][impl][-1]:.2f} s wall, {cpu[name][impl][-1]:.2f} s cpu",
+                      file=sys.stderr, flush=True)
+
+    def medians(times):
+        return {name: {impl: statistics.median(ts) for impl, ts in by.items()} for name, by in times.items()}
+
+    return medians(wall), medians(cpu)
 
 
 def items_part(a, implementations: list[str]) -> dict:
@@ -145,7 +156,7 @@ def items_part(a, implementations: list[str]) -> dict:
         return torch.cat([model(**r).pooler_output for r in rows])
 
     fast = [i for i in implementations if i != "eager"]
-    results = run_cases(
+    results, cpu = run_cases(
         model,
         {"padded": (implementations, encode_padded), "packed": (fast, encode_packed)},
         a.repeats,
@@ -167,6 +178,7 @@ def items_part(a, implementations: list[str]) -> dict:
         "item_batch": a.item_batch,
         "row_tokens": a.row_tokens,
         "seconds": results,
+        "cpu_seconds": cpu,
         "items_per_s": {c: {i: len(chosen) / t for i, t in r.items()} for c, r in results.items()},
         "max_abs_diff_vs_eager": check,
     }
@@ -193,12 +205,14 @@ def histories_part(a, implementations: list[str]) -> dict:
 
     for name, batch in batches.items():
         cases[name] = ([i for i in implementations if i != "flex_attention"], step(batch))  # flex: no CPU backward
-    results = run_cases(model, cases, a.repeats)
+    results, cpu = run_cases(model, cases, a.repeats)
     return {
         "batch": a.batch,
         "real_tokens": {name: int(b["attention_mask"].sum()) for name, b in batches.items()},
         "seconds": results,
+        "cpu_seconds": cpu,
         "speedup_vs_eager": {c: {i: r["eager"] / t for i, t in r.items()} for c, r in results.items()},
+        "cpu_speedup_vs_eager": {c: {i: r["eager"] / t for i, t in r.items()} for c, r in cpu.items()},
     }
 
 
