@@ -36,8 +36,6 @@ logger = logging.getLogger(__name__)
 
 # Inputs a Recformer encoder takes, as the tokenizer and the collators produce them.
 ENCODER_INPUT_NAMES = ("input_ids", "attention_mask", "global_attention_mask", "token_type_ids", "item_position_ids")
-# Extra inputs of a packed batch (see `recformer.packing.pack_sequences`).
-PACKED_INPUT_NAMES = ("position_ids", "segment_ids", "sequence_starts", "global_positions")
 
 
 @dataclass

@@ -15,6 +15,8 @@ from .tokenization import SEQUENCE_FIELDS, TOKEN_TYPE_PAD
 
 # Fields of a packed batch beyond the tokenizer's SEQUENCE_FIELDS ([R][T] each).
 PACKED_ROW_FIELDS = ("position_ids", "segment_ids")
+# Every input `pack_sequences` gives `RecformerModel.forward` beyond the tokenizer's SEQUENCE_FIELDS.
+PACKED_INPUT_NAMES = (*PACKED_ROW_FIELDS, "sequence_starts", "global_positions")
 
 
 def roberta_position_ids(input_ids: Sequence[int], pad_token_id: int) -> list[int]:

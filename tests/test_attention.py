@@ -26,8 +26,9 @@ from recformer.attention import (
     uses_blocks,
 )
 from recformer.collators import PretrainCollator
-from recformer.modeling import ENCODER_INPUT_NAMES, PACKED_INPUT_NAMES, create_position_ids_from_input_ids
-from recformer.packing import pack_sequences, roberta_position_ids
+from recformer.modeling import create_position_ids_from_input_ids
+from recformer.packing import PACKED_INPUT_NAMES, pack_sequences, roberta_position_ids
+from recformer.tokenization import SEQUENCE_FIELDS
 
 from .conftest import tiny_config
 from .test_modeling import ITEMS, batch_of
@@ -284,7 +285,7 @@ def test_pack_sequences_layout():
     assert packed["global_attention_mask"] == [[1, 0, 0, 1, 0, 0, 1, 0], [1, 0, 0, 1, 0, 0, 0, 0]]
     assert packed["attention_mask"][1] == [1, 1, 1, 1, 1, 1, 0, 0]
     assert packed["item_position_ids"][1][-2:] == [50, 50] and packed["token_type_ids"][1][-2:] == [3, 3]
-    assert set(packed) == set(ENCODER_INPUT_NAMES) | set(PACKED_INPUT_NAMES)  # exactly what the model takes
+    assert set(packed) == set(SEQUENCE_FIELDS) | set(PACKED_INPUT_NAMES)  # exactly what the model takes
     with pytest.raises(ValueError, match="sequence 1 has 6 tokens, more than max_tokens=5"):
         pack_sequences(sequences, 5, 1, 50)
     broken = dict(sequences[0], token_type_ids=[0])
