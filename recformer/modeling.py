@@ -16,9 +16,20 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as hf_init
-from transformers.models.longformer.modeling_longformer import LongformerEncoder, LongformerLMHead
+from transformers.models.longformer.modeling_longformer import (
+    LongformerEncoder,
+    LongformerLayer,
+    LongformerLMHead,
+)
+from transformers.pytorch_utils import apply_chunking_to_forward
 from transformers.utils import ModelOutput
 
+from .attention import (
+    AttentionLayout,
+    check_attn_implementation,
+    longformer_self_attention,
+    resolve_attn_implementation,
+)
 from .configuration import RecformerConfig
 
 logger = logging.getLogger(__name__)
@@ -26,7 +37,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RecformerModelOutput(ModelOutput):
-    """Encoder output: `last_hidden_state` [B, L, H], `pooler_output` [B, H]."""
+    """Encoder output: `last_hidden_state` [B, L, H], `pooler_output` [B, H] (packed input: [N, H], one
+    row per sequence)."""
 
     last_hidden_state: torch.FloatTensor | None = None
     pooler_output: torch.FloatTensor | None = None
@@ -113,13 +125,31 @@ class RecformerPooler(nn.Module):
         super().__init__()
         self.pooler_type = config.pooler_type
 
-    def forward(self, attention_mask: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
-        if self.pooler_type == "cls":
-            return hidden_states[:, 0]  # [B, H]
-        if self.pooler_type == "avg":
+    def forward(
+        self,
+        attention_mask: torch.Tensor,
+        hidden_states: torch.Tensor,
+        segment_ids: torch.Tensor | None = None,
+        sequence_starts: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """[B, L, H] -> [B, H]; for packed rows (`segment_ids` [B, L], `sequence_starts` [N] flat
+        indices of each sequence's first token) -> [N, H], one vector per sequence."""
+        if self.pooler_type not in ("cls", "avg"):
+            raise ValueError(f"unknown pooler_type {self.pooler_type!r}")
+        if segment_ids is None:
+            if self.pooler_type == "cls":
+                return hidden_states[:, 0]  # [B, H]
             mask = attention_mask.to(hidden_states.dtype).unsqueeze(-1)  # [B, L, 1]
             return (hidden_states * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-        raise ValueError(f"unknown pooler_type {self.pooler_type!r}")
+        flat = hidden_states.reshape(-1, hidden_states.size(-1))  # [B * L, H]
+        if self.pooler_type == "cls":
+            return flat[sequence_starts]  # [N, H]
+        mask = attention_mask.reshape(-1, 1).to(flat.dtype)  # [B * L, 1]
+        index = segment_ids.reshape(-1).clamp(min=0)  # padding (segment -1) adds zeros to sequence 0
+        num = len(sequence_starts)
+        sums = flat.new_zeros(num, flat.size(-1)).index_add(0, index, flat * mask)
+        counts = mask.new_zeros(num, 1).index_add(0, index, mask)
+        return sums / counts.clamp(min=1.0)
 
 
 class Similarity(nn.Module):
@@ -144,10 +174,33 @@ class Similarity(nn.Module):
 
 
 class RecformerPreTrainedModel(PreTrainedModel):
+    """Base of the Recformer models: weight init and the attention implementation setting.
+
+    `config._attn_implementation` (also `from_pretrained(..., attn_implementation=...)`,
+    `RecformerConfig(attn_implementation=...)` or `model.set_attn_implementation(...)`) is one of
+    `recformer.attention.ATTN_IMPLEMENTATIONS`; unset means "auto", resolved on each forward pass
+    for the input's device (see `recformer.attention.resolve_attn_implementation`).
+    """
+
     config_class = RecformerConfig
     base_model_prefix = "longformer"
     supports_gradient_checkpointing = True
     _no_split_modules = ["LongformerSelfAttention"]
+    _supports_sdpa = True
+    _supports_flex_attn = True
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        return True
+
+    def _check_and_adjust_attn_implementation(
+        self, attn_implementation: str | None, is_init_check: bool = False, allow_all_kernels: bool = False
+    ) -> str:
+        # Recformer's own names and checks replace transformers' (which know no "auto" and fall back silently).
+        return check_attn_implementation(attn_implementation)
+
+    def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
+        return check_attn_implementation(requested_attention)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -216,8 +269,26 @@ class RecformerModel(RecformerPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        global_positions: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        sequence_starts: torch.Tensor | None = None,
     ) -> RecformerModelOutput | tuple:
-        """Encode a padded batch. All id tensors are [B, L]; returns hidden states [B, L, H] and pooled [B, H]."""
+        """Encode a padded batch, or packed rows of several sequences each.
+
+        Args:
+            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids,
+                item_position_ids: [B, L] each, as the tokenizer gives them (position_ids optional).
+            global_positions: optional [B, G] positions of the global tokens of each row (-1 in
+                empty slots); saves the host sync of finding them in `global_attention_mask` on the
+                sdpa/flex paths, and must list exactly the tokens that mask marks.
+            segment_ids: packed rows: [B, L] index of the sequence each token belongs to (-1 on
+                padding); attention never crosses sequences. Needs `position_ids` (restarting per
+                sequence) and `sequence_starts` [N] (flat index `row * L + column` of each
+                sequence's first token); `recformer.packing.pack_sequences` builds all of them.
+
+        Returns:
+            hidden states [B, L, H] and pooled vectors: [B, H], or [N, H] for packed rows.
+        """
         if inputs_embeds is not None:
             raise NotImplementedError("RecformerModel takes input_ids; inputs_embeds is not supported")
         if input_ids is None:
@@ -240,6 +311,8 @@ class RecformerModel(RecformerPreTrainedModel):
             raise ValueError(
                 f"item_position_ids shape {tuple(item_position_ids.shape)} != input_ids shape {tuple(input_ids.shape)}"
             )
+        if segment_ids is not None:
+            self._check_packed_inputs(input_ids, position_ids, segment_ids, sequence_starts)
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -250,11 +323,76 @@ class RecformerModel(RecformerPreTrainedModel):
             attention_mask = torch.ones_like(input_ids)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        pooling_mask = attention_mask
+        if global_attention_mask is None and global_positions is not None:
+            global_attention_mask = self._mask_from_positions(global_positions, input_ids.shape[1])
+        dropout_active = self.training and self.config.attention_probs_dropout_prob > 0
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        implementation = resolve_attn_implementation(
+            self.config._attn_implementation, input_ids.device, dropout_active, needs_grad, bool(output_attentions)
+        )
+        if implementation == "eager":
+            if segment_ids is not None:
+                raise ValueError(
+                    "packed inputs (segment_ids) need attn_implementation 'sdpa', 'flex_attention' or 'auto': "
+                    "the eager Longformer attention cannot keep the sequences of a row apart"
+                )
+            outputs = self._encode_eager(
+                input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids,
+                output_attentions, output_hidden_states,
+            )
+        else:
+            embedding_output = self.embeddings(
+                input_ids=input_ids,
+                token_type_ids=token_type_ids,
+                position_ids=position_ids,
+                item_position_ids=item_position_ids,
+            )
+            layout = AttentionLayout.build(
+                implementation, attention_mask, global_attention_mask, global_positions, segment_ids
+            )
+            outputs = self._encode_fast(embedding_output, layout, output_hidden_states)
+        sequence_output = outputs[0]  # [B, L, H]
+        pooled_output = self.pooler(attention_mask, sequence_output, segment_ids, sequence_starts)  # [B or N, H]
+        hidden_states, attentions, global_attentions = (outputs[1:] + (None, None, None))[:3]
+        if not return_dict:
+            return tuple(
+                v
+                for v in (sequence_output, pooled_output, hidden_states, attentions, global_attentions)
+                if v is not None
+            )
+        return RecformerModelOutput(
+            last_hidden_state=sequence_output,
+            pooler_output=pooled_output,
+            hidden_states=hidden_states,
+            attentions=attentions,
+            global_attentions=global_attentions,
+        )
+
+    @staticmethod
+    def _check_packed_inputs(input_ids, position_ids, segment_ids, sequence_starts) -> None:
+        if segment_ids.shape != input_ids.shape:
+            raise ValueError(f"segment_ids shape {tuple(segment_ids.shape)} != input_ids shape {tuple(input_ids.shape)}")
+        if position_ids is None:
+            raise ValueError("packed inputs (segment_ids) need position_ids that restart with every sequence")
+        if sequence_starts is None or sequence_starts.dim() != 1:
+            raise ValueError("packed inputs (segment_ids) need sequence_starts: [N] flat index of each sequence's first token")
+
+    @staticmethod
+    def _mask_from_positions(global_positions: torch.Tensor, length: int) -> torch.Tensor:
+        """[B, L] 0/1 global attention mask from [B, G] positions (-1 in empty slots)."""
+        positions = torch.where(global_positions >= 0, global_positions, length)
+        mask = torch.zeros(positions.size(0), length + 1, dtype=torch.long, device=positions.device)
+        return mask.scatter(1, positions, 1)[:, :length]
+
+    def _encode_eager(
+        self,
+        input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids,
+        output_attentions, output_hidden_states,
+    ) -> tuple:
+        """transformers' Longformer encoder: inputs padded to a multiple of the window, chunked attention."""
         # 0: no attention, 1: local (sliding window), 2: global.
         if global_attention_mask is not None:
             attention_mask = attention_mask * (global_attention_mask + 1)
-
         padding_len, input_ids, attention_mask, token_type_ids, position_ids, item_position_ids = (
             self._pad_to_window_size(input_ids, attention_mask, token_type_ids, position_ids, item_position_ids)
         )
@@ -267,36 +405,36 @@ class RecformerModel(RecformerPreTrainedModel):
         # Longformer's self-attention reads only the sign: < 0 masked, 0 local, > 0 global.
         dtype = embedding_output.dtype
         extended_attention_mask = (1.0 - attention_mask.to(dtype)) * torch.finfo(dtype).min  # [B, L]
-
-        encoder_outputs = self.encoder(
+        outputs = self.encoder(
             embedding_output,
             attention_mask=extended_attention_mask,
             padding_len=padding_len,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             return_dict=True,
-        )
-        sequence_output = encoder_outputs.last_hidden_state  # [B, L, H], un-padded
-        pooled_output = self.pooler(pooling_mask, sequence_output)  # [B, H]
-        if not return_dict:
-            return tuple(
-                v
-                for v in (
-                    sequence_output,
-                    pooled_output,
-                    encoder_outputs.hidden_states,
-                    encoder_outputs.attentions,
-                    encoder_outputs.global_attentions,
-                )
-                if v is not None
-            )
-        return RecformerModelOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled_output,
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions,
-            global_attentions=encoder_outputs.global_attentions,
-        )
+        )  # hidden states un-padded to the input length
+        return outputs.last_hidden_state, outputs.hidden_states, outputs.attentions, outputs.global_attentions
+
+    def _encode_fast(self, hidden_states: torch.Tensor, layout: AttentionLayout, output_hidden_states: bool) -> tuple:
+        """The Longformer layers, run with the SDPA/FlexAttention self-attention (same parameters)."""
+        all_hidden_states = () if output_hidden_states else None
+        for layer in self.encoder.layer:
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if layer.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden_states = layer._gradient_checkpointing_func(_fast_layer, layer, hidden_states, layout)
+            else:
+                hidden_states = _fast_layer(layer, hidden_states, layout)
+        if output_hidden_states:
+            all_hidden_states += (hidden_states,)
+        return hidden_states, all_hidden_states
+
+
+def _fast_layer(layer: LongformerLayer, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    """One `LongformerLayer` with its self-attention computed by `longformer_self_attention`: [B, L, H] -> same."""
+    attention = layer.attention
+    attn_output = attention.output(longformer_self_attention(attention.self, hidden_states, layout), hidden_states)
+    return apply_chunking_to_forward(layer.ff_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, attn_output)
 
 
 def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:

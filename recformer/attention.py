@@ -1,0 +1,399 @@
+"""Exact Longformer self-attention through SDPA and FlexAttention, and the choice among implementations.
+
+What every implementation computes (transformers' `LongformerSelfAttention`, the `"eager"` reference):
+
+- a non-global query attends, with the regular query/key/value projections, to the keys within
+  +-attention_window/2 of it and to every global key, minus padding; a global key inside the band
+  counts once; queries are scaled by 1/sqrt(head_dim);
+- a global query is recomputed with `query_global`/`key_global`/`value_global` over all non-padding
+  keys and overwrites its row;
+- each layer has its own window.
+
+The fast paths add what the reference cannot do: packed rows, where `segment_ids` keep the sequences
+of one row apart (no attention across segments). Outputs at padding positions are unspecified (they
+are finite: a padding query attends to itself) and never reach a real position.
+
+Cost follows the band, not L^2: short rows use one dense boolean mask; long rows are cut into query
+blocks of `block_size(window)` tokens, each attending to the keys of its span (the block plus
+window/2 on each side) and to the row's global keys.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+# The names `config._attn_implementation` takes (transformers' names), "auto" first: the default.
+ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flex_attention")
+# Names transformers knows that Recformer accepts only to refuse, with the reason.
+REFUSED_IMPLEMENTATIONS = {
+    "flash_attention_2": (
+        "attn_implementation='flash_attention_2' cannot run Recformer: flash-attn has no global tokens, "
+        "which Recformer's <s> needs; use 'sdpa', 'flex_attention' or 'auto'"
+    ),
+}
+
+
+def check_attn_implementation(name: str | None) -> str:
+    """The implementation to store on the config for a requested name (None means "auto").
+
+    Raises:
+        ValueError: for an unknown or refused name (one line, listing the valid names).
+        ImportError: for "flex_attention" when this torch has no FlexAttention (torch < 2.5).
+    """
+    if name is None:
+        return "auto"
+    if name in REFUSED_IMPLEMENTATIONS:
+        raise ValueError(REFUSED_IMPLEMENTATIONS[name])
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"unknown attn_implementation {name!r}; valid names: {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if name == "flex_attention" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+        raise ImportError(
+            f"attn_implementation='flex_attention' needs torch >= 2.5 (FlexAttention); this is torch {torch.__version__}"
+        )
+    return name
+
+
+def flex_compiler_available(device: torch.device) -> bool:
+    """Whether torch.compile can build FlexAttention kernels on `device` (CUDA: triton and sm >= 7.0)."""
+    if device.type != "cuda":
+        return False
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 7
+
+
+def resolve_attn_implementation(
+    requested: str | None,
+    device: torch.device,
+    dropout_active: bool = False,
+    needs_grad: bool = False,
+    output_attentions: bool = False,
+) -> str:
+    """The implementation one forward pass runs: "eager", "sdpa" or "flex_attention".
+
+    "auto" picks per input device: on CUDA, compiled FlexAttention when triton works and no
+    attention dropout is active (FlexAttention has none), else SDPA; on CPU, SDPA (measured faster
+    than eager at every length, see `bench/bench_attention.py`); with `output_attentions`, eager
+    (the only one that returns attention probabilities). An explicit name that cannot run here fails
+    with one line naming what is missing; nothing falls back silently.
+    """
+    name = check_attn_implementation(requested)
+    if name == "auto":
+        if output_attentions:
+            chosen = "eager"
+        elif flex_compiler_available(device) and not dropout_active:
+            chosen = "flex_attention"
+        else:
+            chosen = "sdpa"
+        _log_auto_choice(device.type, chosen)
+        return chosen
+    if output_attentions and name != "eager":
+        raise ValueError(f"output_attentions needs attn_implementation='eager' (or 'auto'), not {name!r}")
+    if name == "flex_attention":
+        if device.type == "cuda" and not flex_compiler_available(device):
+            raise RuntimeError(
+                "attn_implementation='flex_attention' on CUDA needs triton (torch.compile's GPU compiler) and a "
+                "GPU of compute capability >= 7.0; triton is missing or the GPU is older: install triton or use 'sdpa'"
+            )
+        if dropout_active:
+            raise RuntimeError(
+                "attn_implementation='flex_attention' has no attention-probability dropout: set "
+                "attention_probs_dropout_prob=0 or use 'sdpa' for training"
+            )
+        if needs_grad and device.type != "cuda":
+            raise RuntimeError(
+                f"attn_implementation='flex_attention' cannot backpropagate on {device.type} (torch's FlexAttention "
+                "has no backward there); use 'sdpa' or 'auto'"
+            )
+    return name
+
+
+@functools.cache
+def _log_auto_choice(device_type: str, chosen: str) -> None:
+    logger.info("attn_implementation 'auto' runs %r on %s", chosen, device_type)
+
+
+@functools.cache
+def _flex_attention_fn(compiled: bool):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    if compiled:
+        return torch.compile(flex_attention)
+    return flex_attention
+
+
+def block_size(one_sided_window: int) -> int:
+    """Query block length of the banded SDPA path for a window of +-`one_sided_window` keys."""
+    return max(2 * one_sided_window, 32)
+
+
+def uses_blocks(length: int, one_sided_window: int) -> bool:
+    """Whether a row of `length` tokens runs the banded SDPA path (else one dense [L, L] mask)."""
+    return length > 2 * (block_size(one_sided_window) + 2 * one_sided_window)
+
+
+@dataclass
+class AttentionLayout:
+    """Which keys each query may see, built once per forward pass and shared by every layer.
+
+    Attributes:
+        implementation: "sdpa" or "flex_attention".
+        key_valid: [B, L] bool, real (non-padding) tokens.
+        is_global: [B, L] bool, tokens with global attention.
+        segment_ids: [B, L] long, the sequence each token belongs to (packed rows), or None.
+        global_positions: [B, G] long, each row's global tokens in order, L in empty slots; None when
+            the batch has no global token.
+    """
+
+    implementation: str
+    key_valid: torch.Tensor
+    is_global: torch.Tensor
+    segment_ids: torch.Tensor | None = None
+    global_positions: torch.Tensor | None = None
+    _cache: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        implementation: str,
+        attention_mask: torch.Tensor,
+        global_attention_mask: torch.Tensor | None = None,
+        global_positions: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+    ) -> AttentionLayout:
+        """From the encoder inputs ([B, L] each). `global_positions` [B, G] (-1 in empty slots) saves
+        the one host sync that finding the global tokens in `global_attention_mask` costs; when given,
+        it is the list of global tokens and `global_attention_mask` is not read."""
+        key_valid = attention_mask != 0  # [B, L]
+        batch, length = key_valid.shape
+        if global_positions is not None:
+            if global_positions.dim() != 2 or global_positions.size(0) != batch:
+                raise ValueError(
+                    f"global_positions must be [batch={batch}, G], got shape {tuple(global_positions.shape)}"
+                )
+            positions = torch.where(global_positions >= 0, global_positions, length)  # [B, G]
+            is_global = torch.zeros(batch, length + 1, dtype=torch.bool, device=key_valid.device)
+            is_global = is_global.scatter(1, positions, True)[:, :length]
+        elif global_attention_mask is not None:
+            is_global = (global_attention_mask != 0) & key_valid
+            positions = global_positions_from_mask(is_global)
+        else:
+            is_global = torch.zeros_like(key_valid)
+            positions = None
+        if positions is not None and positions.size(1) == 0:
+            positions = None
+        return cls(implementation, key_valid, is_global & key_valid, segment_ids, positions)
+
+    @property
+    def global_valid(self) -> torch.Tensor:
+        """[B, G] bool: the slots of `global_positions` that hold a token."""
+        return self.global_positions < self.key_valid.size(1)
+
+    def global_segments(self) -> torch.Tensor:
+        """[B, G] segment id of each global slot."""
+        return self.segment_ids.gather(1, self.global_positions.clamp(max=self.key_valid.size(1) - 1))
+
+    def cached(self, key, build):
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
+
+def global_positions_from_mask(is_global: torch.Tensor) -> torch.Tensor | None:
+    """[B, G] positions of the global tokens of each row (in order, L in empty slots), G the largest count.
+
+    One host sync (reading G); None when no row has a global token.
+    """
+    counts = is_global.sum(dim=1)  # [B]
+    most = int(counts.max()) if counts.numel() else 0
+    if most == 0:
+        return None
+    length = is_global.size(1)
+    # A stable sort puts each row's global positions first, in their order.
+    order = torch.argsort((~is_global).to(torch.int8), dim=1, stable=True)[:, :most]  # [B, G]
+    filled = torch.arange(most, device=is_global.device) < counts.unsqueeze(1)
+    return torch.where(filled, order, length)
+
+
+# -- masks ------------------------------------------------------------------------------------------
+
+
+def _dense_local_mask(layout: AttentionLayout, w: int) -> torch.Tensor:
+    """[B, 1, L, L] bool: band keys and global keys, real ones, same segment; the diagonal always."""
+    length = layout.key_valid.size(1)
+    i = torch.arange(length, device=layout.key_valid.device)
+    band = (i[:, None] - i[None, :]).abs() <= w  # [L, L]
+    allowed = layout.key_valid[:, None, :] & (band[None] | layout.is_global[:, None, :])  # [B, L, L]
+    if layout.segment_ids is not None:
+        allowed = allowed & (layout.segment_ids[:, :, None] == layout.segment_ids[:, None, :])
+    return (allowed | torch.eye(length, dtype=torch.bool, device=allowed.device))[:, None]
+
+
+def _blocked_local_mask(layout: AttentionLayout, w: int) -> torch.Tensor:
+    """[B, nb, 1, s, G + s + 2w] bool for the banded path: global columns first, then the block's span."""
+    s = block_size(w)
+    length = layout.key_valid.size(1)
+    nb = math.ceil(length / s)
+    span = s + 2 * w
+    right = nb * s - length + w
+    device = layout.key_valid.device
+    a = torch.arange(s, device=device)[:, None]
+    c = torch.arange(span, device=device)[None, :]
+    band = (c - a >= 0) & (c - a <= 2 * w)  # [s, span]: key c of the span is within +-w of query a
+    diagonal = c - a == w  # [s, span]
+    # Global keys come in through the global columns, so the band leaves them out (counted once).
+    band_key = layout.key_valid & ~layout.is_global if layout.global_positions is not None else layout.key_valid
+    band_key = F.pad(band_key, (w, right), value=False).unfold(1, span, s)  # [B, nb, span]
+    allowed = band & band_key[:, :, None, :]  # [B, nb, s, span]
+    columns = []
+    if layout.segment_ids is not None:
+        seg_q = F.pad(layout.segment_ids, (0, nb * s - length), value=-1).view(-1, nb, s)  # [B, nb, s]
+        seg_k = F.pad(layout.segment_ids, (w, right), value=-1).unfold(1, span, s)  # [B, nb, span]
+        allowed = allowed & (seg_q[..., None] == seg_k[:, :, None, :])
+    allowed = allowed | diagonal
+    if layout.global_positions is not None:
+        g = layout.global_valid[:, None, None, :]  # [B, 1, 1, G]
+        if layout.segment_ids is not None:
+            g = g & (seg_q[..., None] == layout.global_segments()[:, None, None, :])  # [B, nb, s, G]
+        columns.append(g.expand(-1, nb, s, -1))
+    return torch.cat(columns + [allowed], dim=-1)[:, :, None]
+
+
+def _global_row_mask(layout: AttentionLayout) -> torch.Tensor:
+    """[B, 1, G, L] bool: a global query sees every real key of its segment; empty slots see every key."""
+    allowed = layout.key_valid[:, None, :].expand(-1, layout.global_positions.size(1), -1)  # [B, G, L]
+    if layout.segment_ids is not None:
+        allowed = allowed & (layout.global_segments()[:, :, None] == layout.segment_ids[:, None, :])
+    return (allowed | ~layout.global_valid[:, :, None])[:, None]
+
+
+def _flex_block_mask(layout: AttentionLayout, w: int):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    key_valid, is_global, segments = layout.key_valid, layout.is_global, layout.segment_ids
+
+    def mask_mod(b, h, q, kv):
+        allowed = key_valid[b, kv] & (((q - kv).abs() <= w) | is_global[b, kv])
+        if segments is not None:
+            allowed = allowed & (segments[b, q] == segments[b, kv])
+        return allowed | (q == kv)
+
+    batch, length = key_valid.shape
+    return create_block_mask(mask_mod, batch, None, length, length, device=key_valid.device)
+
+
+# -- attention --------------------------------------------------------------------------------------
+
+
+def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """[B, L, H] -> [B, L, heads, H / heads] (a view)."""
+    return x.view(*x.shape[:-1], heads, -1)
+
+
+def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where allowed, -inf elsewhere: SDPA's CPU kernel converts a boolean mask this way on every call."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
+def _dense_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> torch.Tensor:
+    mask = layout.cached(("dense", w, q.dtype), lambda: _additive(_dense_local_mask(layout, w), q.dtype))
+    out = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, dropout_p=dropout
+    )  # [B, nh, L, d]
+    return out.transpose(1, 2)
+
+
+def _block_columns(layout: AttentionLayout, w: int) -> torch.Tensor:
+    """[B * nb * (G + span)] flat key positions each query block reads: the row's global keys, then its span
+    (positions past either end are clamped; the mask leaves them out)."""
+    batch, length = layout.key_valid.shape
+    s = block_size(w)
+    nb = math.ceil(length / s)
+    device = layout.key_valid.device
+    spans = torch.arange(nb, device=device)[:, None] * s - w + torch.arange(s + 2 * w, device=device)[None, :]
+    columns = spans.clamp(0, length - 1).expand(batch, -1, -1)  # [B, nb, span]
+    if layout.global_positions is not None:
+        glob = layout.global_positions.clamp(max=length - 1)[:, None, :].expand(-1, nb, -1)  # [B, nb, G]
+        columns = torch.cat([glob, columns], dim=-1)
+    rows = torch.arange(batch, device=device)[:, None, None] * length
+    return (columns + rows).reshape(-1)  # flat indices into [B * L]
+
+
+def _blocked_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> torch.Tensor:
+    """q, k, v [B, L, nh, d] -> [B, L, nh, d]; each query block sees its span plus the global keys."""
+    batch, length, heads, dim = q.shape
+    s = block_size(w)
+    nb = math.ceil(length / s)
+    mask = layout.cached(("blocks", w, q.dtype), lambda: _additive(_blocked_local_mask(layout, w), q.dtype))
+    span, right = s + 2 * w, nb * s - length + w
+
+    def keys(x: torch.Tensor) -> torch.Tensor:  # [B, L, nh, d] -> [B * nb, nh, G + span, d]
+        if not (x.requires_grad and torch.is_grad_enabled()):  # one gather
+            columns = layout.cached(("columns", w), lambda: _block_columns(layout, w))  # [B * nb * (G + span)]
+            flat = x.reshape(batch * length, heads * dim).index_select(0, columns)
+            return flat.view(batch * nb, -1, heads, dim).transpose(1, 2)
+        # A gather backpropagates through scatter_add, slow on CPU; pad + unfold + cat backpropagate by slicing.
+        spans = F.pad(x, (0, 0, 0, 0, w, right)).unfold(1, span, s).transpose(-1, -2)  # [B, nb, nh, span, d]
+        if layout.global_positions is not None:
+            index = layout.global_positions.clamp(max=length - 1)[:, :, None, None].expand(-1, -1, heads, dim)
+            glob = x.gather(1, index).transpose(1, 2)[:, None].expand(-1, nb, -1, -1, -1)  # [B, nb, nh, G, d]
+            spans = torch.cat([glob, spans], dim=3)
+        return spans.reshape(batch * nb, heads, -1, dim)
+
+    qb = F.pad(q, (0, 0, 0, 0, 0, nb * s - length)) if length % s else q
+    qb = qb.reshape(batch * nb, s, heads, dim).transpose(1, 2)  # [B * nb, nh, s, d]
+    # 4-D inputs reach the fused CPU/GPU kernels; 5-D ones take the math path.
+    out = F.scaled_dot_product_attention(qb, keys(k), keys(v), attn_mask=mask.flatten(0, 1), dropout_p=dropout)
+    return out.view(batch, nb, heads, s, dim).transpose(2, 3).reshape(batch, nb * s, heads, dim)[:, :length]
+
+
+def _flex_local(q, k, v, layout: AttentionLayout, w: int) -> torch.Tensor:
+    block_mask = layout.cached(("flex", w), lambda: _flex_block_mask(layout, w))
+    flex = _flex_attention_fn(q.device.type == "cuda")
+    out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)  # [B, nh, L, d]
+    return out.transpose(1, 2)
+
+
+def local_attention(q, k, v, layout: AttentionLayout, w: int, dropout: float = 0.0) -> torch.Tensor:
+    """Band + global-key attention of every query with the regular projections: [B, L, nh, d] each -> same."""
+    if layout.implementation == "flex_attention":
+        return _flex_local(q, k, v, layout, w)
+    if uses_blocks(q.size(1), w):
+        return _blocked_local(q, k, v, layout, w, dropout)
+    return _dense_local(q, k, v, layout, w, dropout)
+
+
+def longformer_self_attention(module: nn.Module, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    """What `LongformerSelfAttention` computes, from its parameters, for [B, L, H] hidden states -> [B, L, H]."""
+    batch, length, hidden = hidden_states.shape
+    heads, w = module.num_heads, module.one_sided_attn_window_size
+    dropout = module.dropout if module.training else 0.0
+    q = _heads(module.query(hidden_states), heads)  # [B, L, nh, d]
+    k = _heads(module.key(hidden_states), heads)
+    v = _heads(module.value(hidden_states), heads)
+    out = local_attention(q, k, v, layout, w, dropout).reshape(batch, length, hidden)  # [B, L, H]
+    if layout.global_positions is None:
+        return out
+    positions = layout.global_positions  # [B, G], L in empty slots
+    index = positions.clamp(max=length - 1)[:, :, None].expand(-1, -1, hidden)
+    q_glob = _heads(module.query_global(hidden_states.gather(1, index)), heads)  # [B, G, nh, d]
+    k_glob = _heads(module.key_global(hidden_states), heads)  # [B, L, nh, d]
+    v_glob = _heads(module.value_global(hidden_states), heads)
+    mask = layout.cached(("global", q_glob.dtype), lambda: _additive(_global_row_mask(layout), q_glob.dtype))
+    rows = F.scaled_dot_product_attention(
+        q_glob.transpose(1, 2), k_glob.transpose(1, 2), v_glob.transpose(1, 2), attn_mask=mask, dropout_p=dropout
+    )  # [B, nh, G, d]
+    rows = rows.transpose(1, 2).reshape(batch, -1, hidden)  # [B, G, H]
+    # Empty slots write into an extra row that is cut off (positions are unique within a row otherwise).
+    out = torch.cat([out, out.new_zeros(batch, 1, hidden)], dim=1)
+    return out.scatter(1, positions[:, :, None].expand(-1, -1, hidden), rows)[:, :length]
