@@ -46,7 +46,7 @@ PAD, BOS = 1, 0
 
 def demo_item_lengths() -> list[int]:
     """Token count of every demo item (`<s>` + 3 attributes of <= 32 tokens) with a BPE trained on the demo texts."""
-    from recformer.amazon import iter_meta
+    from recformer.data.amazon import iter_meta
 
     from recformer.tokenization import RecformerTokenizer, build_bpe_tokenizer
 
@@ -234,7 +234,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("recformer.amazon").setLevel(logging.ERROR)  # the demo files' deliberately bad lines
+    logging.getLogger("recformer.data.amazon").setLevel(logging.ERROR)  # the demo files' deliberately bad lines
     warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
     result = {"part": a.part, "size": a.size, "window": a.window, "threads": a.threads, "repeats": a.repeats,
               "torch": torch.__version__}

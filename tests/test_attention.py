@@ -170,7 +170,7 @@ def test_gradient_checkpointing_on_the_sdpa_path_keeps_gradients(tokenizer):
 def test_pretraining_loss_equals_eager(tokenizer, implementation):
     config = tiny_config()
     model = RecformerForPretraining(config).eval()
-    collator = PretrainCollator(tokenizer, tokenizer.encode_items(ITEMS), rng=random.Random(3))
+    collator = PretrainCollator(tokenizer, tokenizer.tokenize_items(ITEMS), rng=random.Random(3))
     batch = collator([[0, 1, 2], [3, 4], [1, 2, 3, 4], [4, 0]])
     assert (batch["mlm_labels_a"] != -100).any() and (batch["mlm_labels_b"] != -100).any()
     with torch.no_grad():
@@ -216,7 +216,7 @@ def packed_tensors(packed: dict) -> dict:
 def test_packed_rows_equal_per_sequence_results(tokenizer, implementation, pooler_type):
     config = tiny_config(pooler_type=pooler_type)
     tokenizer.config = config
-    table = tokenizer.encode_items(ITEMS)
+    table = tokenizer.tokenize_items(ITEMS)
     histories = [[0, 1, 2], [3], [4, 0, 1, 2, 3, 4, 0], [1], [2, 2], [], [0, 4]]
     encoded = [tokenizer.encode([table[i] for i in h], encode_item=False) for h in histories]
     packed = pack_sequences(encoded, 160, tokenizer.pad_token_id, config.max_item_embeddings - 1)
@@ -237,7 +237,7 @@ def test_packed_rows_equal_per_sequence_results(tokenizer, implementation, poole
 
 def test_packed_gradients_equal_per_sequence_gradients(tokenizer):
     config = tiny_config(pooler_type="avg")
-    table = tokenizer.encode_items(ITEMS)
+    table = tokenizer.tokenize_items(ITEMS)
     histories = [[0, 1, 2], [3], [4, 0, 1, 2, 3, 4, 0], [1, 3]]
     encoded = [tokenizer.encode([table[i] for i in h], encode_item=False) for h in histories]
     packed = packed_tensors(pack_sequences(encoded, 200, tokenizer.pad_token_id, config.max_item_embeddings - 1))
