@@ -47,7 +47,6 @@ PAD, BOS = 1, 0
 def demo_item_lengths() -> list[int]:
     """Token count of every demo item (`<s>` + 3 attributes of <= 32 tokens) with a BPE trained on the demo texts."""
     from recformer.data.amazon import iter_meta
-
     from recformer.tokenization import RecformerTokenizer, build_bpe_tokenizer
 
     items = []
