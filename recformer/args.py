@@ -308,7 +308,10 @@ class RecommendArgs(RecformerFieldArgs, _Validated):
     index_dir: str | None = flag(
         None, "saved index: reused when present (new or changed items of --items are encoded and added), else written"
     )
-    index_dtype: str = flag("float32", "dtype of the vectors saved in --index_dir", choices=["float32", "float16"])
+    index_dtype: str | None = flag(
+        None, "dtype of the vectors saved in --index_dir (default: the saved index's, float32 for a new one)",
+        choices=["float32", "float16"],
+    )
     input: str = flag(help='histories, JSON lines: {"user": ..., "history": [id or {attributes}, ...]} (oldest first)')
     output: str = flag(help='recommendations, JSON lines in input order: {"user": ..., "items": [...], "scores": [...]}')
     k: int = flag(

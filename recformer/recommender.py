@@ -208,6 +208,7 @@ class Recommender:
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
+        self.saved_dtype = "float32"  # of the vectors in the folder this index was loaded from
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -321,7 +322,9 @@ class Recommender:
             tensors["token_ids"].numpy(), tensors["token_types"].numpy(), tensors["token_offsets"].numpy(), meta["ids"]
         )
         logger.info("loaded an index of %d items from %s", len(items), path)
-        return cls(model, tokenizer, items, tensors["item_digests"].numpy().copy(), saved, device, batch_size, progress)
+        rec = cls(model, tokenizer, items, tensors["item_digests"].numpy().copy(), saved, device, batch_size, progress)
+        rec.saved_dtype = meta["dtype"]
+        return rec
 
     def save(self, path: str | os.PathLike, dtype: str | torch.dtype = torch.float32) -> None:
         """Write the index folder (see the module docstring) atomically: a temporary sibling renamed into place.

@@ -83,7 +83,7 @@ def test_end_to_end_output_in_input_order(assets, rec, tmp_path, capsys, keep):
 
 def test_index_dir_is_written_then_reused_and_extended(assets, tmp_path, capsys, monkeypatch):
     inp, out, index = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl", tmp_path / "index"
-    code, stdout, err = run(argv(assets, inp, out, "--index_dir", str(index)), capsys)
+    code, stdout, err = run(argv(assets, inp, out, "--index_dir", str(index), "--index_dtype", "float16"), capsys)
     assert code == 0, err
     assert f"index written to {index}" in stdout
     first = read_output(out)
@@ -101,7 +101,7 @@ def test_index_dir_is_written_then_reused_and_extended(assets, tmp_path, capsys,
     assert code == 0, err
     assert encoded == [2] and "(1 items added, 1 re-encoded)" in stdout
     saved = json.loads((index / "index.json").read_text())
-    assert saved["num_items"] == 31 and saved["ids"][-1] == "NEW1"
+    assert saved["num_items"] == 31 and saved["ids"][-1] == "NEW1" and saved["dtype"] == "float16"  # kept
 
     # the index alone (no checkpoint, no catalogue) serves histories that use the new id
     write_input(inp, [*USERS, {"user": "new", "history": ["NEW1"]}])

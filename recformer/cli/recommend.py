@@ -50,7 +50,7 @@ def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
         if args.items:
             added, updated = rec.add_items(args.items)
             if added or updated:
-                rec.save(index, dtype=args.index_dtype)
+                rec.save(index, dtype=args.index_dtype or rec.saved_dtype)
             note += f" ({added} items added, {updated} re-encoded)"
         return rec, note
     if index is not None and index.exists() and (not index.is_dir() or any(index.iterdir())):
@@ -62,7 +62,7 @@ def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
     )
     note = "index built"
     if index is not None:
-        rec.save(index, dtype=args.index_dtype)
+        rec.save(index, dtype=args.index_dtype or "float32")
         note = f"index written to {index}"
     return rec, note
 
