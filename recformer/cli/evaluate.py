@@ -3,7 +3,7 @@
 The metrics and inputs are finetune.py's (dev input: the train sequence; test input: train + val).
 A finetuned best_model.bin is scored with its own item table unless --reencode_items is given.
 Example (zero-shot transfer of the released checkpoint to a new domain):
-    python evaluate.py --ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin --data_path finetune_data/Scientific \
+    python evaluate.py --ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin --data_path finetune_data/Scientific \\
         --output zero_shot_scientific.json
 """
 

@@ -8,7 +8,7 @@ order, best first, written atomically. Items already in a history are not recomm
 warning.
 
 Example:
-    python recommend.py --ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin --items finetune_data/Scientific/meta_data.json \
+    python recommend.py --ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin --items finetune_data/Scientific/meta_data.json \\
         --index_dir index/scientific --input histories.jsonl --output recs.jsonl --k 10
 """
 
