@@ -35,6 +35,12 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def cached_item_vectors(path: Path | None, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The item table in the disk cache file `path` (`cache.item_table_path`), or `build()` and
+    write it there (no cache: `path` None)."""
+    return cached(path, build, lambda p: torch_load(p, weights_only=True), atomic_torch_save, "item table")
+
+
 @torch.no_grad()
 def encode_items(
     encoder: RecformerModel,
@@ -61,12 +67,6 @@ def encode_items(
         out[ids] = pooled.float().cpu()
     encoder.train(was_training)
     return out
-
-
-def cached_item_vectors(path: Path | None, build: Callable[[], torch.Tensor]) -> torch.Tensor:
-    """The item table in the disk cache file `path` (`cache.item_table_path`), or `build()` and
-    write it there (no cache: `path` None)."""
-    return cached(path, build, lambda p: torch_load(p, weights_only=True), atomic_torch_save, "item table")
 
 
 def mask_history(scores: torch.Tensor, pairs: Sequence[tuple[Sequence[int], int]]) -> torch.Tensor:
