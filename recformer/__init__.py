@@ -23,6 +23,7 @@ _EXPORTS = {
     "RecformerModel": ".modeling",
     "RecformerModelOutput": ".modeling",
     "RecformerPretrainingOutput": ".modeling",
+    "Recommender": ".recommender",
     "RecformerTokenizer": ".tokenization",
 }
 
@@ -36,6 +37,7 @@ __all__ = [
     "RecformerModelOutput",
     "RecformerPretrainingOutput",
     "RecformerTokenizer",
+    "Recommender",
     "load_checkpoint",
     "ranking_metrics",
     "read_state_dict",
@@ -66,4 +68,5 @@ if TYPE_CHECKING:  # pragma: no cover
         RecformerModelOutput,
         RecformerPretrainingOutput,
     )
+    from .recommender import Recommender
     from .tokenization import RecformerTokenizer

@@ -1,4 +1,5 @@
-"""The arguments of the finetuning and pretraining commands, as documented dataclasses.
+"""The arguments of the finetuning, pretraining, evaluation and recommendation commands, as documented
+dataclasses.
 
 Each field is one command-line flag: its name, default and help text are defined here once, and
 `build_parser` turns a dataclass into an `argparse` parser, so the flags and the API cannot drift.
@@ -253,3 +254,84 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.fp16 and self.precision not in (None, "16-mixed"):
             raise ValueError(f"--fp16 and --precision {self.precision} are exclusive")
+
+
+@dataclass(kw_only=True)
+class EvaluateArgs(RecformerFieldArgs, _Validated):
+    """Every option of the evaluation command (`evaluate.py` / `recformer-evaluate`)."""
+
+    ckpt: str = flag(
+        help="any checkpoint form: released RecformerModel/SeqRec file, finetuned best_model.bin, save_pretrained folder"
+    )
+    data_path: str = flag(help="processed dataset folder (as finetune.py reads it)")
+    split: str = flag("test", "test: input train + val, target test; val: input train, target val", choices=["test", "val"])
+    model_name_or_path: str | None = flag(
+        None, "config + tokenizer (default: the checkpoint when it is a save_pretrained folder, else " + DEFAULT_MODEL + ")"
+    )
+    metric_ks: list[int] = flag([10, 50])
+    exclude_history: bool = flag(False, "never rank items already in the history")
+    output: str | None = flag(None, "write the metrics here as JSON")
+    reencode_items: bool = flag(
+        False, "encode the item table with the checkpoint's encoder even when the checkpoint holds one"
+    )
+    batch_size: int = flag(64, "histories / items per batch (finetune.py evaluates with 4 x 16)", type=positive_int)
+    device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
+    fp16: bool = flag(False, "float16 autocast (CUDA)")
+    bf16: bool = flag(False, "bfloat16 autocast")
+    temp: float | None = flag(None, "similarity temperature (default: the config's, 0.05)")
+    cache_dir: str | None = flag(None, "cache the tokenized items and the item table here")
+    progress: bool = flag(True, "hide progress bars", flag="--no_progress")
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the flag for a value that cannot work."""
+        self._at_least(1, "batch_size")
+        self._above(0, "temp")
+        if self.fp16 and self.bf16:
+            raise ValueError("--fp16 and --bf16 are exclusive")
+        if not self.metric_ks or any(k < 1 for k in self.metric_ks):
+            raise ValueError(f"--metric_ks must be positive integers, got {self.metric_ks}")
+
+
+@dataclass(kw_only=True)
+class RecommendArgs(RecformerFieldArgs, _Validated):
+    """Every option of the recommendation command (`recommend.py` / `recformer-recommend`)."""
+
+    ckpt: str | None = flag(
+        None, "any checkpoint form (required unless --index_dir holds a saved index; then it is checked against it)"
+    )
+    items: str | None = flag(
+        None, "catalogue: meta_data.json ({id: attributes}) or JSON lines ({\"id\": ..., attributes})"
+    )
+    model_name_or_path: str | None = flag(
+        None, "config + tokenizer (default: the checkpoint when it is a save_pretrained folder, else " + DEFAULT_MODEL + ")"
+    )
+    index_dir: str | None = flag(
+        None, "saved index: reused when present (new or changed items of --items are encoded and added), else written"
+    )
+    index_dtype: str | None = flag(
+        None, "dtype of the vectors saved in --index_dir (default: the saved index's, float32 for a new one)",
+        choices=["float32", "float16"],
+    )
+    input: str = flag(help='histories, JSON lines: {"user": ..., "history": [id or {attributes}, ...]} (oldest first)')
+    output: str = flag(help='recommendations, JSON lines in input order: {"user": ..., "items": [...], "scores": [...]}')
+    k: int = flag(
+        10, "items per user (>= 1; a k larger than the catalogue is clipped to its size with a warning)", type=positive_int
+    )
+    keep_history: bool = flag(False, "also recommend items already in the user's history")
+    on_unknown: str = flag(
+        "error", "an id in a history that is not in the index: stop with an error, or skip it (counted in the summary)",
+        choices=["error", "skip"],
+    )
+    device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
+    batch_size: int = flag(64, "items / histories encoded per batch", type=positive_int)
+    attn_implementation: str = flag("auto", "attention implementation of the encoder: auto or eager")
+    cache_dir: str | None = flag(None, "cache the tokenized items and item vectors here")
+    progress: bool = flag(True, "hide progress bars", flag="--no_progress")
+
+    def validate(self) -> None:
+        """Raise a ValueError naming the flag for a value that cannot work."""
+        self._at_least(1, "batch_size", "k")
+        if self.ckpt is None and self.index_dir is None:
+            raise ValueError("--ckpt is required (or --index_dir with a saved index)")
+        if self.items is None and self.index_dir is None:
+            raise ValueError("--items is required (or --index_dir with a saved index)")

@@ -32,6 +32,11 @@ ITEM_VECTOR_FIELDS = (
 )  # fmt: skip
 
 
+def item_vector_fields(config: Any) -> dict[str, Any]:
+    """The config values (`ITEM_VECTOR_FIELDS`) that change an item's vector besides the weights."""
+    return {k: getattr(config, k) for k in ITEM_VECTOR_FIELDS}
+
+
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """Hash of a RecformerTokenizer's vocabulary, merges and the Recformer fields that shape an item."""
     h = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode("utf-8"))
@@ -80,8 +85,8 @@ def item_table_path(
     items: Sequence[Mapping[str, Any]],
 ) -> Path:
     """Cache file of the item vectors that the encoder loaded from `checkpoint` gives the catalogue."""
-    fields = {k: getattr(config, k) for k in ITEM_VECTOR_FIELDS}
-    parts = [file_fingerprint(checkpoint), tokenizer_fingerprint(tokenizer), fields, catalogue_fingerprint(items, None)]
+    parts = [file_fingerprint(checkpoint), tokenizer_fingerprint(tokenizer), item_vector_fields(config),
+             catalogue_fingerprint(items, None)]  # fmt: skip
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"item_table-{key}.pt"
 

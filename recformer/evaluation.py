@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .cache import cached
+from .checkpoint import torch_load
 from .collators import EvalCollator, encode_item_sequences
+from .fileio import atomic_torch_save
 from .item_tokens import TokenizedItems
 from .metrics import compute_ranks, metrics_from_ranks
 from .modeling import RecformerForSeqRec, RecformerModel
@@ -29,6 +33,12 @@ AmpContext = Callable[[], contextlib.AbstractContextManager]
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Every tensor of a batch on `device`."""
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def cached_item_vectors(path: Path | None, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """The item table in the disk cache file `path` (`cache.item_table_path`), or `build()` and
+    write it there (no cache: `path` None)."""
+    return cached(path, build, lambda p: torch_load(p, weights_only=True), atomic_torch_save, "item table")
 
 
 @torch.no_grad()

@@ -37,13 +37,13 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .args import TARGET_METRIC, FinetuneArgs
-from .cache import cached, item_table_path
-from .checkpoint import load_checkpoint, torch_load
+from .cache import item_table_path
+from .checkpoint import load_checkpoint
 from .collators import FinetuneCollator
 from .configuration import build_config, field_values
 from .data.finetune_reader import FinetuneData, load_finetune_data
 from .devices import autocast_context, resolve_device
-from .evaluation import encode_items, evaluate, to_device
+from .evaluation import cached_item_vectors, encode_items, evaluate, to_device
 from .fileio import atomic_torch_save, atomic_write_json
 from .item_tokens import tokenize_catalogue
 from .metrics import format_metrics
@@ -143,8 +143,7 @@ class Finetuner:
     def initial_item_table(self) -> torch.Tensor:
         """Item vectors of the pretrained encoder, cached (`cache.item_table_path`)."""
         path = item_table_path(self.cache_dir, self.args.pretrain_ckpt, self.tokenizer, self.config, self.data.items)
-        load = lambda p: torch_load(p, weights_only=True)  # noqa: E731
-        return cached(path, self.item_vectors, load, atomic_torch_save, "item table")
+        return cached_item_vectors(path, self.item_vectors)
 
     def _set_item_table(self, table: torch.Tensor) -> None:
         self.model.init_item_embedding(table)

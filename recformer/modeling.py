@@ -165,12 +165,17 @@ class Similarity(nn.Module):
         super().__init__()
         self.temp = config.temp
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, y_norm: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor, y_norm: torch.Tensor | None = None, out: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """With `out` (a [B, N] buffer of x's dtype; no autograd), the scores are written into it in place,
+        so scoring chunk after chunk allocates nothing."""
         x = x / x.norm(dim=-1, keepdim=True).clamp(min=self.eps)
         if y_norm is None:
             y_norm = y.norm(dim=-1)
-        scores = x @ y.to(x.dtype).transpose(-1, -2)  # [B, N]
-        return scores / (y_norm.to(scores.dtype).clamp(min=self.eps) * self.temp)
+        scores = torch.matmul(x, y.to(x.dtype).transpose(-1, -2), out=out)  # [B, N]
+        divisor = y_norm.to(scores.dtype).clamp(min=self.eps) * self.temp
+        return scores.div_(divisor) if out is not None else scores / divisor
 
 
 class RecformerPreTrainedModel(PreTrainedModel):

@@ -19,12 +19,16 @@ COMMANDS = {  # installed name -> (module, reference-named top-level script)
     "recformer-pretrain": ("recformer.cli.pretrain", "lightning_pretrain.py"),
     "recformer-save-longformer-ckpt": ("recformer.cli.save_longformer_ckpt", "save_longformer_ckpt.py"),
     "recformer-convert-pretrain-ckpt": ("recformer.cli.convert_pretrain_ckpt", "convert_pretrain_ckpt.py"),
+    "recformer-evaluate": ("recformer.cli.evaluate", "evaluate.py"),
+    "recformer-recommend": ("recformer.cli.recommend", "recommend.py"),
 }
 FLAGS = {  # one flag of each command that its help must list
     "recformer-finetune": "--pretrain_ckpt",
     "recformer-pretrain": "--longformer_ckpt",
     "recformer-save-longformer-ckpt": "--model_name_or_path",
     "recformer-convert-pretrain-ckpt": "--lightning_ckpt",
+    "recformer-evaluate": "--reencode_items",
+    "recformer-recommend": "--on_unknown",
 }
 
 

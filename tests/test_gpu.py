@@ -67,3 +67,35 @@ def test_finetune_with_mixed_precision_on_gpu_stays_close_to_fp32(tmp_path, prec
     for name in ("MRR", "AUC", "NDCG@50"):
         assert metrics["zero_shot_test"][name] == pytest.approx(reference["zero_shot_test"][name], abs=zero_shot_tol), name
         assert metrics["test"][name] == pytest.approx(reference["test"][name], abs=0.1), name
+
+
+def test_top_k_over_a_million_items_stays_under_one_gigabyte_on_gpu():
+    from recformer.ranking import top_k
+
+    from .conftest import tiny_config
+
+    device = torch.device("cuda")
+    model = RecformerForSeqRec(tiny_config(hidden_size=768, num_attention_heads=12)).to(device)
+    model.init_item_embedding(torch.randn(1_000_000, 768, device=device))
+    model.item_norms()  # part of the index
+    queries = torch.randn(256, 768, device=device)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    values, rows = top_k(model, queries, 10)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < 2**30
+    ref = model.similarity_score(queries[:8]).sort(dim=1, descending=True, stable=True)
+    assert torch.equal(rows[:8], ref.indices[:, :10])
+    torch.testing.assert_close(values[:8], ref.values[:, :10])
+
+
+def test_recommender_on_gpu_matches_cpu(tmp_path):
+    from recformer import Recommender
+
+    args = (make_pretrained_checkpoint(tmp_path), make_dataset(tmp_path) / "meta_data.json", make_model_folder(tmp_path))
+    histories = [["B000000001", "B000000002"], ["B000000005", {"title": "red wool hat", "brand": "acme"}]]
+    cpu = Recommender.from_pretrained(*args, device="cpu", progress=False).recommend(histories, k=5)
+    gpu = Recommender.from_pretrained(*args, device="cuda", progress=False).recommend(histories, k=5)
+    assert [[i for i, _ in row] for row in gpu] == [[i for i, _ in row] for row in cpu]
+    assert [s for row in gpu for _, s in row] == pytest.approx([s for row in cpu for _, s in row], abs=1e-3)

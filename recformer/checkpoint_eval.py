@@ -1,0 +1,89 @@
+"""Evaluate any checkpoint on a processed dataset folder without training, as finetune.py evaluates.
+
+Same inputs (dev: the train sequence, target the val item; test: train + val, target the test item),
+same metrics and the same `evaluation.evaluate`. The item table is the checkpoint's own when it holds
+one (a finetuned `best_model.bin` or a finetuned `save_pretrained` folder), unless re-encoding is asked
+for; otherwise every item is encoded by the checkpoint's encoder, as finetune.py's zero-shot
+evaluation does (`evaluation.encode_items`, with the same item-table cache key).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .args import EvaluateArgs
+from .cache import item_table_path
+from .checkpoint import ITEM_TABLE_KEY, CheckpointError
+from .configuration import field_values
+from .data.finetune_reader import load_finetune_data
+from .devices import autocast_context, resolve_device
+from .evaluation import cached_item_vectors, encode_items, evaluate
+from .item_tokens import tokenize_catalogue
+from .recommender import load_model_parts
+
+logger = logging.getLogger(__name__)
+
+SPLITS = {"test": "test_pairs", "val": "dev_pairs"}
+
+
+@dataclass
+class CheckpointEvaluation:
+    """The metrics of one checkpoint on one split, and what they were computed from."""
+
+    metrics: dict[str, float]
+    checkpoint: str
+    dataset: str
+    split: str
+    item_table: str  # "checkpoint" (its saved table) or "encoded"
+    users: int
+    items: int
+    exclude_history: bool
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
+    """Full-ranking metrics of `args.ckpt` on `args.split` of `args.data_path`.
+
+    Raises:
+        FileNotFoundError, DataError: a missing or malformed data folder (the file named).
+        CheckpointError: a checkpoint that does not fit, or whose saved item table has another number
+            of items than the dataset (both named).
+    """
+    args.validate()
+    data = load_finetune_data(args.data_path)
+    device = resolve_device(args.device)
+
+    def amp():
+        return autocast_context(device, args.fp16, args.bf16)
+
+    model, tokenizer, report = load_model_parts(args.ckpt, args.model_name_or_path, field_values(args), args.temp)
+    model.to(device)
+    items = tokenize_catalogue(tokenizer, data.items, cache_dir=args.cache_dir, progress=args.progress)
+    if ITEM_TABLE_KEY in report.loaded and not args.reencode_items:
+        n = model.item_embedding.num_embeddings
+        if n != data.num_items:
+            raise CheckpointError(
+                f"{args.ckpt}: its item table has {n} items but {args.data_path} has {data.num_items}; "
+                "pass --reencode_items to encode this dataset's items with the checkpoint's encoder"
+            )
+        source = "checkpoint"
+    else:
+        path = item_table_path(args.cache_dir, args.ckpt, tokenizer, model.config, data.items) if args.cache_dir else None
+        vectors = cached_item_vectors(
+            path, lambda: encode_items(model.longformer, tokenizer, items, args.batch_size, device, amp, args.progress)
+        )
+        model.init_item_embedding(vectors)
+        source = "encoded"
+    pairs = getattr(data, SPLITS[args.split])()
+    logger.info("evaluating %s on %s %s: %d users, %d items, item table %s", args.ckpt, data.name, args.split,
+                len(pairs), data.num_items, source)  # fmt: skip
+    metrics = evaluate(
+        model, pairs, tokenizer, items, args.batch_size, device, args.metric_ks, args.exclude_history, amp,
+        args.progress, desc=f"evaluate {args.split}",
+    )  # fmt: skip
+    return CheckpointEvaluation(
+        metrics, str(args.ckpt), data.name, args.split, source, len(pairs), data.num_items, args.exclude_history
+    )

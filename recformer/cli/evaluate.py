@@ -1,0 +1,47 @@
+"""Evaluate any checkpoint on a processed dataset folder without training (zero-shot or finetuned).
+
+The metrics and inputs are finetune.py's (dev input: the train sequence; test input: train + val).
+A finetuned best_model.bin is scored with its own item table unless --reencode_items is given.
+Example (zero-shot transfer of the released checkpoint to a new domain):
+    python evaluate.py --ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin --data_path finetune_data/Scientific \\
+        --output zero_shot_scientific.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from recformer.args import EvaluateArgs
+from recformer.args import build_parser as build_args_parser
+from recformer.checkpoint import CheckpointError
+from recformer.checkpoint_eval import evaluate_checkpoint
+from recformer.data.finetune_reader import DataError
+from recformer.fileio import atomic_write_json
+from recformer.metrics import format_metrics_table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return build_args_parser(EvaluateArgs, __doc__)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = EvaluateArgs(**vars(build_parser().parse_args(argv)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        result = evaluate_checkpoint(args)
+        if args.output:
+            atomic_write_json(args.output, result.to_json(), indent=True)
+    except (DataError, CheckpointError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(format_metrics_table({f"{result.dataset} {result.split}": result.metrics}))
+    print(f"{result.users} users, {result.items} items, item table: {result.item_table}"
+          + (f"; metrics: {args.output}" if args.output else ""))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""The recommender's input files: item catalogues and user histories, each bad entry named.
+
+Catalogue (`read_items`), one of:
+    * a JSON object {id: {attribute: text, ...}} (a processed folder's `meta_data.json`);
+    * JSON lines, one item per line: {"id": ..., attribute: text, ...};
+    * a dict id -> attributes (in Python).
+
+Histories (`read_histories`), JSON lines: {"user": ..., "history": [id or {attributes}, ...]},
+oldest item first; an element is a known item's id or the attribute dict of an unseen item.
+
+Ids are strings (an integer id is read as its decimal string, as JSON object keys are). No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .fileio import read_json
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is in requirements.txt
+    orjson = None
+
+ItemsSource = str | os.PathLike | Mapping[Any, Mapping[str, Any]]
+JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
+
+
+class InputError(ValueError):
+    """A bad catalogue or history file; the message names the file and the line, item or key."""
+
+
+@dataclass
+class HistoryLine:
+    """One input line: its number (1-based), the user as given and the history, oldest first."""
+
+    line: int
+    user: Any
+    history: list[str | dict]
+
+
+def _loads(text: bytes) -> Any:
+    return orjson.loads(text) if orjson is not None else json.loads(text)
+
+
+def item_id(value: Any, where: str) -> str:
+    """An item id as a string; strings and integers are ids (booleans are not)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise InputError(f"{where}: an item id must be a string or an integer, got {type(value).__name__} {value!r:.60}")
+
+
+def _attributes(value: Any, where: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise InputError(f"{where}: expected a dict of attribute -> text, got {type(value).__name__} {value!r:.60}")
+    for key in value:
+        if not isinstance(key, str):
+            raise InputError(f"{where}: attribute names must be strings, got {key!r}")
+    return dict(value)
+
+
+def _json_lines(path: Path):
+    """(line number, parsed object) of every non-blank line; a line that is not JSON is refused."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                yield number, _loads(raw)
+            except ValueError as e:
+                raise InputError(f"{path} line {number}: not valid JSON ({e})") from None
+
+
+def read_items(source: ItemsSource) -> tuple[list[str], list[dict]]:
+    """(ids, attribute dicts) of a catalogue, in its order (see the module docstring for the forms).
+
+    A `.jsonl` / `.ndjson` file is read as JSON lines; any other file as one JSON object, or as JSON
+    lines when it is not one JSON document.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputError: a bad line or entry (named), a repeated id, or an empty catalogue.
+    """
+    ids: list[str] = []
+    items: list[dict] = []
+    if isinstance(source, Mapping):
+        for key, attrs in source.items():
+            ids.append(item_id(key, f"items: id {key!r}"))
+            items.append(_attributes(attrs, f"items: item {key!r}"))
+        origin = "items"
+    else:
+        path = Path(source)
+        origin = str(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: file not found")
+        data = None
+        if path.suffix.lower() not in JSON_LINES_SUFFIXES:
+            try:
+                data = read_json(path)
+            except ValueError:
+                data = None  # not one JSON document: JSON lines
+            if isinstance(data, Mapping) and "id" in data and not isinstance(data.get("id"), Mapping):
+                data = None  # a single JSON-lines item, not an {id: attributes} object
+            elif data is not None and not isinstance(data, Mapping):
+                raise InputError(f"{path}: expected an object {{id: {{attribute: text}}}} or JSON lines, "
+                                 f"got a JSON {type(data).__name__}")  # fmt: skip
+        if data is not None:
+            for key, attrs in data.items():
+                ids.append(key)
+                items.append(_attributes(attrs, f"{path}: item {key!r}"))
+        else:
+            first_line: dict[str, int] = {}
+            for number, obj in _json_lines(path):
+                where = f"{path} line {number}"
+                if not isinstance(obj, Mapping) or "id" not in obj:
+                    raise InputError(f'{where}: expected an object with an "id" key and the item\'s attributes')
+                attrs = dict(obj)
+                key = item_id(attrs.pop("id"), where)
+                if key in first_line:
+                    raise InputError(f"{where}: item id {key!r} repeats line {first_line[key]}")
+                first_line[key] = number
+                ids.append(key)
+                items.append(_attributes(attrs, where))
+    if len(set(ids)) != len(ids):  # e.g. the keys 1 and "1" of a dict
+        seen: set[str] = set()
+        for i in ids:
+            if i in seen:
+                raise InputError(f"{origin}: item id {i!r} appears twice")
+            seen.add(i)
+    if not ids:
+        raise InputError(f"{origin}: the catalogue is empty")
+    return ids, items
+
+
+def read_histories(path: str | os.PathLike) -> list[HistoryLine]:
+    """Every line of a histories file, checked before any work starts.
+
+    Raises:
+        FileNotFoundError: no such file.
+        InputError: naming the line: not JSON, not an object, no `history`, an empty history, or an
+            element that is neither an id nor an attribute dict; or a file without any line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file not found")
+    out: list[HistoryLine] = []
+    for number, obj in _json_lines(path):
+        where = f"{path} line {number}"
+        if not isinstance(obj, Mapping):
+            raise InputError(f'{where}: expected an object {{"user": ..., "history": [...]}}, got {type(obj).__name__}')
+        if "history" not in obj:
+            raise InputError(f'{where}: no "history" key')
+        history = obj["history"]
+        if not isinstance(history, list):
+            raise InputError(f'{where}: "history" must be a list of item ids or attribute dicts')
+        if not history:
+            raise InputError(f'{where}: "history" is empty')
+        elements: list[str | dict] = []
+        for position, element in enumerate(history):
+            at = f"{where}, history item {position}"
+            elements.append(_attributes(element, at) if isinstance(element, Mapping) else item_id(element, at))
+        out.append(HistoryLine(number, obj.get("user"), elements))
+    if not out:
+        raise InputError(f"{path}: no histories (the file is empty)")
+    return out

@@ -1,0 +1,513 @@
+"""Recommend next items with any Recformer checkpoint: an item index, top-k, new items without retraining.
+
+`Recommender.from_pretrained(checkpoint, items)` encodes every item of a catalogue alone
+(`evaluation.encode_items`, the item table of finetuning) into an index; `recommend(histories)`
+encodes each history (oldest item first; known ids and attribute dicts of unseen items mixed
+freely) and returns its top-k items (`ranking.top_k`: cosine / temperature, chunked, ties in index
+order). `add_items` encodes only new or changed items. `save(dir)` writes a self-contained folder
+(vectors, tokenized items, ids, fingerprint, encoder, config, tokenizer); `Recommender.load(dir)`
+needs neither the catalogue nor the checkpoint, and refuses a checkpoint, tokenizer or Recformer
+fields other than those the index was built with.
+
+Index folder:
+    index.safetensors   vectors [N, H] (float32 or float16), token_ids / token_types / token_offsets
+                        (the tokenized items), item_digests [N, 8] (hash of each item's attributes)
+    index.json          format, ids (index order), fingerprint, dtype, sizes
+    config.json, model.safetensors, tokenizer files   the encoder (`save_pretrained`)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cache import file_fingerprint, item_table_path, item_vector_fields, tokenizer_fingerprint
+from .checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_state_dict,
+    split_encoder,
+    strip_wrapper_prefixes,
+)
+from .collators import encode_item_sequences
+from .configuration import DEFAULT_MODEL, RecformerConfig, build_config
+from .devices import resolve_device
+from .evaluation import cached_item_vectors, encode_items, to_device
+from .fileio import atomic_directory, dumps_json, read_json
+from .inputs import ItemsSource, item_id, read_items
+from .item_tokens import TokenizedItems, tokenize_catalogue
+from .modeling import RecformerForSeqRec
+from .ranking import per_query, top_k
+from .tokenization import RecformerTokenizer, TokenizedItem
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "index.safetensors"
+META_FILE = "index.json"
+INDEX_FORMAT = 1
+# Histories scored per pass over the index (the memory bound of `ranking.top_k` is stated for 256).
+SCORE_BATCH = 256
+DIGEST_BYTES = 8
+VECTOR_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+# The encoder is Longformer's, whose sliding-window attention has one implementation.
+ATTN_IMPLEMENTATIONS = ("auto", "eager")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+History = Sequence[str | int | Mapping[str, Any]]
+
+
+class IndexMismatch(ValueError):
+    """A saved index used with another checkpoint, tokenizer or Recformer fields than it was built with."""
+
+
+class UnknownItemError(ValueError):
+    """An item id that is not in the index."""
+
+    def __init__(self, message: str, item: str):
+        super().__init__(message)
+        self.item = item
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What produced an index: the checkpoint's bytes, the tokenizer, the config fields of an item's vector."""
+
+    checkpoint: str
+    tokenizer: str
+    fields: dict
+
+    def differences(self, other: Fingerprint) -> list[str]:
+        """The parts of `other` that differ from this one, each described."""
+        out = []
+        if self.checkpoint != other.checkpoint:
+            out.append(f"the checkpoint differs (index {self.checkpoint}, given {other.checkpoint})")
+        if self.tokenizer != other.tokenizer:
+            out.append(f"the tokenizer differs (index {self.tokenizer}, given {other.tokenizer})")
+        mine, theirs = _plain(self.fields), _plain(other.fields)
+        changed = [f"{k}: index {mine.get(k)}, given {theirs.get(k)}" for k in sorted(set(mine) | set(theirs))
+                   if mine.get(k) != theirs.get(k)]  # fmt: skip
+        if changed:
+            out.append(f"the Recformer fields differ ({', '.join(changed)})")
+        return out
+
+
+def _plain(obj: Any) -> Any:
+    """`obj` as JSON gives it back (tuples become lists), so saved and live values compare equal."""
+    return json.loads(dumps_json(obj))
+
+
+def check_attn_implementation(name: str) -> None:
+    """Only "auto" and "eager" exist today: the Longformer encoder runs its own sliding-window attention."""
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation {name!r} is not available; expected one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+
+
+def model_sources(checkpoint: str | os.PathLike, model_name_or_path: str | os.PathLike | None) -> tuple[str, str]:
+    """(config source, tokenizer source): `model_name_or_path` when given, else the checkpoint when it is
+    a `save_pretrained` folder (with its tokenizer files when it has them), else the default Longformer."""
+    if model_name_or_path is not None:
+        return str(model_name_or_path), str(model_name_or_path)
+    folder = Path(checkpoint)
+    if folder.is_dir() and (folder / "config.json").is_file():
+        has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
+        return str(folder), str(folder) if has_tokenizer else DEFAULT_MODEL
+    return DEFAULT_MODEL, DEFAULT_MODEL
+
+
+def load_model_parts(
+    checkpoint: str | os.PathLike,
+    model_name_or_path: str | os.PathLike | None = None,
+    fields: Mapping[str, Any] | None = None,
+    temp: float | None = None,
+) -> tuple[RecformerForSeqRec, RecformerTokenizer, Any]:
+    """A RecformerForSeqRec with the checkpoint loaded (its item table too, when it has one), its
+    tokenizer and the load report. Config and tokenizer come from `model_sources`."""
+    config_source, tokenizer_source = model_sources(checkpoint, model_name_or_path)
+    config = build_config(config_source, fields, temp=temp)
+    config.item_num = 0  # a finetuned folder's config counts its items; the table comes from the weights
+    tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, config)
+    model = RecformerForSeqRec(config)
+    report = load_checkpoint(model, checkpoint)
+    return model.eval(), tokenizer, report
+
+
+def item_digests(items: Sequence[Mapping[str, Any]]) -> np.ndarray:
+    """A hash of each item's attributes, in order [N, DIGEST_BYTES] uint8 (a changed text changes it)."""
+    raw = b"".join(hashlib.blake2b(dumps_json(item), digest_size=DIGEST_BYTES).digest() for item in items)
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(items), DIGEST_BYTES).copy()
+
+
+def checkpoint_hidden_size(checkpoint: str | os.PathLike) -> int:
+    """The hidden size of a checkpoint's encoder (its word-embedding width)."""
+    encoder, _ = split_encoder(strip_wrapper_prefixes(read_state_dict(checkpoint)))
+    weight = encoder.get("embeddings.word_embeddings.weight")
+    if weight is None:
+        raise CheckpointError(f"{checkpoint}: not a Recformer checkpoint (no word embeddings)")
+    return int(weight.shape[1])
+
+
+def _splice(table: TokenizedItems, replaced: Sequence[int], fresh: TokenizedItems, keys: list[str]) -> TokenizedItems:
+    """`table` with row replaced[j] taken from fresh[j], then the remaining rows of `fresh` appended."""
+    lengths, fresh_lengths = table.lengths(), fresh.lengths()
+    ids, types, counts = [], [], []
+    previous = 0
+    for j, row in sorted(enumerate(replaced), key=lambda p: p[1]):
+        for source, a, b in ((table, previous, row), (fresh, j, j + 1)):
+            ids.append(source.ids[source.offsets[a] : source.offsets[b]])
+            types.append(source.types[source.offsets[a] : source.offsets[b]])
+        counts += [lengths[previous:row], fresh_lengths[j : j + 1]]
+        previous = row + 1
+    n, m = len(table), len(replaced)
+    for source, a, b, size in ((table, previous, n, lengths[previous:]), (fresh, m, len(fresh), fresh_lengths[m:])):
+        ids.append(source.ids[source.offsets[a] : source.offsets[b]])
+        types.append(source.types[source.offsets[a] : source.offsets[b]])
+        counts.append(size)
+    offsets = np.concatenate([[0], np.cumsum(np.concatenate(counts))]).astype(np.int64)
+    return TokenizedItems(np.concatenate(ids), np.concatenate(types), offsets, keys)
+
+
+class Recommender:
+    """Top-k next items for user histories over an item index; see the module docstring.
+
+    Example:
+        >>> rec = Recommender.from_pretrained("recformer_seqrec_ckpt.bin", "meta_data.json")
+        >>> rec.recommend([["B001", "B007"], ["B003", {"title": "a new item", "brand": "acme"}]], k=5)
+        [[("B042", 17.3), ...], [...]]
+        >>> rec.add_items({"N1": {"title": "never trained on", "brand": "acme"}})   # (1 added, 0 updated)
+        >>> rec.save("index/")            # later: Recommender.load("index/")
+    """
+
+    def __init__(
+        self,
+        model: RecformerForSeqRec,
+        tokenizer: RecformerTokenizer,
+        items: TokenizedItems,
+        digests: np.ndarray,
+        fingerprint: Fingerprint,
+        device: torch.device,
+        batch_size: int = 64,
+        progress: bool = True,
+    ):
+        if items.keys is None or model.item_embedding is None or len(items) != model.item_embedding.num_embeddings:
+            raise ValueError("the model's item table and the tokenized items (with their ids) must have one row per item")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.items = items
+        self.digests = digests
+        self.fingerprint = fingerprint
+        self.device = device
+        self.batch_size = batch_size
+        self.progress = progress
+        self.saved_dtype = "float32"  # of the vectors in the folder this index was loaded from
+
+    # -- building ------------------------------------------------------------------------------
+    @classmethod
+    def from_pretrained(
+        cls,
+        checkpoint: str | os.PathLike,
+        items: ItemsSource,
+        model_name_or_path: str | os.PathLike | None = None,
+        device: str | int = "auto",
+        batch_size: int = 64,
+        attn_implementation: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+        fields: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> Recommender:
+        """Encode every item of `items` with the checkpoint's encoder into a new index.
+
+        Args:
+            checkpoint: any form `load_checkpoint` takes (released RecformerModel or SeqRec file,
+                finetuned `best_model.bin`, `save_pretrained` folder), as a path.
+            items: a `meta_data.json` path, a JSON-lines file of {"id": ..., attributes}, or a dict
+                id -> attributes (`inputs.read_items`).
+            model_name_or_path: config + tokenizer; default: the checkpoint when it is a
+                `save_pretrained` folder, else allenai/longformer-base-4096.
+            device: auto, cpu, cuda, cuda:N or a GPU index.
+            batch_size: items or histories encoded per batch.
+            attn_implementation: "auto" or "eager" (the encoder's attention has one implementation).
+            cache_dir: disk cache of the tokenized items and the vectors, keyed by checkpoint,
+                tokenizer, Recformer fields and items (`cache.item_table_path`).
+            fields: Recformer field values (`configuration.build_config`); None = the config's own.
+        """
+        check_attn_implementation(attn_implementation)
+        model, tokenizer, _ = load_model_parts(checkpoint, model_name_or_path, fields)
+        device = resolve_device(device)
+        model.to(device)
+        ids, attrs = read_items(items)
+        table = tokenize_catalogue(tokenizer, attrs, keys=ids, cache_dir=cache_dir, progress=progress)
+        path = item_table_path(cache_dir, checkpoint, tokenizer, model.config, attrs) if cache_dir else None
+        vectors = cached_item_vectors(
+            path, lambda: encode_items(model.longformer, tokenizer, table, batch_size, device, progress=progress)
+        )
+        model.init_item_embedding(vectors)
+        fingerprint = Fingerprint(file_fingerprint(checkpoint), tokenizer_fingerprint(tokenizer), item_vector_fields(model.config))
+        logger.info("index of %d items from %s", len(ids), checkpoint)
+        return cls(model, tokenizer, table, item_digests(attrs), fingerprint, device, batch_size, progress)
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike,
+        checkpoint: str | os.PathLike | None = None,
+        model_name_or_path: str | os.PathLike | None = None,
+        fields: Mapping[str, Any] | None = None,
+        device: str | int = "auto",
+        batch_size: int = 64,
+        attn_implementation: str = "auto",
+        progress: bool = True,
+    ) -> Recommender:
+        """A saved index (`save`), with the encoder saved beside it; scoring runs in float32.
+
+        `checkpoint`, `model_name_or_path` and `fields`, when given, are what the caller means to
+        use; each must be what the index was built with.
+
+        Raises:
+            FileNotFoundError: `path` holds no saved index.
+            IndexMismatch: the checkpoint's hidden size differs from the index's (both named), or
+                the checkpoint, tokenizer or fields differ (each part named).
+        """
+        check_attn_implementation(attn_implementation)
+        path = Path(path)
+        if not (path / META_FILE).is_file():
+            raise FileNotFoundError(f"{path}: not a saved Recformer index (no {META_FILE})")
+        meta = read_json(path / META_FILE)
+        if meta.get("format") != INDEX_FORMAT:
+            raise IndexMismatch(f"{path / META_FILE}: index format {meta.get('format')!r}, expected {INDEX_FORMAT}")
+        from safetensors.torch import load_file
+
+        tensors = load_file(str(path / INDEX_FILE))
+        vectors = tensors["vectors"].float()  # [N, H]
+        config = RecformerConfig.from_pretrained(path)
+        config.item_num = 0
+        tokenizer = RecformerTokenizer.from_pretrained(str(path), config)
+        saved = Fingerprint(**meta["fingerprint"])
+
+        given = saved
+        if checkpoint is not None:
+            hidden = checkpoint_hidden_size(checkpoint)
+            if hidden != vectors.shape[1]:
+                raise IndexMismatch(
+                    f"{checkpoint} has hidden size {hidden}, but the index in {path} has hidden size {vectors.shape[1]}"
+                )
+            given = Fingerprint(file_fingerprint(checkpoint), given.tokenizer, given.fields)
+        if model_name_or_path is not None:
+            other = RecformerTokenizer.from_pretrained(str(model_name_or_path), config)
+            given = Fingerprint(given.checkpoint, tokenizer_fingerprint(other), given.fields)
+        if fields is not None and any(v is not None for v in fields.values()):
+            given = Fingerprint(given.checkpoint, given.tokenizer, item_vector_fields(build_config(path, fields)))
+        differences = saved.differences(given)
+        if differences:
+            raise IndexMismatch(
+                f"{path}: this index was built with something else: {'; '.join(differences)}. "
+                "Rebuild it from the catalogue, or use what it was built with."
+            )
+
+        model = RecformerForSeqRec(config)
+        load_checkpoint(model.longformer, path)
+        device = resolve_device(device)
+        model.to(device)
+        model.init_item_embedding(vectors)
+        items = TokenizedItems(
+            tensors["token_ids"].numpy(), tensors["token_types"].numpy(), tensors["token_offsets"].numpy(), meta["ids"]
+        )
+        logger.info("loaded an index of %d items from %s", len(items), path)
+        rec = cls(model, tokenizer, items, tensors["item_digests"].numpy().copy(), saved, device, batch_size, progress)
+        rec.saved_dtype = meta["dtype"]
+        return rec
+
+    def save(self, path: str | os.PathLike, dtype: str | torch.dtype = torch.float32) -> None:
+        """Write the index folder (see the module docstring) atomically: a temporary sibling renamed into place.
+
+        Args:
+            dtype: of the saved vectors: float32 (exact) or float16 (half the size).
+        """
+        if isinstance(dtype, str):
+            if dtype not in VECTOR_DTYPES:
+                raise ValueError(f"dtype must be one of {', '.join(VECTOR_DTYPES)}, got {dtype!r}")
+            dtype = VECTOR_DTYPES[dtype]
+        if dtype not in (torch.float32, torch.float16):
+            raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
+        from safetensors.torch import save_file
+
+        tensors = {
+            "vectors": self.vectors.detach().to("cpu", dtype).contiguous(),
+            "token_ids": torch.from_numpy(np.array(self.items.ids, dtype=np.int32)),
+            "token_types": torch.from_numpy(np.array(self.items.types, dtype=np.int8)),
+            "token_offsets": torch.from_numpy(np.array(self.items.offsets, dtype=np.int64)),
+            "item_digests": torch.from_numpy(np.array(self.digests, dtype=np.uint8)),
+        }
+        meta = {
+            "format": INDEX_FORMAT,
+            "num_items": len(self),
+            "hidden_size": int(self.vectors.shape[1]),
+            "dtype": str(dtype).removeprefix("torch."),
+            "fingerprint": asdict(self.fingerprint),
+            "ids": self.ids,
+        }
+        with atomic_directory(path) as tmp:
+            save_file(tensors, str(tmp / INDEX_FILE))
+            (tmp / META_FILE).write_bytes(dumps_json(meta, indent=True))
+            self.model.longformer.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(str(tmp))
+        logger.info("saved an index of %d items (%s) to %s", len(self), meta["dtype"], path)
+
+    # -- the index -----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __contains__(self, item: object) -> bool:
+        return isinstance(item, str) and item in self.items.index
+
+    @property
+    def ids(self) -> list[str]:
+        """Item ids in index order."""
+        return self.items.keys
+
+    @property
+    def vectors(self) -> torch.Tensor:
+        """The item vectors [N, H] (on the device)."""
+        return self.model.item_embedding.weight
+
+    def add_items(self, items: ItemsSource) -> tuple[int, int]:
+        """Encode the items whose id is new (appended) or whose attributes changed (re-encoded in place);
+        every other item is left as it is. Returns (added, updated)."""
+        ids, attrs = read_items(items)
+        digests = item_digests(attrs)
+        index = self.items.index
+        changed = [(index[i], j) for j, i in enumerate(ids) if i in index and not np.array_equal(self.digests[index[i]], digests[j])]
+        added = [j for j, i in enumerate(ids) if i not in index]
+        if not changed and not added:
+            return 0, 0
+        todo = [j for _, j in changed] + added
+        fresh = tokenize_catalogue(self.tokenizer, [attrs[j] for j in todo], progress=self.progress)
+        vectors = encode_items(self.model.longformer, self.tokenizer, fresh, self.batch_size, self.device, progress=self.progress)
+        rows = [row for row, _ in changed]
+        table = torch.cat([self.vectors.detach(), vectors[len(changed) :].to(self.vectors)])  # [N + added, H]
+        if rows:
+            table[rows] = vectors[: len(changed)].to(table)
+        self.model.init_item_embedding(table)
+        self.items = _splice(self.items, rows, fresh, self.ids + [ids[j] for j in added])
+        self.digests = np.concatenate([self.digests, digests[added]])
+        self.digests[rows] = digests[[j for _, j in changed]]
+        logger.info("index: %d items added, %d re-encoded (%d in all)", len(added), len(changed), len(self))
+        return len(added), len(changed)
+
+    # -- recommending --------------------------------------------------------------------------
+    def row(self, item: str | int, where: str = "") -> int:
+        """Index row of an item id (an integer id is read as its decimal string)."""
+        key = item_id(item, where or "item")
+        row = self.items.index.get(key)
+        if row is None:
+            raise UnknownItemError(
+                f"{where + ': ' if where else ''}unknown item id {key!r} (not in the index of {len(self)} items; "
+                "pass the attribute dict of an item the index has not seen, or add it with add_items)",
+                key,
+            )
+        return row
+
+    def _resolve(self, histories: Sequence[History]) -> tuple[list[list[int | dict]], list[list[int]]]:
+        """(per history: each element as an index row or an attribute dict, the index rows it holds)."""
+        if isinstance(histories, (str, Mapping)) or not isinstance(histories, Sequence):
+            raise TypeError("histories must be a list of histories (each a list of item ids or attribute dicts)")
+        resolved, known = [], []
+        for b, history in enumerate(histories):
+            if isinstance(history, (str, Mapping)) or not isinstance(history, Sequence) or not history:
+                raise ValueError(f"history {b}: expected a non-empty list of item ids or attribute dicts")
+            elements = [
+                dict(e) if isinstance(e, Mapping) else self.row(e, f"history {b}, item {p}") for p, e in enumerate(history)
+            ]
+            resolved.append(elements)
+            known.append([e for e in elements if isinstance(e, int)])
+        return resolved, known
+
+    @torch.no_grad()
+    def _encode(self, resolved: list[list[int | dict]]) -> torch.Tensor:
+        """Pooled vector of each resolved history [U, H] float32, batched in order of length."""
+        raw = [e for h in resolved for e in h if isinstance(e, dict)]
+        tokenized = iter(self.tokenizer.tokenize_items(raw)) if raw else iter(())
+        sequences: list[list[TokenizedItem]] = [
+            [self.items[e] if isinstance(e, int) else next(tokenized) for e in h] for h in resolved
+        ]
+        order = sorted(range(len(sequences)), key=lambda i: -sum(len(ids) for ids, _ in sequences[i]))
+        out = torch.empty(len(sequences), self.model.config.hidden_size, dtype=torch.float32, device=self.device)
+        bar = tqdm(range(0, len(order), self.batch_size), desc="encode histories", disable=not self.progress, unit="batch")
+        for start in bar:
+            rows = order[start : start + self.batch_size]
+            table = [item for i in rows for item in sequences[i]]
+            bounds = np.cumsum([0] + [len(sequences[i]) for i in rows])
+            batch = encode_item_sequences(self.tokenizer, table, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
+            out[rows] = self.model.longformer(**to_device(batch, self.device)).pooler_output.float()
+        return out
+
+    def encode_histories(self, histories: Sequence[History]) -> torch.Tensor:
+        """Pooled vector of each history [U, H] (float32, on the device): what `recommend` ranks items with."""
+        return self._encode(self._resolve(histories)[0])
+
+    def clip_k(self, k: int) -> int:
+        """`k`, clipped to the catalogue size with a warning; k < 1 is refused."""
+        if isinstance(k, bool) or not isinstance(k, int):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if k > len(self):
+            logger.warning("k=%d is larger than the catalogue (%d items): returning at most %d per history", k, len(self), len(self))
+            return len(self)
+        return k
+
+    def _candidate_rows(self, candidates: Any, n: int) -> list[int] | list[list[int]] | None:
+        if candidates is None:
+            return None
+        if per_query(candidates):
+            if len(candidates) != n:
+                raise ValueError(f"candidates: {len(candidates)} lists for {n} histories")
+            return [[self.row(c, f"candidates of history {b}") for c in cs] for b, cs in enumerate(candidates)]
+        return [self.row(c, "candidates") for c in candidates]
+
+    def recommend(
+        self,
+        histories: Sequence[History],
+        k: int = 10,
+        exclude_history: bool = True,
+        candidates: Sequence[str] | Sequence[Sequence[str]] | None = None,
+    ) -> list[list[tuple[str, float]]]:
+        """The top-k (item id, score) of each history, best first, ties in index order.
+
+        Args:
+            histories: each a non-empty list, oldest first, of item ids in the index and attribute
+                dicts of items it has never seen (cold start).
+            k: items per history; k > the catalogue size is clipped to it (with a warning).
+            exclude_history: never recommend an item already in the history.
+            candidates: ids to choose from: one list for every history, or one list per history.
+
+        Raises:
+            UnknownItemError: an id in a history or in `candidates` that is not in the index.
+            ValueError: k < 1, an empty history.
+        """
+        k = self.clip_k(k)
+        resolved, known = self._resolve(histories)
+        cand = self._candidate_rows(candidates, len(resolved))
+        queries = self._encode(resolved)  # [U, H]
+        each = cand is not None and per_query(cand)
+        ids, out = self.ids, []
+        bar = tqdm(range(0, len(resolved), SCORE_BATCH), desc="score", disable=not self.progress, unit="batch")
+        for start in bar:
+            block = slice(start, start + SCORE_BATCH)
+            values, rows = top_k(
+                self.model, queries[block], k,
+                exclude=known[block] if exclude_history else None,
+                candidates=cand[block] if each else cand,
+            )  # fmt: skip
+            for v, r in zip(values.tolist(), rows.tolist()):
+                out.append([(ids[i], s) for i, s in zip(r, v) if i >= 0])
+        return out

@@ -1,0 +1,104 @@
+"""evaluate.py: the numbers of finetune.py (zero-shot and final test) for any checkpoint form, without training."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from recformer import RecformerForSeqRec, RecformerTokenizer, load_checkpoint
+from recformer.args import FinetuneArgs
+from recformer.cli import evaluate as evaluate_cli
+from recformer.data.finetune_reader import load_finetune_data
+from recformer.evaluation import encode_items, evaluate
+from recformer.finetune import Finetuner
+from recformer.item_tokens import tokenize_catalogue
+
+from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
+
+EVAL_BATCH = 32  # finetune.py's evaluation batch for --batch_size 8
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One finetuning run on the tiny dataset: its inputs, metrics and output folder."""
+    root = tmp_path_factory.mktemp("evalcli")
+    assets = {"model": make_model_folder(root), "ckpt": make_pretrained_checkpoint(root), "data": make_dataset(root)}
+    args = FinetuneArgs(
+        pretrain_ckpt=str(assets["ckpt"]), data_path=str(assets["data"]), model_name_or_path=str(assets["model"]),
+        output_dir=str(root / "out"), num_train_epochs=2, verbose=1, batch_size=8, gradient_accumulation_steps=2,
+        finetune_negative_sample_size=-1, warmup_steps=2, learning_rate=1e-3, device="cpu", progress=False,
+    )  # fmt: skip
+    metrics = Finetuner(args).run()
+    return {**assets, "root": root, "metrics": metrics, "folder": root / "out" / "Tiny"}
+
+
+def evaluate_main(run, capsys, tmp_path, ckpt, *extra, model=True):
+    out = tmp_path / "metrics.json"
+    argv = ["--ckpt", str(ckpt), "--data_path", str(run["data"]), "--device", "cpu", "--batch_size", str(EVAL_BATCH),
+            "--no_progress", "--output", str(out), *extra]  # fmt: skip
+    if model:
+        argv += ["--model_name_or_path", str(run["model"])]
+    code = evaluate_cli.main(argv)
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return json.loads(out.read_text()), captured.out
+
+
+def test_the_start_checkpoint_gives_finetune_zero_shot_numbers(run, capsys, tmp_path):
+    result, stdout = evaluate_main(run, capsys, tmp_path, run["ckpt"])
+    assert result["metrics"] == pytest.approx(run["metrics"]["zero_shot_test"], abs=1e-6)
+    assert result["item_table"] == "encoded" and result["split"] == "test" and result["users"] == 40
+    assert "Tiny test" in stdout and "NDCG@10" in stdout and "Recall@50" in stdout
+    assert f"{result['metrics']['NDCG@10']:.4f}" in stdout
+
+
+def test_a_finetuned_checkpoint_uses_its_item_table_and_gives_the_final_test(run, capsys, tmp_path):
+    result, _ = evaluate_main(run, capsys, tmp_path, run["folder"] / "best_model.bin")
+    assert result["item_table"] == "checkpoint"
+    assert result["metrics"] == pytest.approx(run["metrics"]["test"], abs=1e-6)
+    # the save_pretrained folder finetune.py exports carries config and tokenizer: no --model_name_or_path
+    result, _ = evaluate_main(run, capsys, tmp_path, run["folder"] / "best_model", model=False)
+    assert result["item_table"] == "checkpoint"
+    assert result["metrics"] == pytest.approx(run["metrics"]["test"], abs=1e-6)
+    # the dev split of the best checkpoint is the best dev evaluation of the run
+    result, _ = evaluate_main(run, capsys, tmp_path, run["folder"] / "best_model.bin", "--split", "val")
+    best_dev = {k: v for k, v in run["metrics"]["best_dev"].items() if k not in ("stage", "epoch", "step")}
+    assert result["metrics"] == pytest.approx(best_dev, abs=1e-6)
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_reencode_items_rebuilds_the_table_with_the_checkpoint_encoder(run, capsys, tmp_path, exclude):
+    best = run["folder"] / "best_model.bin"
+    flags = ["--reencode_items", *(["--exclude_history"] if exclude else []), "--metric_ks", "5", "10"]
+    result, _ = evaluate_main(run, capsys, tmp_path, best, *flags)
+    assert result["item_table"] == "encoded" and result["exclude_history"] is exclude
+
+    data = load_finetune_data(run["data"])
+    config = finetune_config()
+    tokenizer = RecformerTokenizer.from_pretrained(str(run["model"]), config)
+    model = RecformerForSeqRec(config)
+    load_checkpoint(model, best)
+    saved_table = model.item_embedding.weight.clone()
+    table = tokenize_catalogue(tokenizer, data.items, progress=False)
+    cpu = torch.device("cpu")
+    model.init_item_embedding(encode_items(model.longformer, tokenizer, table, EVAL_BATCH, cpu, progress=False))
+    assert not torch.allclose(model.item_embedding.weight, saved_table)  # stage 2 trained past its table
+    expected = evaluate(model, data.test_pairs(), tokenizer, table, EVAL_BATCH, cpu, [5, 10], exclude, progress=False)
+    assert result["metrics"] == pytest.approx(expected, abs=1e-6)
+
+
+def test_refusals_name_the_problem(run, capsys, tmp_path):
+    other = make_dataset(tmp_path, name="Bigger", items=31)
+    code = evaluate_cli.main(["--ckpt", str(run["folder"] / "best_model.bin"), "--data_path", str(other),
+                              "--model_name_or_path", str(run["model"]), "--device", "cpu", "--no_progress"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "best_model.bin: its item table has 30 items but" in err and "has 31; pass --reencode_items" in err
+    code = evaluate_cli.main(["--ckpt", str(run["ckpt"]), "--data_path", str(tmp_path / "nothing"), "--no_progress",
+                              "--output", str(tmp_path / "m.json")])  # fmt: skip
+    assert code == 2 and "nothing: data folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "m.json").exists()
+    with pytest.raises(SystemExit):
+        evaluate_cli.main(["--ckpt", "x", "--data_path", "y", "--split", "dev"])
+    assert "invalid choice: 'dev'" in capsys.readouterr().err

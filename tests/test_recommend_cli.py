@@ -1,0 +1,206 @@
+"""recommend.py end to end: output format and order, index reuse, every bad-input case, atomic output."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import recformer.recommender as recommender_module
+from recformer import Recommender
+from recformer.cli import recommend as recommend_cli
+
+from .finetune_fixtures import make_dataset, make_model_folder, make_pretrained_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+USERS = [
+    {"user": "u1", "history": ["B000000001", "B000000002"]},
+    {"user": "u2", "history": ["B000000005", {"title": "red shoe", "brand": "acme"}]},
+    {"user": 3, "history": ["B000000009", "B000000009", "B000000011"]},
+]
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reccli")
+    data = make_dataset(root)
+    return {"model": make_model_folder(root), "ckpt": make_pretrained_checkpoint(root), "meta": data / "meta_data.json"}
+
+
+@pytest.fixture(scope="module")
+def rec(assets):
+    return Recommender.from_pretrained(assets["ckpt"], assets["meta"], assets["model"], device="cpu", progress=False)
+
+
+def write_input(path: Path, lines: list) -> Path:
+    path.write_text("".join((line if isinstance(line, str) else json.dumps(line)) + "\n" for line in lines))
+    return path
+
+
+def argv(assets, inp: Path, out: Path, *extra: str, ckpt=True, items=True) -> list[str]:
+    args = ["--input", str(inp), "--output", str(out), "--device", "cpu", "--no_progress", "--model_name_or_path",
+            str(assets["model"]), *extra]  # fmt: skip
+    if ckpt:
+        args += ["--ckpt", str(assets["ckpt"])]
+    if items:
+        args += ["--items", str(assets["meta"])]
+    return args
+
+
+def run(args, capsys) -> tuple[int, str, str]:
+    code = recommend_cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def read_output(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_end_to_end_output_in_input_order(assets, rec, tmp_path, capsys, keep):
+    inp, out = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl"
+    code, stdout, err = run(argv(assets, inp, out, "--k", "4", *(["--keep_history"] if keep else [])), capsys)
+    assert code == 0, err
+    rows = read_output(out)
+    assert [r["user"] for r in rows] == ["u1", "u2", 3]
+    expected = rec.recommend([u["history"] for u in USERS], k=4, exclude_history=not keep)
+    for row, want, user in zip(rows, expected, USERS):
+        assert set(row) == {"user", "items", "scores"}
+        assert row["items"] == [i for i, _ in want]
+        assert row["scores"] == pytest.approx([s for _, s in want], abs=1e-5)
+        assert row["scores"] == sorted(row["scores"], reverse=True)
+        if not keep:
+            assert not set(row["items"]) & {h for h in user["history"] if isinstance(h, str)}
+    assert "3 users, 30 items, top 4" in stdout and f"output: {out}" in stdout
+
+
+def test_index_dir_is_written_then_reused_and_extended(assets, tmp_path, capsys, monkeypatch):
+    inp, out, index = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl", tmp_path / "index"
+    code, stdout, err = run(argv(assets, inp, out, "--index_dir", str(index), "--index_dtype", "float16"), capsys)
+    assert code == 0, err
+    assert f"index written to {index}" in stdout
+    first = read_output(out)
+
+    meta = json.loads(assets["meta"].read_text())
+    meta["B000000003"] = {"title": "rewritten text", "brand": "other"}
+    catalogue = tmp_path / "items.jsonl"
+    catalogue.write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in [*meta.items(), ("NEW1", {"title": "wool hat"})]))
+    encoded = []
+    original = recommender_module.encode_items
+    monkeypatch.setattr(recommender_module, "encode_items", lambda enc, tok, table, *a, **kw: encoded.append(len(table)) or original(enc, tok, table, *a, **kw))
+    monkeypatch.setattr(Recommender, "from_pretrained", lambda *a, **kw: pytest.fail("the saved index was not reused"))
+    extra = argv(assets, inp, out, "--index_dir", str(index), items=False) + ["--items", str(catalogue)]
+    code, stdout, err = run(extra, capsys)
+    assert code == 0, err
+    assert encoded == [2] and "(1 items added, 1 re-encoded)" in stdout
+    saved = json.loads((index / "index.json").read_text())
+    assert saved["num_items"] == 31 and saved["ids"][-1] == "NEW1" and saved["dtype"] == "float16"  # kept
+
+    # the index alone (no checkpoint, no catalogue) serves histories that use the new id
+    write_input(inp, [*USERS, {"user": "new", "history": ["NEW1"]}])
+    code, stdout, err = run(argv(assets, inp, out, "--index_dir", str(index), "--k", "31", ckpt=False, items=False), capsys)
+    assert code == 0, err
+    assert encoded == [2] and f"index {index}" in stdout
+    rows = read_output(out)
+    assert len(rows) == 4 and "NEW1" in rows[0]["items"] and "NEW1" not in rows[3]["items"] and len(rows[3]["items"]) == 30
+    assert rows[0]["items"] != first[0]["items"] or rows[0]["scores"] != first[0]["scores"]
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ([USERS[0], "{not json"], r"in.jsonl line 2: not valid JSON"),
+        ([{"user": "a"}], r'in.jsonl line 1: no "history" key'),
+        ([USERS[0], {"user": "a", "history": []}], r'in.jsonl line 2: "history" is empty'),
+        ([{"user": "a", "history": "B000000001"}], r'in.jsonl line 1: "history" must be a list'),
+        ([["B000000001"]], r'in.jsonl line 1: expected an object \{"user": ..., "history": \[...\]\}, got list'),
+        ([{"user": "a", "history": ["B000000001", 1.5]}], r"in.jsonl line 1, history item 1: an item id must be a string or an integer, got float"),
+        ([USERS[0], {"user": "b", "history": ["B000000001", "NOPE"]}], r"in.jsonl line 2, history item 1: unknown item id 'NOPE'"),
+        ([], r"in.jsonl: no histories \(the file is empty\)"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_line_and_nothing_is_written(assets, tmp_path, capsys, lines, message):
+    inp, out = write_input(tmp_path / "in.jsonl", lines), tmp_path / "out" / "recs.jsonl"
+    code, _, err = run(argv(assets, inp, out), capsys)
+    assert code == 2
+    assert err.startswith("error: ") and re.search(message, err), err
+    assert not out.exists() and (not out.parent.exists() or not any(out.parent.iterdir()))
+
+
+def test_unknown_ids_can_be_skipped_and_are_counted(assets, tmp_path, capsys):
+    lines = [USERS[0], {"user": "b", "history": ["NOPE", "B000000004", "ALSO_NOPE"]}, {"user": "c", "history": ["X"]}]
+    inp, out = write_input(tmp_path / "in.jsonl", lines), tmp_path / "recs.jsonl"
+    code, stdout, err = run(argv(assets, inp, out, "--on_unknown", "skip", "--k", "3"), capsys)
+    assert code == 0, err
+    rows = read_output(out)
+    assert [len(r["items"]) for r in rows] == [3, 3, 0] and rows[2] == {"user": "c", "items": [], "scores": []}
+    assert "3 unknown ids skipped, 1 users left with no item got none" in stdout
+    code, stdout, _ = run(argv(assets, inp, tmp_path / "plain.jsonl", "--k", "3"), capsys)
+    assert code == 2 and not (tmp_path / "plain.jsonl").exists()
+
+
+def test_k_is_checked_and_clipped(assets, tmp_path, capsys, caplog):
+    inp, out = write_input(tmp_path / "in.jsonl", USERS[:1]), tmp_path / "recs.jsonl"
+    with pytest.raises(SystemExit) as exit_info:
+        recommend_cli.main(argv(assets, inp, out, "--k", "0"))
+    assert exit_info.value.code == 2 and "--k: must be >= 1, got 0" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING):
+        code, _, err = run(argv(assets, inp, out, "--k", "500"), capsys)
+    assert code == 0, err
+    assert "k=500 is larger than the catalogue (30 items)" in caplog.text
+    assert len(read_output(out)[0]["items"]) == 28  # 30 items, 2 in the history
+    assert "clipped to its size with a warning" in " ".join(recommend_cli.build_parser().format_help().split())
+
+
+def test_index_from_another_checkpoint_is_refused(assets, tmp_path, capsys):
+    inp, index = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "index"
+    assert run(argv(assets, inp, tmp_path / "a.jsonl", "--index_dir", str(index)), capsys)[0] == 0
+    wide = make_pretrained_checkpoint(tmp_path, hidden_size=48)
+    args = argv(assets, inp, tmp_path / "b.jsonl", "--index_dir", str(index), ckpt=False) + ["--ckpt", str(wide)]
+    code, _, err = run(args, capsys)
+    assert code == 2 and "has hidden size 48, but the index in" in err and "has hidden size 32" in err
+    other = make_pretrained_checkpoint(tmp_path, seed=3)
+    args = argv(assets, inp, tmp_path / "b.jsonl", "--index_dir", str(index), ckpt=False) + ["--ckpt", str(other)]
+    code, _, err = run(args, capsys)
+    assert code == 2 and "the checkpoint differs" in err and not (tmp_path / "b.jsonl").exists()
+    (tmp_path / "not_an_index").mkdir()
+    (tmp_path / "not_an_index" / "notes.txt").write_text("mine")
+    code, _, err = run(argv(assets, inp, tmp_path / "c.jsonl", "--index_dir", str(tmp_path / "not_an_index")), capsys)
+    assert code == 2 and "exists and is not a saved index" in err
+    assert (tmp_path / "not_an_index" / "notes.txt").read_text() == "mine"
+
+
+def test_an_interrupted_run_leaves_no_output_file(assets, tmp_path, capsys, monkeypatch):
+    inp, out = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl"
+    out.write_text("previous run\n")
+    calls = []
+    original = Recommender.recommend
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(recommend_cli, "USERS_PER_BLOCK", 1)
+    monkeypatch.setattr(Recommender, "recommend", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        recommend_cli.main(argv(assets, inp, out))
+    assert out.read_text() == "previous run\n"  # untouched: the partial output never replaced it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "recs.jsonl"]
+
+
+def test_the_script_runs(assets, tmp_path):
+    inp, out = write_input(tmp_path / "in.jsonl", USERS[:2]), tmp_path / "recs.jsonl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(ROOT / "recommend.py"), *argv(assets, inp, out, "--k", "2")],
+                            capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert [len(r["items"]) for r in read_output(out)] == [2, 2] and "2 users, 30 items, top 2" in result.stdout
