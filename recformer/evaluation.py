@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .collators import EvalCollator, encode_item_sequences
 from .item_tokens import TokenizedItems
-from .metrics import compute_ranks, metrics_from_ranks
+from .metrics import check_finite_scores, compute_ranks, metrics_from_ranks
 from .modeling import RecformerForSeqRec, RecformerModel
 from .tokenization import RecformerTokenizer
 
@@ -90,6 +90,9 @@ def evaluate(
 
     Histories are batched in order of length; with `exclude_history`, items already in a history
     are never ranked for it (`mask_history`).
+
+    Raises:
+        NonFiniteScores: a score is NaN or infinite (the metrics would be meaningless).
     """
     was_training = model.training
     model.eval()
@@ -103,6 +106,7 @@ def evaluate(
         with amp():
             pooled = model.longformer(**batch).pooler_output  # [B, H]
         scores = model.similarity_score(pooled.float(), chunk_size=SCORE_CHUNK)  # [B, N] float32
+        check_finite_scores(scores)
         if exclude_history:
             mask_history(scores, chunk)
         r, v = compute_ranks(scores, labels)

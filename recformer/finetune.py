@@ -46,7 +46,7 @@ from .devices import autocast_context, resolve_device
 from .evaluation import encode_items, evaluate, to_device
 from .fileio import atomic_torch_save, atomic_write_json
 from .item_tokens import tokenize_catalogue
-from .metrics import format_metrics
+from .metrics import NonFiniteScores, format_metrics
 from .modeling import RecformerForSeqRec
 from .optimization import parameter_groups
 from .run_log import RunLog
@@ -267,6 +267,15 @@ class Finetuner:
             self.args.exclude_history, self.amp, self.args.progress, desc=f"evaluate {split}",
         )  # fmt: skip
 
+    def checked_evaluation(self, split: str, what: str) -> dict[str, float]:
+        """`evaluate_split`, stopping with one line naming the evaluation (`what`: split, stage, epoch)
+        when the model's scores are not finite: metrics of such scores are never recorded or saved."""
+        try:
+            return self.evaluate_split(split)
+        except NonFiniteScores as e:
+            kept = f"{self.ckpt_path} is left as it was" if self.ckpt_path.is_file() else "no checkpoint was saved"
+            raise NonFiniteScores(f"{what}: {e}; stopped, {kept}") from None
+
     def run_stage(self, stage: int) -> None:
         args, state = self.args, self.state
         for epoch in range(state.epoch + 1, args.num_train_epochs):
@@ -276,7 +285,7 @@ class Finetuner:
             state.epoch = epoch
             if (epoch + 1) % args.verbose != 0:
                 continue
-            metrics = self.evaluate_split("dev")
+            metrics = self.checked_evaluation("dev", f"dev evaluation at stage {stage} epoch {epoch}")
             record = {"stage": stage, "epoch": epoch, "step": state.global_step, **metrics}
             state.metrics["dev"].append(record)
             self.log.log_dev(metrics, state.global_step)
@@ -308,7 +317,7 @@ class Finetuner:
             np.random.seed(args.seed % 2**32)
             torch.manual_seed(args.seed)
             self._set_item_table(self.initial_item_table())
-            zero_shot = self.evaluate_split("test")
+            zero_shot = self.checked_evaluation("test", "zero-shot test evaluation (before training)")
             self.state.metrics["zero_shot_test"] = zero_shot
             logger.info("zero-shot test: %s", format_metrics(zero_shot))
             self.save_best()  # the zero-shot model is the best so far until a dev evaluation says otherwise
@@ -323,7 +332,7 @@ class Finetuner:
         if self.state.stage == 2 and not self.state.done:
             self.run_stage(2)
         self.load_best()
-        self.state.metrics["test"] = self.evaluate_split("test")
+        self.state.metrics["test"] = self.checked_evaluation("test", "final test evaluation (best checkpoint)")
         self.state.done = True
         self.log.write_metrics(self.state.metrics)
         self.save_state()

@@ -335,3 +335,50 @@ def test_missing_model_folder_is_a_clear_error(assets, tmp_path, capsys):
     argv[argv.index("--model_name_or_path") + 1] = str(tmp_path / "no_such_model")
     code, err = run_cli(argv, capsys)
     assert code == 2 and err.startswith("error:") and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (lambda calls: len(calls) == 1, r"zero-shot test evaluation \(before training\)"),
+        (lambda calls: len(calls) == 3, r"dev evaluation at stage 1 epoch 1"),
+        (lambda calls: calls[-1][0] == "test" and len(calls) > 1, r"final test evaluation \(best checkpoint\)"),
+    ],
+    ids=["zero-shot", "dev", "final-test"],
+)
+def test_non_finite_scores_stop_the_run_and_keep_the_last_good_checkpoint(
+    assets, tmp_path, monkeypatch, capsys, broken, message
+):
+    """A model whose scores are NaN would rank every target first; the run must stop instead."""
+    calls, saved = [], []
+    evaluate_split, similarity_score, save_best = Finetuner.evaluate_split, RecformerForSeqRec.similarity_score, Finetuner.save_best
+
+    def spy_evaluate(self, split):
+        calls.append((split, self.state.stage, self.state.epoch))
+        return evaluate_split(self, split)
+
+    def nan_in_evaluation(self, pooled, candidates=None, chunk_size=None):
+        scores = similarity_score(self, pooled, candidates, chunk_size)
+        return scores * float("nan") if chunk_size is not None and broken(calls) else scores
+
+    def spy_save(self):
+        save_best(self)
+        saved.append(self.ckpt_path.read_bytes())
+
+    monkeypatch.setattr(Finetuner, "evaluate_split", spy_evaluate)
+    monkeypatch.setattr(RecformerForSeqRec, "similarity_score", nan_in_evaluation)
+    monkeypatch.setattr(Finetuner, "save_best", spy_save)
+    argv = cli_args(assets, assets["data"], tmp_path, "--num_train_epochs", "2", "--verbose", "1", "--batch_size", "8",
+                    "--finetune_negative_sample_size", "-1")  # fmt: skip
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert re.fullmatch(rf"error: {message}: \d+ of \d+ scores are not finite \(\d+ NaN, 0 infinite\); stopped, .*\n", err), err
+    folder = tmp_path / "Tiny"
+    best = folder / "best_model.bin"
+    if saved:
+        assert best.read_bytes() == saved[-1] and f"{best} is left as it was" in err
+    else:
+        assert not best.exists() and "no checkpoint was saved" in err
+    if (folder / "metrics.json").is_file():
+        text = (folder / "metrics.json").read_text()
+        assert "NaN" not in text and json.loads(text)["test"] is None
