@@ -6,7 +6,8 @@
   fields that change an item's vector, and the items' text.
 
 Any change to one of those gives another file name, so a stale cache is never reused; files are
-written atomically, so a killed run never leaves a half-written one.
+written atomically, so a killed run never leaves a half-written one. A cache file that cannot be
+read (damaged, truncated, or not what it should hold) is rebuilt with a warning naming it.
 """
 
 from __future__ import annotations
@@ -93,10 +94,19 @@ def cached(
     save: Callable[[T, Path], None],
     what: str,
 ) -> T:
-    """`load(path)` when the cache file exists, else `build()` and `save` it there (no cache: `path` None)."""
+    """`load(path)` when the cache file exists, else `build()` and `save` it there (no cache: `path` None).
+
+    A file that `load` cannot read (it raises) is rebuilt and replaced, with a warning naming it;
+    `load` raises for content that does not fit as well (a table of the wrong size).
+    """
     if path is not None and path.is_file():
-        logger.info("%s: reusing %s", what, path)
-        return load(path)
+        try:
+            value = load(path)
+        except Exception as e:  # noqa: BLE001 - whatever damaged the file, the cure is to rebuild it
+            logger.warning("%s: cache file %s cannot be read (%s); rebuilding it", what, path, type(e).__name__)
+        else:
+            logger.info("%s: reusing %s", what, path)
+            return value
     value = build()
     if path is not None:
         save(value, path)

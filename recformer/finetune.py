@@ -143,7 +143,14 @@ class Finetuner:
     def initial_item_table(self) -> torch.Tensor:
         """Item vectors of the pretrained encoder, cached (`cache.item_table_path`)."""
         path = item_table_path(self.cache_dir, self.args.pretrain_ckpt, self.tokenizer, self.config, self.data.items)
-        load = lambda p: torch_load(p, weights_only=True)  # noqa: E731
+        shape = (self.data.num_items, self.config.hidden_size)
+
+        def load(p: Path) -> torch.Tensor:
+            table = torch_load(p)
+            if not isinstance(table, torch.Tensor) or tuple(table.shape) != shape:
+                raise ValueError(f"{p}: not an item table of shape {shape}")
+            return table
+
         return cached(path, self.item_vectors, load, atomic_torch_save, "item table")
 
     def _set_item_table(self, table: torch.Tensor) -> None:

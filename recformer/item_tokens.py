@@ -112,5 +112,11 @@ def tokenize_catalogue(
             encoded += tokenizer.tokenize_items(items[start : start + chunk_size], use_cache=False)
         return TokenizedItems.from_lists(encoded, keys)
 
+    def load(path: str | os.PathLike) -> TokenizedItems:
+        table = TokenizedItems.load(path)
+        if len(table) != len(items) or not int(table.offsets[-1]) == len(table.ids) == len(table.types):
+            raise ValueError(f"{path}: does not hold the {len(items)} items of this catalogue")
+        return table
+
     path = tokenized_items_path(cache_dir, tokenizer, items, keys) if cache_dir is not None else None
-    return cached(path, build, TokenizedItems.load, TokenizedItems.save, "tokenized items")
+    return cached(path, build, load, TokenizedItems.save, "tokenized items")

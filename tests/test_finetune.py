@@ -382,3 +382,19 @@ def test_non_finite_scores_stop_the_run_and_keep_the_last_good_checkpoint(
     if (folder / "metrics.json").is_file():
         text = (folder / "metrics.json").read_text()
         assert "NaN" not in text and json.loads(text)["test"] is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape"])
+def test_unreadable_item_table_cache_is_rebuilt_with_a_warning(assets, tmp_path, caplog, damage):
+    cache = tmp_path / "cache"
+    table = Finetuner(make_args(assets, tmp_path / "a", cache_dir=str(cache), num_train_epochs=0)).initial_item_table()
+    (path,) = cache.glob("item_table-*.pt")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        torch.save(torch.zeros(3, 32), path)
+    with caplog.at_level("WARNING", logger="recformer.cache"):
+        rebuilt = Finetuner(make_args(assets, tmp_path / "b", cache_dir=str(cache), num_train_epochs=0)).initial_item_table()
+    assert f"item table: cache file {path} cannot be read" in caplog.text
+    torch.testing.assert_close(rebuilt, table)
+    assert torch.equal(torch.load(path, weights_only=True), rebuilt)  # the damaged file was replaced
