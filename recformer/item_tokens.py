@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .cache import cached, tokenized_items_path
 from .fileio import atomic_open, dumps_json
-from .tokenization import RecformerTokenizer
+from .tokenization import RecformerTokenizer, check_item
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ def tokenize_catalogue(
     """
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
+    for row, item in enumerate(items):
+        check_item(item, keys[row] if keys is not None else row)
 
     def build() -> TokenizedItems:
         encoded: list[tuple[list[int], list[int]]] = []
