@@ -75,14 +75,15 @@ def tokenized_items_path(
 
 def item_table_path(
     cache_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike,
+    checkpoint_fingerprint: str,
     tokenizer: Any,
     config: Any,
     items: Sequence[Mapping[str, Any]],
 ) -> Path:
-    """Cache file of the item vectors that the encoder loaded from `checkpoint` gives the catalogue."""
+    """Cache file of the item vectors that the encoder loaded from a checkpoint (its `file_fingerprint`)
+    gives the catalogue."""
     fields = {k: getattr(config, k) for k in ITEM_VECTOR_FIELDS}
-    parts = [file_fingerprint(checkpoint), tokenizer_fingerprint(tokenizer), fields, catalogue_fingerprint(items, None)]
+    parts = [checkpoint_fingerprint, tokenizer_fingerprint(tokenizer), fields, catalogue_fingerprint(items, None)]
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"item_table-{key}.pt"
 

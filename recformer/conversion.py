@@ -349,6 +349,7 @@ def write_released(
     output_dir: str | os.PathLike,
     model_name_or_path: str | os.PathLike | None = None,
     restore_word_embeddings: bool | None = None,
+    trust_checkpoint: bool = False,
 ) -> ReleasedCheckpoint:
     """Turn what pretraining wrote into the released files, each checked by loading it back.
 
@@ -363,6 +364,7 @@ def write_released(
         model_name_or_path: config + tokenizer folder (default: the folder beside `start_point`).
         restore_word_embeddings: True/False forces it; None restores them when training froze them
             (the checkpoint's hyperparameters say so) or, failing that, when they are unchanged.
+        trust_checkpoint: unpickle the training checkpoint fully (see `checkpoint.torch_load`).
 
     Raises:
         CheckpointError: an unreadable or ill-fitting checkpoint, naming the keys.
@@ -379,7 +381,7 @@ def write_released(
             f"{config_dir}: no config.json; pass --model_name_or_path (the folder save_longformer_ckpt.py wrote)"
         )
     config = RecformerConfig.from_pretrained(config_dir)
-    state, hparams, form = read_training_checkpoint(training_checkpoint)
+    state, hparams, form = read_training_checkpoint(training_checkpoint, trust=trust_checkpoint)
     start = read_state_dict(start_point)
     restore = restore_word_embeddings
     if restore is None and "fix_word_embedding" in hparams:

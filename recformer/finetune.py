@@ -20,7 +20,9 @@ The reusable parts live elsewhere: arguments in `args.py`, item vectors and eval
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -29,6 +31,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +40,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .args import TARGET_METRIC, FinetuneArgs
-from .cache import cached, item_table_path
+from .cache import cached, file_fingerprint, item_table_path, tokenizer_fingerprint
 from .checkpoint import load_checkpoint, torch_load
 from .collators import FinetuneCollator
 from .configuration import build_config, field_values
@@ -56,8 +59,16 @@ from .training_state import STATE_FILE, TrainingState
 logger = logging.getLogger(__name__)
 
 STAGE_PATIENCE = {1: 5, 2: 3}
-# Arguments whose change between a run and its resumption is worth a warning.
-RESUME_CHECKED_ARGS = ("seed", "batch_size", "gradient_accumulation_steps", "num_train_epochs", "learning_rate")
+# Flags that cannot change a run's numbers, so they may differ between a run and its resumption: display,
+# tokenizer threads (same tokens), where caches live (keyed by content), the output folder (the resume file
+# is found in it) and the device index (the device *type* is part of the fingerprint).
+RESUME_FREE_FLAGS = ("progress", "preprocessing_num_workers", "cache_dir", "resume", "output_dir", "device")
+# Flags naming inputs: the fingerprint holds their content, so a moved folder with the same files resumes.
+INPUT_FLAGS = (
+    "data_path", "pretrain_ckpt", "model_name_or_path", "train_file", "dev_file", "test_file", "item2id_file", "meta_file",
+)  # fmt: skip
+# Config entries that say nothing about the numbers.
+CONFIG_NOT_FINGERPRINTED = ("transformers_version", "_name_or_path", "name_or_path", "_commit_hash")
 
 
 def _mix_seed(*parts: int) -> int:
@@ -102,6 +113,10 @@ class Finetuner:
         self.cache_dir = Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache"
         self.ckpt_path = self.out_dir / args.ckpt
         self.state_path = self.out_dir / STATE_FILE
+        self.data_files = [
+            Path(args.data_path) / name
+            for name in (args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file)
+        ]
 
     def _setup_model(self) -> None:
         args = self.args
@@ -140,9 +155,27 @@ class Finetuner:
             self.args.progress,
         )  # fmt: skip
 
+    @functools.cached_property
+    def checkpoint_fingerprint(self) -> str:
+        """Hash of the `--pretrain_ckpt` file's bytes (read once per run)."""
+        return file_fingerprint(self.args.pretrain_ckpt)
+
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, dict[str, Any]]:
+        """What produced this run's numbers (`training_state.fingerprint_differences`): every flag but
+        `RESUME_FREE_FLAGS` and `INPUT_FLAGS`, the content of every input file, the tokenizer, the
+        config and the device type. Files are hashed once per run."""
+        flags = {k: v for k, v in asdict(self.args).items() if k not in RESUME_FREE_FLAGS + INPUT_FLAGS}
+        files = {f"data file {path.name}": file_fingerprint(path) for path in self.data_files}
+        files["checkpoint --pretrain_ckpt"] = self.checkpoint_fingerprint
+        files["tokenizer of --model_name_or_path"] = tokenizer_fingerprint(self.tokenizer)
+        config = json.loads(self.config.to_json_string(use_diff=False))
+        config = {k: v for k, v in config.items() if k not in CONFIG_NOT_FINGERPRINTED}
+        return {"flags": flags, "files": files, "config": config, "device": {"type": self.device.type}}
+
     def initial_item_table(self) -> torch.Tensor:
         """Item vectors of the pretrained encoder, cached (`cache.item_table_path`)."""
-        path = item_table_path(self.cache_dir, self.args.pretrain_ckpt, self.tokenizer, self.config, self.data.items)
+        path = item_table_path(self.cache_dir, self.checkpoint_fingerprint, self.tokenizer, self.config, self.data.items)
         shape = (self.data.num_items, self.config.hidden_size)
 
         def load(p: Path) -> torch.Tensor:
@@ -162,7 +195,7 @@ class Finetuner:
         """Everything needed to continue from this point (`training_state.pt`)."""
         self.state.save(
             self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            scaler=self.scaler, args=asdict(self.args),
+            scaler=self.scaler, args=asdict(self.args), fingerprint=self.fingerprint,
         )  # fmt: skip
 
     def load_state(self) -> bool:
@@ -170,13 +203,11 @@ class Finetuner:
         if not self.state_path.is_file():
             logger.info("--resume: no %s yet, starting from the beginning", self.state_path)
             return False
-        self.state, saved_args = TrainingState.load(
-            self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
-        )
+        self.state, _ = TrainingState.load(
+            self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            fingerprint=self.fingerprint,
+        )  # fmt: skip
         self.model.to(self.device)
-        for key in RESUME_CHECKED_ARGS:
-            if saved_args.get(key) != getattr(self.args, key):
-                logger.warning("--resume: %s was %s, now %s", key, saved_args.get(key), getattr(self.args, key))
         self.log.trim(self.state.global_step)
         logger.info("--resume: continuing after stage %d epoch %d (step %d)", self.state.stage, self.state.epoch,
                     self.state.global_step)  # fmt: skip
@@ -317,8 +348,9 @@ class Finetuner:
     def run(self) -> dict:
         """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json."""
         args = self.args
+        resumed = args.resume and self.load_state()  # a refused resumption leaves the folder as it was
         atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True)
-        if not (args.resume and self.load_state()):
+        if not resumed:
             self.log.start_fresh()
             random.seed(args.seed)
             np.random.seed(args.seed % 2**32)

@@ -398,3 +398,104 @@ def test_unreadable_item_table_cache_is_rebuilt_with_a_warning(assets, tmp_path,
     assert f"item table: cache file {path} cannot be read" in caplog.text
     torch.testing.assert_close(rebuilt, table)
     assert torch.equal(torch.load(path, weights_only=True), rebuilt)  # the damaged file was replaced
+
+
+@pytest.fixture(scope="module")
+def finished_run(assets, tmp_path_factory):
+    """The output folder of a finished CLI run (no training epochs) on assets["data"]."""
+    out = tmp_path_factory.mktemp("finished")
+    assert finetune_cli.main(cli_args(assets, assets["data"], out)) == 0
+    return out
+
+
+def resume(assets, finished_run, tmp_path, capsys, data=None, *extra, progress=True):
+    """Resume a copy of `finished_run` with `extra` flags: (exit code, stderr, the copy's run folder)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    argv = cli_args(assets, data or assets["data"], out, "--resume", *extra)
+    if not progress:
+        argv.remove("--no_progress")
+    code, err = run_cli(argv, capsys)
+    return code, err, out / "Tiny"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def refused_resume(code: int, err: str, folder: Path, before: dict[str, bytes]) -> str:
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {folder / 'training_state.pt'}"), err
+    assert lines[0].endswith("; to start fresh, run without --resume")
+    assert snapshot(folder) == before  # args.json, metrics.json and the checkpoints are untouched
+    return lines[0]
+
+
+def test_resume_on_a_regenerated_data_folder_is_refused(assets, finished_run, tmp_path, capsys):
+    regenerated = make_dataset(tmp_path / "data", name="Tiny", seed=1)  # same name, another split and catalogue
+    before = snapshot(finished_run / "Tiny")
+    code, err, folder = resume(assets, finished_run, tmp_path, capsys, regenerated)
+    line = refused_resume(code, err, folder, before)
+    for name in ("train.json", "val.json", "test.json", "meta_data.json"):
+        assert re.search(rf"data file {name} changed \(content sha256 [0-9a-f]{{12}}\.\.\. -> [0-9a-f]{{12}}\.\.\.\)", line)
+    assert "smap.json" not in line  # the same 30 item ids
+
+
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--learning_rate", "1e-4"], "--learning_rate was 5e-05, now 0.0001"),
+        (["--batch_size", "4"], "--batch_size was 16, now 4"),
+        (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps was 8, now 2"),
+        (["--num_train_epochs", "3"], "--num_train_epochs was 0, now 3"),
+        (["--max_attr_num", "2"], "config max_attr_num was 3, now 2; "),  # and the flag: was None, now 2
+        (["--dataloader_num_workers", "1"], "--dataloader_num_workers was 0, now 1"),  # targets are drawn per worker
+    ],
+)
+def test_resume_with_a_flag_that_changes_the_result_is_refused(assets, finished_run, tmp_path, capsys, flags, phrase):
+    before = snapshot(finished_run / "Tiny")
+    code, err, folder = resume(assets, finished_run, tmp_path, capsys, None, *flags)
+    assert phrase in refused_resume(code, err, folder, before)
+
+
+def test_resume_with_another_checkpoint_is_refused(assets, finished_run, tmp_path, capsys):
+    other = make_pretrained_checkpoint(tmp_path, seed=1)
+    before = snapshot(finished_run / "Tiny")
+    code, err, folder = resume(assets, finished_run, tmp_path, capsys, None, "--pretrain_ckpt", str(other))
+    assert "checkpoint --pretrain_ckpt changed (content sha256" in refused_resume(code, err, folder, before)
+
+
+def test_resume_may_change_the_flags_that_cannot_change_the_result(assets, finished_run, tmp_path, capsys):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "Tiny"
+    shutil.copytree(assets["data"], moved)  # the same files in another folder
+    free = ["--preprocessing_num_workers", "2", "--cache_dir", str(tmp_path / "cache"), "--device", "cpu"]
+    code, err, folder = resume(assets, finished_run, tmp_path, capsys, moved, *free, progress=False)
+    assert code == 0, err
+    assert json.loads((folder / "metrics.json").read_text()) == json.loads((finished_run / "Tiny" / "metrics.json").read_text())
+    assert json.loads((folder / "args.json").read_text())["preprocessing_num_workers"] == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "crafted"])
+def test_resume_from_an_unusable_state_file_is_one_line(assets, finished_run, tmp_path, capsys, damage):
+    import shutil
+
+    from .helpers import crafted_checkpoint
+
+    copy = tmp_path / "template"
+    shutil.copytree(finished_run, copy)
+    state = copy / "Tiny" / "training_state.pt"
+    marker = tmp_path / "code-ran"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    else:
+        crafted_checkpoint(state, marker)
+    before = snapshot(copy / "Tiny")
+    code, err, folder = resume(assets, copy, tmp_path, capsys)
+    line = refused_resume(code, err, folder, before)
+    expected = "not a complete PyTorch checkpoint file" if damage == "truncated" else "refused: it holds Python objects"
+    assert expected in line and not marker.exists()
