@@ -25,9 +25,7 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -52,6 +50,7 @@ from .item_tokens import tokenize_catalogue
 from .metrics import NonFiniteScores, format_metrics
 from .modeling import RecformerForSeqRec
 from .optimization import parameter_groups
+from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
 from .run_log import RunLog
 from .tokenization import RecformerTokenizer
 from .training_state import STATE_FILE, TrainingState
@@ -59,6 +58,7 @@ from .training_state import STATE_FILE, TrainingState
 logger = logging.getLogger(__name__)
 
 STAGE_PATIENCE = {1: 5, 2: 3}
+BEST_MODEL_FOLDER = "best_model"  # save_pretrained folder of the best model and the tokenizer
 # Flags that cannot change a run's numbers, so they may differ between a run and its resumption: display,
 # tokenizer threads (same tokens), where caches live (keyed by content), the output folder (the resume file
 # is found in it) and the device index (the device *type* is part of the fingerprint).
@@ -105,14 +105,16 @@ class Finetuner:
 
     def _setup_data(self) -> None:
         args = self.args
+        # the output folder is named after the data folder; checked before any input is read
+        self.out_dir = check_output_dir(Path(args.output_dir) / Path(args.data_path).name)
+        self.cache_dir = check_output_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
+        self.ckpt_path = check_output_file(self.out_dir / args.ckpt)
+        self.state_path = check_output_file(self.out_dir / STATE_FILE)
+        check_output_dir(self.out_dir / BEST_MODEL_FOLDER)
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
-        self.out_dir = Path(args.output_dir) / self.data.name
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.cache_dir = Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache"
-        self.ckpt_path = self.out_dir / args.ckpt
-        self.state_path = self.out_dir / STATE_FILE
         self.data_files = [
             Path(args.data_path) / name
             for name in (args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file)
@@ -222,13 +224,7 @@ class Finetuner:
 
     def export_best(self) -> None:
         """`save_pretrained` folder of the best model, with the tokenizer files."""
-        folder = self.out_dir / "best_model"
-        tmp = self.out_dir / ".best_model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        save_pretrained_folder(self.out_dir / BEST_MODEL_FOLDER, self.model, self.tokenizer)
 
     # -- training ------------------------------------------------------------------------------
     def train_loader(self, stage: int, epoch: int) -> DataLoader:

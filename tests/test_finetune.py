@@ -330,11 +330,39 @@ def test_cli_end_to_end_prints_table(assets, tmp_path, capsys):
     assert "zero-shot test" in out and "finetuned test" in out and "NDCG@10" in out
 
 
-def test_missing_model_folder_is_a_clear_error(assets, tmp_path, capsys):
+@pytest.mark.parametrize("relative", [False, True])
+def test_missing_model_folder_is_a_clear_error(assets, tmp_path, capsys, relative):
+    """Not "Repo id must be in the form ...": the folder is named as a folder."""
+    missing = "./no_such_model" if relative else str(tmp_path / "no_such_model")
     argv = cli_args(assets, assets["data"], tmp_path / "out")
-    argv[argv.index("--model_name_or_path") + 1] = str(tmp_path / "no_such_model")
+    argv[argv.index("--model_name_or_path") + 1] = missing
     code, err = run_cli(argv, capsys)
-    assert code == 2 and err.startswith("error:") and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
+    assert err == f"error: {missing}: model folder not found (and not a Hugging Face hub id)\n"
+
+
+@pytest.mark.parametrize("problem", ["output_dir is a file", "best_model.bin is a folder", "best_model is a file",
+                                     "not writable"])  # fmt: skip
+def test_output_problems_stop_finetuning_before_any_input_is_read(assets, tmp_path, capsys, problem, request):
+    out = tmp_path / "out"
+    if problem == "output_dir is a file":
+        out.write_text("x")
+        expected = f"{out / 'Tiny'}: cannot be created: {out} is a file, not a folder"
+    elif problem == "best_model.bin is a folder":
+        (out / "Tiny" / "best_model.bin").mkdir(parents=True)
+        expected = f"{out / 'Tiny' / 'best_model.bin'}: is a folder, but a file must be written there"
+    elif problem == "best_model is a file":
+        (out / "Tiny").mkdir(parents=True)
+        (out / "Tiny" / "best_model").write_text("x")
+        expected = f"{out / 'Tiny' / 'best_model'}: is a file, but a folder must be written there"
+    else:
+        folder = request.getfixturevalue("read_only_dir")
+        out = folder / "out"
+        expected = f"{out / 'Tiny'}: cannot be written: {folder} is not writable (Permission denied)"
+    argv = cli_args(assets, assets["data"], out)
+    argv[argv.index("--pretrain_ckpt") + 1] = str(tmp_path / "never-read.bin")  # the output is checked first
+    code, err = run_cli(argv, capsys)
+    assert (code, err) == (2, f"error: {expected}\n")
 
 
 @pytest.mark.parametrize(
