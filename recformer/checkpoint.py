@@ -277,15 +277,24 @@ def unreadable_reason(error: BaseException, path: str | os.PathLike | None = Non
 
 
 def refuse_unsafe_objects(path: str | os.PathLike, allowed: Sequence[Any] = ()) -> None:
-    """Raise `UntrustedCheckpointError` naming `path` and the Python types it would unpickle beyond
-    tensors, plain data and `allowed` (reads the file's pickle only, not its tensors)."""
-    try:
-        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # noqa: BLE001 - not a zip checkpoint: loading it says what is wrong
-        return
-    unsafe = sorted(set(found) - {_type_name(t) for t in allowed})
-    if unsafe:
-        raise UntrustedCheckpointError(f"{path}: {_untrusted(unsafe)}")
+    """Raise `UntrustedCheckpointError` naming the file and the Python types it would unpickle beyond
+    tensors, plain data and `allowed` (reads the pickles only, not the tensors). A folder (DeepSpeed)
+    is checked file by file."""
+    path = Path(path)
+    for f in sorted(path.glob("**/*_states.pt")) if path.is_dir() else [path]:
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(f)
+        except Exception:  # noqa: BLE001 - not a zip checkpoint: loading it says what is wrong
+            continue
+        unsafe = sorted(set(found) - {_type_name(t) for t in allowed})
+        if unsafe:
+            raise UntrustedCheckpointError(f"{f}: {_untrusted(unsafe)}")
+
+
+def training_checkpoint_types(path: str | os.PathLike) -> list[type]:
+    """The Python types to allow when reading the training checkpoint at `path` (a file of this project's
+    Lightning runs needs none; a DeepSpeed folder needs `deepspeed_checkpoint_types`)."""
+    return deepspeed_checkpoint_types() if Path(path).is_dir() else []
 
 
 def torch_load(path: str | os.PathLike, trust: bool = False, allowed: Sequence[Any] = ()) -> Any:
@@ -363,10 +372,9 @@ def read_training_checkpoint(
             raise CheckpointError(f"{path}: {NEITHER} (a folder without DeepSpeed *_model_states.pt files)")
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
-        allowed = deepspeed_checkpoint_types()
+        allowed = training_checkpoint_types(path)
         if not trust:  # names the file; the forced weights-only loading below is what keeps code out
-            for f in sorted(path.glob("**/*_states.pt")):
-                refuse_unsafe_objects(f, allowed)
+            refuse_unsafe_objects(path, allowed)
         tag = None
         if not (path / "latest").is_file():  # no 'latest' pointer: the one tag folder holding the states
             tags = sorted({p.parent.relative_to(path).as_posix() for p in model_states})

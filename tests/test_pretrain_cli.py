@@ -289,3 +289,15 @@ def test_trust_checkpoint_help_says_what_it_risks():
 
     text = " ".join(build_parser().format_help().split())
     assert "--trust_checkpoint" in text and "runs any code it likes while it loads" in text
+
+
+def test_resume_refuses_a_crafted_checkpoint(ws, tmp_path):
+    """Lightning would unpickle --ckpt fully (weights_only defaults to False there)."""
+    from .helpers import crafted_checkpoint
+
+    marker = tmp_path / "code-ran"
+    trained = torch.load(ws["out"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    crafted = crafted_checkpoint(tmp_path / "last.ckpt", marker, trained)
+    result = run(*pretrain_args(ws, tmp_path / "resumed", "--max_steps", str(STEPS + 1), "--ckpt", crafted))
+    refused(result, crafted)
+    assert not marker.exists()
