@@ -52,7 +52,7 @@ def catalogue_fingerprint(items: Sequence[Mapping[str, Any]], keys: Sequence[Has
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of a checkpoint file (or of the weight files of a folder)."""
+    """sha256 (16 hex digits) of a file's bytes, or of the weight files of a checkpoint folder."""
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin"))
