@@ -20,7 +20,7 @@ from .checkpoint import torch_load
 from .collators import EvalCollator, encode_item_sequences
 from .fileio import atomic_torch_save
 from .item_tokens import TokenizedItems
-from .metrics import compute_ranks, metrics_from_ranks
+from .metrics import check_finite_scores, compute_ranks, metrics_from_ranks
 from .modeling import RecformerForSeqRec, RecformerModel
 from .tokenization import RecformerTokenizer
 
@@ -35,10 +35,19 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def cached_item_vectors(path: Path | None, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+def cached_item_vectors(
+    path: Path | None, build: Callable[[], torch.Tensor], shape: tuple[int, int] | None = None
+) -> torch.Tensor:
     """The item table in the disk cache file `path` (`cache.item_table_path`), or `build()` and
-    write it there (no cache: `path` None)."""
-    return cached(path, build, lambda p: torch_load(p, weights_only=True), atomic_torch_save, "item table")
+    write it there (no cache: `path` None). A cached file that is not a tensor of `shape` is rebuilt."""
+
+    def load(p: Path) -> torch.Tensor:
+        table = torch_load(p)
+        if not isinstance(table, torch.Tensor) or (shape is not None and tuple(table.shape) != tuple(shape)):
+            raise ValueError(f"{p}: not an item table of shape {shape}")
+        return table
+
+    return cached(path, build, load, atomic_torch_save, "item table")
 
 
 @torch.no_grad()
@@ -100,6 +109,9 @@ def evaluate(
 
     Histories are batched in order of length; with `exclude_history`, items already in a history
     are never ranked for it (`mask_history`).
+
+    Raises:
+        NonFiniteScores: a score is NaN or infinite (the metrics would be meaningless).
     """
     was_training = model.training
     model.eval()
@@ -113,6 +125,7 @@ def evaluate(
         with amp():
             pooled = model.longformer(**batch).pooler_output  # [B, H]
         scores = model.similarity_score(pooled.float(), chunk_size=SCORE_CHUNK)  # [B, N] float32
+        check_finite_scores(scores)
         if exclude_history:
             mask_history(scores, chunk)
         r, v = compute_ranks(scores, labels)

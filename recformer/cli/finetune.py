@@ -21,7 +21,7 @@ from recformer.checkpoint import CheckpointError
 from recformer.data.finetune_reader import DataError
 from recformer.devices import set_tokenizer_threads
 from recformer.finetune import Finetuner, TrainingDiverged
-from recformer.metrics import format_metrics_table
+from recformer.metrics import NonFiniteScores, format_metrics_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         finetuner = Finetuner(args)
         metrics = finetuner.run()
-    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged) as e:
+    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print()
