@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple, NoReturn
@@ -268,25 +267,32 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; if the block succeeds it replaces `path` (and whatever
-    was there), so `path` never holds a half-written folder."""
+    """Yield an empty temporary folder beside `path`; when the block succeeds it replaces `path`.
+
+    `path` never holds a half-written folder: a block that raises (or a killed run) leaves the old
+    folder, if any, untouched. The temporary names are fixed (``.<name>.tmp`` / ``.<name>.old``), so the
+    leftovers of a killed earlier run are removed first; the folder gets the mode any new folder gets
+    (0777 less the umask). The previous folder is removed only after the new one is in place.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = path.with_name(f".{path.name}{TEMP_SUFFIX}")
+    old = path.with_name(f".{path.name}.old")
+    for leftover in (tmp, old):
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
     try:
         yield tmp
-        old = None
-        if path.exists():  # a folder cannot be renamed over a non-empty one: move it aside first
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
-            os.replace(path, old / path.name)
+        if path.exists() or path.is_symlink():  # a folder cannot be renamed over a non-empty one
+            os.replace(path, old)
         try:
             os.replace(tmp, path)
         except BaseException:
-            if old is not None:
-                os.replace(old / path.name, path)
+            if old.exists() or old.is_symlink():  # put the previous folder back
+                os.replace(old, path)
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        if old.is_symlink():
+            old.unlink()
+        else:
+            shutil.rmtree(old, ignore_errors=True)

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from .fileio import atomic_directory
 
 # What a save_pretrained folder of a model and its tokenizer holds at least.
 PRETRAINED_FOLDER_FILES = ("config.json", "tokenizer_config.json")
@@ -36,10 +37,14 @@ def _nearest_existing(path: Path) -> Path:
     return Path(".")  # pragma: no cover - the root always exists
 
 
+# The name of the file `_check_writable` creates and removes; a killed run may leave one behind.
+PROBE_PREFIX = ".recformer-write-test-"
+
+
 def _check_writable(path: Path, folder: Path) -> None:
     """Create (and remove) a file in `folder` to learn whether `path` can be written there."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=PROBE_PREFIX, dir=folder)
     except OSError as e:
         raise OutputPathError(f"{path}: cannot be written: {folder} is not writable ({e.strerror})") from None
     os.close(fd)
@@ -49,10 +54,16 @@ def _check_writable(path: Path, folder: Path) -> None:
 
 def _check(path: str | os.PathLike, is_dir: bool) -> Path:
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise OutputPathError(f"{path}: is a broken symbolic link")
     if path.exists():
         if path.is_dir() != is_dir:
             kind, needed = ("a file", "a folder") if is_dir else ("a folder", "a file")
             raise OutputPathError(f"{path}: is {kind}, but {needed} must be written there")
+        if is_dir:  # the probes of killed runs that checked this folder
+            for leftover in path.glob(f"{PROBE_PREFIX}*"):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
         _check_writable(path, path if is_dir else path.parent)
         return path
     existing = _nearest_existing(path.parent)
@@ -72,37 +83,23 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return _check(path, is_dir=True)
 
 
-def write_folder(folder: str | os.PathLike, write: Callable[[Path], None], required: Sequence[str] = ()) -> Path:
+def write_folder(
+    folder: str | os.PathLike, write: Callable[[Path], None], required: Sequence[str] = ()
+) -> Path:
     """Write a folder completely or not at all.
 
     `write(tmp)` fills a temporary sibling; once it holds every name in `required`, it replaces
-    `folder` (an older folder there is removed only after the new one is in place).
+    `folder` (`fileio.atomic_directory`: an older folder there is removed only after the new one is in place).
 
     Raises:
         OutputPathError: `folder` cannot be written, or `write` left a required file out.
     """
     folder = check_output_dir(folder)
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    old = folder.with_name(f".{folder.name}.old")
-    for leftover in (tmp, old):  # from a killed earlier run
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_directory(folder) as tmp:
         write(tmp)
         missing = [name for name in required if not (tmp / name).exists()]
         if missing:
             raise OutputPathError(f"{folder}: writing it failed: {', '.join(missing)} missing")
-        if folder.exists():
-            os.replace(folder, old)
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if old.exists():  # put the previous folder back
-                os.replace(old, folder)
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

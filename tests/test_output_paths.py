@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 
-from recformer.output_paths import OutputPathError, check_output_dir, check_output_file, write_folder
+from recformer.output_paths import (
+    PROBE_PREFIX,
+    OutputPathError,
+    check_output_dir,
+    check_output_file,
+    write_folder,
+)
 
 
 def test_writable_locations_pass(tmp_path):
     existing = tmp_path / "model.bin"
     existing.write_text("old")  # an existing file may be replaced
     assert check_output_file(existing) == existing
-    assert check_output_file(tmp_path / "new" / "deeper" / "model.bin") == tmp_path / "new" / "deeper" / "model.bin"
+    assert (
+        check_output_file(tmp_path / "new" / "deeper" / "model.bin")
+        == tmp_path / "new" / "deeper" / "model.bin"
+    )
     assert check_output_dir(tmp_path) == tmp_path
     assert check_output_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
     assert not (tmp_path / "new").exists() and not (tmp_path / "a").exists()  # checking creates nothing
@@ -52,7 +64,11 @@ def test_write_folder_replaces_the_old_folder_only_when_complete(tmp_path):
         write_folder(folder, fails, required=("config.json",))
     assert [p.name for p in folder.iterdir()] == ["old.txt"]  # the old folder is intact
     with pytest.raises(OutputPathError, match=r"best_model: writing it failed: weights.bin missing$"):
-        write_folder(folder, lambda tmp: (tmp / "config.json").write_text("{}"), required=("config.json", "weights.bin"))
+        write_folder(
+            folder,
+            lambda tmp: (tmp / "config.json").write_text("{}"),
+            required=("config.json", "weights.bin"),
+        )
     assert [p.name for p in folder.iterdir()] == ["old.txt"]
 
     def complete(tmp):
@@ -60,5 +76,23 @@ def test_write_folder_replaces_the_old_folder_only_when_complete(tmp_path):
             (tmp / name).write_text(name)
 
     assert write_folder(folder, complete, required=("config.json", "weights.bin")) == folder
-    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "weights.bin"]  # nothing of the old one
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "config.json",
+        "weights.bin",
+    ]  # nothing of the old one
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]  # no temporary folder left
+
+
+def test_a_written_folder_gets_the_mode_of_any_new_folder(tmp_path):
+    old_umask = os.umask(0o027)
+    try:
+        folder = write_folder(tmp_path / "index", lambda tmp: (tmp / "items.json").write_text("[]"))
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o750  # 0777 less the umask, not mkdtemp's 0700
+
+
+def test_a_killed_check_leaves_no_probe_behind_the_next_check(tmp_path):
+    (tmp_path / f"{PROBE_PREFIX}abc123").write_text("")  # a run killed between creating and removing it
+    check_output_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []

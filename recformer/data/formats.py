@@ -39,6 +39,7 @@ from recformer.fileio import (
     read_bytes,
     remove_stale_temp_files,
 )
+from recformer.output_paths import check_output_dir as check_location
 
 
 @dataclass(frozen=True)
@@ -153,23 +154,12 @@ def check_output_dir(output_dir: str | os.PathLike, step: Step) -> Path:
     Also deletes the temporary files that a killed run of the step left there.
 
     Raises:
-        OSError: naming the path and the reason (it is a file, lies below a file, is not writable, or one of
-            the step's file names is taken by something that is not a file).
+        OutputPathError: naming the path and the reason (`recformer.output_paths.check_output_dir`).
+        IsADirectoryError: one of the step's file names is taken by something that is not a file.
     """
-    path = Path(output_dir)
-    if path.is_symlink() and not path.exists():
-        raise FileExistsError(errno.EEXIST, "is a broken symbolic link, not a folder", str(path))
+    path = check_location(output_dir)
     if not path.exists():
-        ancestor = next(p for p in path.absolute().parents if p.exists())
-        if not ancestor.is_dir():
-            raise NotADirectoryError(errno.ENOTDIR, f"cannot be created: {ancestor} is a file", str(path))
-        if not os.access(ancestor, os.W_OK | os.X_OK):
-            raise PermissionError(errno.EACCES, f"cannot be created: {ancestor} is not writable", str(path))
         return path
-    if not path.is_dir():
-        raise FileExistsError(errno.EEXIST, "exists and is not a folder", str(path))
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise PermissionError(errno.EACCES, "the output folder is not writable", str(path))
     for name in step.outputs:
         target = path / name
         if (target.exists() or target.is_symlink()) and not target.is_file():

@@ -252,23 +252,26 @@ RUNNERS = {
 }
 
 
-def output_problem(problem: str, taken_name: str, tmp_path: Path, monkeypatch) -> tuple[Path, str]:
+def output_problem(problem: str, taken_name: str, tmp_path: Path, read_only: Path) -> tuple[Path, str]:
     """An unusable output location: (the output folder to give, the error line it must get)."""
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    real_access = os.access
-    # Root may write anywhere, so a folder its owner may not write is simulated through os.access.
-    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
     if problem == "is_a_file":
-        return a_file, f"error: {a_file}: exists and is not a folder"
+        return a_file, f"error: {a_file}: is a file, but a folder must be written there"
     if problem == "below_a_file":
-        return a_file / "out", f"error: {a_file / 'out'}: cannot be created: {a_file} is a file"
+        return a_file / "out", f"error: {a_file / 'out'}: cannot be created: {a_file} is a file, not a folder"
     if problem == "below_a_locked_folder":
-        return locked / "out", f"error: {locked / 'out'}: cannot be created: {locked} is not writable"
+        out = read_only / "out"
+        return out, f"error: {out}: cannot be written: {read_only} is not writable (Permission denied)"
     if problem == "not_writable":
-        return locked, f"error: {locked}: the output folder is not writable"
+        return (
+            read_only,
+            f"error: {read_only}: cannot be written: {read_only} is not writable (Permission denied)",
+        )
+    if problem == "broken_link":
+        link = tmp_path / "link"
+        link.symlink_to(tmp_path / "gone")
+        return link, f"error: {link}: is a broken symbolic link"
     assert problem == "a_name_taken_by_a_folder"
     (tmp_path / "blocked" / taken_name).mkdir(parents=True)
     return (
@@ -280,10 +283,17 @@ def output_problem(problem: str, taken_name: str, tmp_path: Path, monkeypatch) -
 @pytest.mark.parametrize("command", sorted(RUNNERS))
 @pytest.mark.parametrize(
     "problem",
-    ["is_a_file", "below_a_file", "below_a_locked_folder", "not_writable", "a_name_taken_by_a_folder"],
+    [
+        "is_a_file",
+        "below_a_file",
+        "below_a_locked_folder",
+        "not_writable",
+        "broken_link",
+        "a_name_taken_by_a_folder",
+    ],
 )
 def test_output_problems_get_one_line_before_any_input_is_read(
-    command, problem, tmp_path, monkeypatch, capsys
+    command, problem, tmp_path, read_only_dir, capsys
 ):
     run, taken_name = RUNNERS[command]
     root = tmp_path / "raw"
@@ -292,7 +302,7 @@ def test_output_problems_get_one_line_before_any_input_is_read(
     for name in ("Cat_5.json.gz", "meta_Cat.json.gz"):
         truncated_gz(root / name)
     (root / "meta_data.json").write_text("{not json")
-    out, expected = output_problem(problem, taken_name, tmp_path, monkeypatch)
+    out, expected = output_problem(problem, taken_name, tmp_path, read_only_dir)
     assert run(root, out) == 1
     assert last_error_line(capsys) == expected
 

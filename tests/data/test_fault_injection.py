@@ -132,7 +132,7 @@ def test_killed_finetune_processing_never_leaves_a_mix(finetune_raw, tmp_path, o
         # The next run succeeds, clearing what the killed one left.
         process_finetune(reviews, meta, out, progress=False)
         assert finetune_view(out) == new_view
-        assert names(out) == names(new)
+        assert names(out) == names(new), point
 
 
 def pretrain_view(folder: Path):
