@@ -97,13 +97,15 @@ def cached(
     load: Callable[[Path], T],
     save: Callable[[T, Path], None],
     what: str,
+    write: bool = True,
 ) -> T:
-    """`load(path)` when the cache file exists, else `build()` and `save` it there (no cache: `path` None)."""
+    """`load(path)` when the cache file exists, else `build()` and `save` it there (no cache: `path` None;
+    `write` False: read the cache but never write it)."""
     if path is not None and path.is_file():
         logger.info("%s: reusing %s", what, path)
         return load(path)
     value = build()
-    if path is not None:
+    if path is not None and write:
         save(value, path)
         logger.info("%s: wrote %s", what, path)
     return value

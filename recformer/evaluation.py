@@ -3,11 +3,14 @@
 `encode_items` turns the tokenized catalogue into the item table (each item encoded alone as a
 one-item sequence); `evaluate` scores (history, target) pairs against every item with
 `RecformerForSeqRec.similarity_score` and averages the ranking metrics (`metrics.py`) over users.
+`encode_items_sharded` and `evaluate_sharded` are the same over the ranks of a distributed run
+(`distributed.py`): items or users split across the ranks, results gathered.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .cache import cached
 from .checkpoint import torch_load
 from .collators import EvalCollator, encode_item_sequences
@@ -23,6 +27,8 @@ from .item_tokens import TokenizedItems
 from .metrics import compute_ranks, metrics_from_ranks
 from .modeling import RecformerForSeqRec, RecformerModel
 from .tokenization import RecformerTokenizer
+
+logger = logging.getLogger(__name__)
 
 # Items scored per chunk in evaluation: bounds the intermediates of scoring a large catalogue.
 SCORE_CHUNK = 262_144
@@ -37,8 +43,23 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 def cached_item_vectors(path: Path | None, build: Callable[[], torch.Tensor]) -> torch.Tensor:
     """The item table in the disk cache file `path` (`cache.item_table_path`), or `build()` and
-    write it there (no cache: `path` None)."""
-    return cached(path, build, lambda p: torch_load(p, weights_only=True), atomic_torch_save, "item table")
+    write it there (no cache: `path` None).
+
+    In a distributed run every rank calls it: rank 0's cache decides, so the ranks either all read
+    the file or all call `build` (which may be collective, e.g. `encode_items_sharded`), and only rank 0 writes.
+    """
+
+    def load(p: Path) -> torch.Tensor:
+        return torch_load(p, weights_only=True)
+
+    if distributed.world_size() == 1 or path is None:
+        return cached(path, build, load, atomic_torch_save, "item table")
+    if distributed.broadcast_object(path.is_file()):
+        return cached(path, build, load, atomic_torch_save, "item table")  # a hit: every rank reads the file
+    table = build()
+    distributed.on_main(lambda: atomic_torch_save(table, path))
+    logger.info("item table: wrote %s", path)
+    return table
 
 
 @torch.no_grad()
@@ -83,20 +104,20 @@ def mask_history(scores: torch.Tensor, pairs: Sequence[tuple[Sequence[int], int]
 
 
 @torch.no_grad()
-def evaluate(
+def target_ranks(
     model: RecformerForSeqRec,
     pairs: Sequence[tuple[list[int], int]],
     tokenizer: RecformerTokenizer,
     table: TokenizedItems,
     batch_size: int,
     device: torch.device,
-    ks: Sequence[int],
     exclude_history: bool = False,
     amp: AmpContext = contextlib.nullcontext,
     progress: bool = True,
     desc: str = "evaluate",
-) -> dict[str, float]:
-    """Full-ranking metrics over all items for (history, target) pairs, averaged over users.
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-ranking rank of each pair's target among all items [P] and its number of unmasked items [P],
+    in pair order (`metrics.compute_ranks`).
 
     Histories are batched in order of length; with `exclude_history`, items already in a history
     are never ranked for it (`mask_history`).
@@ -105,7 +126,7 @@ def evaluate(
     model.eval()
     collator = EvalCollator(tokenizer, table)
     order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
-    ranks, n_valid = [], []
+    ranks, n_valid = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dtype=torch.long)]
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
         chunk = [pairs[i] for i in order[start : start + batch_size]]
         batch = to_device(collator(chunk), device)
@@ -119,4 +140,77 @@ def evaluate(
         ranks.append(r.cpu())
         n_valid.append(v.cpu())
     model.train(was_training)
-    return metrics_from_ranks(torch.cat(ranks), torch.cat(n_valid), ks)
+    in_order = torch.as_tensor(order, dtype=torch.long)
+    out_ranks, out_valid = torch.empty(len(pairs), dtype=torch.long), torch.empty(len(pairs), dtype=torch.long)
+    out_ranks[in_order], out_valid[in_order] = torch.cat(ranks), torch.cat(n_valid)
+    return out_ranks, out_valid
+
+
+def evaluate(
+    model: RecformerForSeqRec,
+    pairs: Sequence[tuple[list[int], int]],
+    tokenizer: RecformerTokenizer,
+    table: TokenizedItems,
+    batch_size: int,
+    device: torch.device,
+    ks: Sequence[int],
+    exclude_history: bool = False,
+    amp: AmpContext = contextlib.nullcontext,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> dict[str, float]:
+    """Full-ranking metrics over all items for (history, target) pairs, averaged over users (`target_ranks`)."""
+    ranks, n_valid = target_ranks(model, pairs, tokenizer, table, batch_size, device, exclude_history, amp, progress, desc)
+    return metrics_from_ranks(ranks, n_valid, ks)
+
+
+# -- several processes (`distributed.py`) -------------------------------------------------------
+def encode_items_sharded(
+    encoder: RecformerModel,
+    tokenizer: RecformerTokenizer,
+    table: TokenizedItems,
+    batch_size: int,
+    device: torch.device,
+    amp: AmpContext = contextlib.nullcontext,
+    progress: bool = True,
+) -> torch.Tensor:
+    """`encode_items` over the whole catalogue, split across the ranks of a distributed run [N, H].
+
+    Each rank encodes its contiguous slice of the catalogue (`distributed.shard_bounds`; length-sorted
+    within it, as `encode_items` does) and an all-gather assembles the table in catalogue order on
+    every rank. With one process this is `encode_items`. Every rank must call it.
+    """
+    if distributed.world_size() == 1:
+        return encode_items(encoder, tokenizer, table, batch_size, device, amp, progress)
+    start, end = distributed.shard_bounds(len(table))
+    local = encode_items(encoder, tokenizer, table.slice(start, end), batch_size, device, amp,
+                         progress and distributed.is_main())  # fmt: skip
+    return distributed.all_gather_rows(local)
+
+
+def evaluate_sharded(
+    model: RecformerForSeqRec,
+    pairs: Sequence[tuple[list[int], int]],
+    tokenizer: RecformerTokenizer,
+    table: TokenizedItems,
+    batch_size: int,
+    device: torch.device,
+    ks: Sequence[int],
+    exclude_history: bool = False,
+    amp: AmpContext = contextlib.nullcontext,
+    progress: bool = True,
+    desc: str = "evaluate",
+) -> dict[str, float]:
+    """`evaluate` with the users split across the ranks of a distributed run; the same numbers on every rank.
+
+    Each rank ranks the targets of its contiguous slice of `pairs`; the per-user ranks are gathered
+    in pair order and averaged once, so the metrics are those of one process whatever the size of
+    the last slice. With one process this is `evaluate`. Every rank must call it.
+    """
+    if distributed.world_size() == 1:
+        return evaluate(model, pairs, tokenizer, table, batch_size, device, ks, exclude_history, amp, progress, desc)
+    start, end = distributed.shard_bounds(len(pairs))
+    ranks, n_valid = target_ranks(model, pairs[start:end], tokenizer, table, batch_size, device, exclude_history,
+                                  amp, progress and distributed.is_main(), desc)  # fmt: skip
+    gathered = distributed.all_gather_rows(torch.stack([ranks, n_valid], dim=1))  # [P, 2]
+    return metrics_from_ranks(gathered[:, 0], gathered[:, 1], ks)

@@ -13,6 +13,11 @@ over users, ties count against the target, and the run can resume from its last 
 identical results (the data order and targets of an epoch are a function of the seed, the stage and
 the epoch; RNG states are saved).
 
+Under torchrun (`distributed.py`) every step's global batch is split across the ranks and trained
+with DistributedDataParallel, item tables are encoded and evaluation users ranked in shards, and
+only rank 0 writes files and logs. The global batches do not depend on the world size, and each
+rank's loss is weighted by its share of the global batch, so the gradients are those of one process.
+
 The reusable parts live elsewhere: arguments in `args.py`, item vectors and evaluation in
 `evaluation.py`, caches in `cache.py`, the run log in `run_log.py`, the resume file in
 `training_state.py`. This module is the recipe only; no library module imports it.
@@ -20,6 +25,7 @@ The reusable parts live elsewhere: arguments in `args.py`, item vectors and eval
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -27,8 +33,10 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,14 +44,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from . import distributed
 from .args import TARGET_METRIC, FinetuneArgs
 from .cache import item_table_path
 from .checkpoint import load_checkpoint
-from .collators import FinetuneCollator
+from .collators import FinetuneCollator, GlobalBatchCollator
 from .configuration import build_config, field_values
 from .data.finetune_reader import FinetuneData, load_finetune_data
-from .devices import autocast_context, resolve_device
-from .evaluation import cached_item_vectors, encode_items, evaluate, to_device
+from .devices import autocast_context
+from .evaluation import cached_item_vectors, encode_items_sharded, evaluate_sharded, to_device
 from .fileio import atomic_torch_save, atomic_write_json
 from .item_tokens import tokenize_catalogue
 from .metrics import format_metrics
@@ -57,7 +66,8 @@ logger = logging.getLogger(__name__)
 
 STAGE_PATIENCE = {1: 5, 2: 3}
 # Arguments whose change between a run and its resumption is worth a warning.
-RESUME_CHECKED_ARGS = ("seed", "batch_size", "gradient_accumulation_steps", "num_train_epochs", "learning_rate")
+RESUME_CHECKED_ARGS = ("seed", "batch_size", "gradient_accumulation_steps", "global_batch_size", "num_train_epochs",
+                       "learning_rate")  # fmt: skip
 
 
 def _mix_seed(*parts: int) -> int:
@@ -68,6 +78,26 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
+def check_resume_layout(saved_args: Mapping[str, Any], args: FinetuneArgs, world_size: int, global_batch: int,
+                        path: Path) -> None:  # fmt: skip
+    """Refuse a resume file saved by a run on another number of processes, unless --global_batch_size
+    keeps the global batch (and so the data of every step) as it was.
+
+    Raises:
+        ValueError: naming both world sizes and both global batches.
+    """
+    saved_world = saved_args.get("world_size", 1)  # files written before distributed runs: one process
+    saved_batch = saved_args.get("global_batch")
+    if saved_world != world_size and args.global_batch_size is None:
+        raise ValueError(
+            f"--resume: {path} was saved by a run on {saved_world} processes (global batch {saved_batch}), this run "
+            f"has {world_size} (global batch {global_batch}); pass --global_batch_size {saved_batch} to continue "
+            "it with the same global batch"
+        )
+    if saved_batch is not None and saved_batch != global_batch:
+        logger.warning("--resume: the global batch was %s, now %s", saved_batch, global_batch)
+
+
 class Finetuner:
     """Runs the whole two-stage procedure for one dataset; see the module docstring."""
 
@@ -75,17 +105,20 @@ class Finetuner:
         args.validate()
         self.args = args
         torch.manual_seed(args.seed)
-        self._setup_device()
-        self._setup_data()
-        self._setup_model()
-        self._setup_optimization()
-        self.log = RunLog(self.out_dir)
+        with distributed.fail_together():  # a setup error on any rank stops every rank
+            self._setup_device()
+            self._setup_data()
+            self._setup_model()
+            self._setup_optimization()
+        self._setup_ddp()
+        self.log = RunLog(self.out_dir, enabled=distributed.is_main())
         self.state = TrainingState(patience=STAGE_PATIENCE[1])
 
     # -- setup ---------------------------------------------------------------------------------
     def _setup_device(self) -> None:
         args = self.args
-        self.device = resolve_device(args.device)
+        self.device = distributed.rank_device(args.device)
+        self.progress = args.progress and distributed.is_main()
         if args.fp16 and self.device.type != "cuda":
             logger.warning("--fp16 needs a CUDA device; running in float32 on %s", self.device)
         self.use_scaler = args.fp16 and self.device.type == "cuda"
@@ -98,7 +131,8 @@ class Finetuner:
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
         self.out_dir = Path(args.output_dir) / self.data.name
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.cache_dir = Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache"
         self.ckpt_path = self.out_dir / args.ckpt
         self.state_path = self.out_dir / STATE_FILE
@@ -118,26 +152,42 @@ class Finetuner:
             self.model.longformer.embeddings.word_embeddings.weight.requires_grad_(False)
         self.model.to(self.device)
         self.items = tokenize_catalogue(
-            self.tokenizer, self.data.items, cache_dir=self.cache_dir, progress=args.progress
-        )
+            self.tokenizer, self.data.items, cache_dir=self.cache_dir, progress=self.progress,
+            write_cache=distributed.is_main(),
+        )  # fmt: skip
         self.train_sequences = self.data.train_sequences()
 
     def _setup_optimization(self) -> None:
         args = self.args
-        batches = math.ceil(len(self.train_sequences) / args.batch_size)
-        self.steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+        world = distributed.world_size()
+        distributed.check_world_size(len(self.train_sequences), str(Path(args.data_path) / args.train_file))
+        self.micro_batch, accumulation, self.global_batch = args.batch_layout(world)
+        logger.info("global batch %d = %d sequences x %d accumulation steps x %d processes", self.global_batch,
+                    self.micro_batch, accumulation, world)  # fmt: skip
+        self.steps_per_epoch = math.ceil(len(self.train_sequences) / self.global_batch)
         total_steps = self.steps_per_epoch * args.num_train_epochs
         # AdamW without weight decay on biases and LayerNorm weights.
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, args.weight_decay), lr=args.learning_rate)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, args.warmup_steps, max(total_steps, 1))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
 
+    def _setup_ddp(self) -> None:
+        """`train_model`, what training calls: the model in DistributedDataParallel on several processes
+        (its constructor is collective: rank 0's weights go to every rank), else the model itself."""
+        self.train_model: torch.nn.Module = self.model
+        if distributed.world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # The only buffer (position ids) is constant: no need to broadcast it before every forward.
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
+
     # -- item table ----------------------------------------------------------------------------
     def item_vectors(self) -> torch.Tensor:
         """Every item encoded by the current encoder [N, H]."""
-        return encode_items(
+        return encode_items_sharded(
             self.model.longformer, self.tokenizer, self.items, self.eval_batch_size, self.device, self.amp,
-            self.args.progress,
+            self.progress,
         )  # fmt: skip
 
     def initial_item_table(self) -> torch.Tensor:
@@ -151,11 +201,13 @@ class Finetuner:
 
     # -- saving --------------------------------------------------------------------------------
     def save_state(self) -> None:
-        """Everything needed to continue from this point (`training_state.pt`)."""
-        self.state.save(
+        """Everything needed to continue from this point (`training_state.pt`), with the world size and
+        global batch it was trained with (written by rank 0)."""
+        layout = {"world_size": distributed.world_size(), "global_batch": self.global_batch}
+        distributed.on_main(lambda: self.state.save(
             self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            scaler=self.scaler, args=asdict(self.args),
-        )  # fmt: skip
+            scaler=self.scaler, args={**asdict(self.args), **layout},
+        ))  # fmt: skip
 
     def load_state(self) -> bool:
         """Continue from `training_state.pt` (False when there is none yet)."""
@@ -166,6 +218,7 @@ class Finetuner:
             self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
         )
         self.model.to(self.device)
+        check_resume_layout(saved_args, self.args, distributed.world_size(), self.global_batch, self.state_path)
         for key in RESUME_CHECKED_ARGS:
             if saved_args.get(key) != getattr(self.args, key):
                 logger.warning("--resume: %s was %s, now %s", key, saved_args.get(key), getattr(self.args, key))
@@ -175,14 +228,17 @@ class Finetuner:
         return True
 
     def save_best(self) -> None:
-        atomic_torch_save(self.model.state_dict(), self.ckpt_path)
+        distributed.on_main(lambda: atomic_torch_save(self.model.state_dict(), self.ckpt_path))
 
     def load_best(self) -> None:
         load_checkpoint(self.model, self.ckpt_path)
         self.model.to(self.device)
 
     def export_best(self) -> None:
-        """`save_pretrained` folder of the best model, with the tokenizer files."""
+        """`save_pretrained` folder of the best model, with the tokenizer files (written by rank 0)."""
+        distributed.on_main(self._export_best)
+
+    def _export_best(self) -> None:
         folder = self.out_dir / "best_model"
         tmp = self.out_dir / ".best_model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -193,77 +249,93 @@ class Finetuner:
 
     # -- training ------------------------------------------------------------------------------
     def train_loader(self, stage: int, epoch: int) -> DataLoader:
-        """Order and targets are a function of (seed, stage, epoch), so a resumed run sees the same data."""
+        """This rank's optimizer steps of one epoch (`collators.GlobalBatchCollator`).
+
+        The user order, targets and negatives are a function of (seed, stage, epoch, step) and the
+        global batch, whatever the world size: a resumed run, or a run on another number of
+        processes with the same global batch, sees the same global batches.
+        """
         seed = _mix_seed(self.args.seed, stage, epoch)
-        collator = FinetuneCollator(self.tokenizer, self.items, random.Random(seed))
-
-        def reseed_worker(worker_id: int) -> None:
-            collator.rng.seed(_mix_seed(seed, worker_id))
-
+        order = torch.randperm(len(self.train_sequences), generator=torch.Generator().manual_seed(seed)).tolist()
+        g = self.global_batch
+        steps = [(i, [self.train_sequences[u] for u in order[a : a + g]]) for i, a in enumerate(range(0, len(order), g))]
+        negatives = max(self.config.finetune_negative_sample_size, 0)
+        collator = GlobalBatchCollator(
+            FinetuneCollator(self.tokenizer, self.items, num_negatives=negatives), seed, self.micro_batch,
+            distributed.rank(), distributed.world_size(),
+        )  # fmt: skip
         return DataLoader(
-            self.train_sequences,
-            batch_size=self.args.batch_size,
-            shuffle=True,
+            steps,
+            batch_size=None,  # each element is one whole step
             collate_fn=collator,
             num_workers=self.args.dataloader_num_workers,
-            worker_init_fn=reseed_worker if self.args.dataloader_num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),
             pin_memory=self.device.type == "cuda",
         )
 
     def train_one_epoch(self, stage: int, epoch: int) -> None:
         args = self.args
         self.model.train()
-        loader = self.train_loader(stage, epoch)
-        accum = args.gradient_accumulation_steps
-        n_batches = len(loader)
-        window_loss, window_seqs, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"stage {stage} epoch {epoch}", disable=not args.progress, unit="batch")
-        for i, batch in enumerate(bar):
-            batch = to_device(batch, self.device)
-            # the last window of an epoch may hold fewer than `accum` batches
-            group = accum if (i // accum) < (n_batches // accum) else n_batches % accum
-            with self.amp():
-                loss = self.model(**batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at stage {stage} epoch {epoch} step {self.state.global_step} "
-                    f"(batch {i}); the last good checkpoint is {self.ckpt_path}"
-                )
-            self.scaler.scale(loss / group).backward()
-            window_loss += loss.item() / group
-            window_seqs += batch["input_ids"].size(0)
-            window_tokens += int(batch["attention_mask"].sum())
-            if (i + 1) % accum == 0 or i + 1 == n_batches:
-                if args.max_grad_norm:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                scale = self.scaler.get_scale()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.scaler.get_scale() >= scale:  # fp16 skips the step when gradients overflow
-                    self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.state.global_step += 1
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                record = {
-                    "stage": stage,
-                    "epoch": epoch,
-                    "step": self.state.global_step,
-                    "loss": window_loss,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "seqs_per_s": window_seqs / elapsed,
-                    "tokens_per_s": window_tokens / elapsed,
-                }
-                self.log.log_step(record)
-                bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{record['lr']:.2e}")
-                window_loss, window_seqs, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+        # Dropout masks are a function of (seed, stage, epoch, rank), so a resumed run draws the same ones.
+        torch.manual_seed(_mix_seed(args.seed, stage, epoch, "dropout", distributed.rank()))
+        world = distributed.world_size()
+        t0 = time.perf_counter()
+        bar = tqdm(self.train_loader(stage, epoch), desc=f"stage {stage} epoch {epoch}", disable=not self.progress,
+                   unit="step")  # fmt: skip
+        for step in bar:
+            # -- distributed: each micro-batch's mean loss is weighted by its share of the global batch times
+            # the world size (DDP averages gradients over the ranks), so the gradient is the one-process
+            # gradient of the global batch's mean loss, an uneven last step included; DDP synchronises
+            # gradients on the last micro-batch of the step only.
+            totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # this rank's loss sum, sequences, tokens
+            for j, (batch, rows) in enumerate(step.micro):
+                batch = to_device(batch, self.device)
+                sync = self.train_model is self.model or j == len(step.micro) - 1
+                with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                    with self.amp():
+                        loss = self.train_model(**batch)  # mean over the micro-batch
+                    self.scaler.scale(loss * (rows * world / step.size)).backward()
+                if rows:
+                    totals[0] += loss.detach().double() * rows
+                    totals[1] += rows
+                    totals[2] += batch["attention_mask"].sum()
+            loss_sum, seqs, tokens = distributed.all_reduce_sum(totals).tolist()
+            step_loss = loss_sum / step.size  # the mean over the global batch
+            if not math.isfinite(step_loss):
+                distributed.raise_everywhere(TrainingDiverged(
+                    f"loss is {step_loss} at stage {stage} epoch {epoch} step {self.state.global_step}; "
+                    f"the last good checkpoint is {self.ckpt_path}"
+                ))  # fmt: skip
+            # -- end distributed
+            if args.max_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() >= scale:  # fp16 skips the step when gradients overflow
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.global_step += 1
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            record = {
+                "stage": stage,
+                "epoch": epoch,
+                "step": self.state.global_step,
+                "loss": step_loss,
+                "sequences": step.size,
+                "lr": self.scheduler.get_last_lr()[0],
+                "seqs_per_s": seqs / elapsed,
+                "tokens_per_s": tokens / elapsed,
+            }
+            self.log.log_step(record)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}")
+            t0 = time.perf_counter()
 
     def evaluate_split(self, split: str) -> dict[str, float]:
         pairs = self.data.dev_pairs() if split == "dev" else self.data.test_pairs()
-        return evaluate(
+        return evaluate_sharded(
             self.model, pairs, self.tokenizer, self.items, self.eval_batch_size, self.device, self.args.metric_ks,
-            self.args.exclude_history, self.amp, self.args.progress, desc=f"evaluate {split}",
+            self.args.exclude_history, self.amp, self.progress, desc=f"evaluate {split}",
         )  # fmt: skip
 
     def run_stage(self, stage: int) -> None:
@@ -300,8 +372,10 @@ class Finetuner:
     def run(self) -> dict:
         """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json."""
         args = self.args
-        atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True)
-        if not (args.resume and self.load_state()):
+        distributed.on_main(lambda: atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True))
+        with distributed.fail_together():  # an unreadable or refused resume file stops every rank
+            resumed = args.resume and self.load_state()
+        if not resumed:
             self.log.start_fresh()
             random.seed(args.seed)
             np.random.seed(args.seed % 2**32)

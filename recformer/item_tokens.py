@@ -64,6 +64,12 @@ class TokenizedItems(Sequence):
             return False
         return True
 
+    def slice(self, start: int, end: int) -> TokenizedItems:
+        """Rows [start, end) as a table of their own (row 0 is row `start`); shares the arrays."""
+        offsets = self.offsets[start : end + 1]
+        keys = self.keys[start:end] if self.keys is not None else None
+        return TokenizedItems(self.ids[offsets[0] : offsets[-1]], self.types[offsets[0] : offsets[-1]], offsets - offsets[0], keys)
+
     def lengths(self) -> np.ndarray:
         """Tokens per item [N]."""
         return np.diff(self.offsets)
@@ -94,6 +100,7 @@ def tokenize_catalogue(
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 8192,
     progress: bool = True,
+    write_cache: bool = True,
 ) -> TokenizedItems:
     """Tokenize every item once (cached on disk under `cache_dir` when given).
 
@@ -102,6 +109,7 @@ def tokenize_catalogue(
         items: attribute dicts, one per row.
         keys: optional key per row (e.g. asins) so the table can be indexed by key.
         cache_dir: folder for `items-<fingerprint>.npz`; None disables the disk cache.
+        write_cache: False: read the cache file when it exists, never write it (a rank other than 0).
     """
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
@@ -113,4 +121,4 @@ def tokenize_catalogue(
         return TokenizedItems.from_lists(encoded, keys)
 
     path = tokenized_items_path(cache_dir, tokenizer, items, keys) if cache_dir is not None else None
-    return cached(path, build, TokenizedItems.load, TokenizedItems.save, "tokenized items")
+    return cached(path, build, TokenizedItems.load, TokenizedItems.save, "tokenized items", write=write_cache)
