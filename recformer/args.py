@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .checkpoint import TRUST_CHECKPOINT_HELP
 from .configuration import DEFAULT_MODEL, REFERENCE_SCRIPT_VALUES, add_recformer_field_args
 from .devices import PRECISIONS
 
@@ -269,6 +270,7 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
     seed: int = flag(42)
     cache_dir: str | None = flag(None, "tokenized-item cache (default <output_dir>/cache)")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
+    trust_checkpoint: bool = flag(False, f"for --ckpt: {TRUST_CHECKPOINT_HELP}")
 
     def validate(self) -> None:
         """Raise a ValueError naming the flag for a value that cannot work."""

@@ -6,7 +6,8 @@
   fields that change an item's vector, and the items' text.
 
 Any change to one of those gives another file name, so a stale cache is never reused; files are
-written atomically, so a killed run never leaves a half-written one.
+written atomically, so a killed run never leaves a half-written one. A cache file that cannot be
+read (damaged, truncated, or not what it should hold) is rebuilt with a warning naming it.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def catalogue_fingerprint(items: Sequence[Mapping[str, Any]], keys: Sequence[Has
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
-    """sha256 of a checkpoint file (or of the weight files of a folder)."""
+    """sha256 (16 hex digits) of a file's bytes, or of the weight files of a checkpoint folder."""
     p = Path(path)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix in (".safetensors", ".bin"))
@@ -79,13 +80,14 @@ def tokenized_items_path(
 
 def item_table_path(
     cache_dir: str | os.PathLike,
-    checkpoint: str | os.PathLike,
+    checkpoint_fingerprint: str,
     tokenizer: Any,
     config: Any,
     items: Sequence[Mapping[str, Any]],
 ) -> Path:
-    """Cache file of the item vectors that the encoder loaded from `checkpoint` gives the catalogue."""
-    parts = [file_fingerprint(checkpoint), tokenizer_fingerprint(tokenizer), item_vector_fields(config),
+    """Cache file of the item vectors that the encoder loaded from a checkpoint (its `file_fingerprint`)
+    gives the catalogue."""
+    parts = [checkpoint_fingerprint, tokenizer_fingerprint(tokenizer), item_vector_fields(config),
              catalogue_fingerprint(items, None)]  # fmt: skip
     key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return Path(cache_dir) / f"item_table-{key}.pt"
@@ -98,12 +100,29 @@ def cached(
     save: Callable[[T, Path], None],
     what: str,
     write: bool = True,
+    agree: Callable[[bool], bool] | None = None,
 ) -> T:
-    """`load(path)` when the cache file exists, else `build()` and `save` it there (no cache: `path` None;
-    `write` False: read the cache but never write it)."""
+    """`load(path)` when the cache file exists, else `build()` and `save` it there (no cache: `path` None).
+
+    A file that `load` cannot read (it raises) is rebuilt and replaced, with a warning naming it;
+    `load` raises for content that does not fit as well (a table of the wrong size).
+
+    Args:
+        write: False: read the cache but never write it (the ranks other than 0 of a distributed run).
+        agree: for a collective `build`: maps "this process read the file" to "every process did"
+            (`distributed.all_true`), so that either all processes use the file or all call `build`.
+    """
+    value, hit = None, False
     if path is not None and path.is_file():
+        try:
+            value, hit = load(path), True
+        except Exception as e:  # noqa: BLE001 - whatever damaged the file, the cure is to rebuild it
+            logger.warning("%s: cache file %s cannot be read (%s); rebuilding it", what, path, type(e).__name__)
+    if agree is not None:
+        hit = agree(hit)
+    if hit:
         logger.info("%s: reusing %s", what, path)
-        return load(path)
+        return value  # type: ignore[return-value]
     value = build()
     if path is not None and write:
         save(value, path)

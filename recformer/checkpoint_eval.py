@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from .args import EvaluateArgs
-from .cache import item_table_path
+from .cache import file_fingerprint, item_table_path
 from .checkpoint import ITEM_TABLE_KEY, CheckpointError
 from .configuration import field_values
 from .data.finetune_reader import load_finetune_data
@@ -71,9 +71,13 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
             )
         source = "checkpoint"
     else:
-        path = item_table_path(args.cache_dir, args.ckpt, tokenizer, model.config, data.items) if args.cache_dir else None
+        path = None
+        if args.cache_dir:
+            path = item_table_path(args.cache_dir, file_fingerprint(args.ckpt), tokenizer, model.config, data.items)
         vectors = cached_item_vectors(
-            path, lambda: encode_items(model.longformer, tokenizer, items, args.batch_size, device, amp, args.progress)
+            path,
+            lambda: encode_items(model.longformer, tokenizer, items, args.batch_size, device, amp, args.progress),
+            shape=(data.num_items, model.config.hidden_size),
         )
         model.init_item_embedding(vectors)
         source = "encoded"

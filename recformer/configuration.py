@@ -88,6 +88,21 @@ def is_recformer_config_dict(config_dict: dict) -> bool:
     return all(name in config_dict for name in ("max_item_embeddings", "max_attr_num", "max_token_num"))
 
 
+def check_model_source(model_name_or_path: str | os.PathLike) -> None:
+    """Raise FileNotFoundError for a model folder that does not exist and cannot be a hub id either
+    (transformers would report it as a malformed repo id)."""
+    if Path(model_name_or_path).exists():
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(str(model_name_or_path))
+    except HFValidationError:
+        raise FileNotFoundError(
+            f"{model_name_or_path}: model folder not found (and not a Hugging Face hub id)"
+        ) from None
+
+
 def build_config(
     model_name_or_path: str | os.PathLike,
     fields: Mapping[str, Any] | None = None,
@@ -106,8 +121,10 @@ def build_config(
 
     Raises:
         ValueError: a field that cannot work (see `RecformerConfig.validate_recformer_fields`).
+        FileNotFoundError: `model_name_or_path` is neither a folder nor a hub id.
         OSError: `model_name_or_path` holds no config.
     """
+    check_model_source(model_name_or_path)
     fields = dict(fields or {})
     unknown = sorted(set(fields) - set(REFERENCE_SCRIPT_VALUES))
     if unknown:

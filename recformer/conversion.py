@@ -23,9 +23,10 @@ The file-facing steps: `write_start_point` (what `save_longformer_ckpt.py` does)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,7 @@ from .checkpoint import (
     tie_lm_head_bias,
 )
 from .configuration import RecformerConfig
+from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class ConversionReport:
     filled: list[str] = field(default_factory=list)
     restored: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    source_tensors: tuple[int, int] | None = None  # (copied, expected) tensors of a Longformer checkpoint
 
     def lines(self) -> list[str]:
         out = [f"copied: {len(self.copied)} keys"]
@@ -272,17 +275,61 @@ def to_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 MODEL_FILE = "recformer_ckpt.bin"
 SEQREC_FILE = "recformer_seqrec_ckpt.bin"
+RELEASED_FOLDERS = ("recformer", "recformer_seqrec")  # save_pretrained folders of the two forms
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """transformers logs errors only inside the block."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
 
 
 def build_start_point(
     model_name_or_path: str, config: RecformerConfig, seed: int = 42
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
-    """Load a Longformer masked-LM (hub id or local folder) and convert it with `longformer_to_pretraining`."""
+    """Load a Longformer masked-LM (hub id or local folder) and convert it with `longformer_to_pretraining`.
+
+    `from_pretrained` fills every weight the checkpoint lacks with random values and only logs it, so
+    a checkpoint of another architecture of the same size (BERT) would "load": any Longformer tensor
+    the checkpoint does not provide is refused here, naming the unmatched keys on both sides. The
+    report's `source_tensors` says how many of the expected Longformer tensors were copied.
+
+    Raises:
+        ConversionError: the checkpoint does not provide the Longformer masked-LM layout (or its shapes
+            do not fit `config`); the message names `model_name_or_path` and the keys.
+    """
     from transformers import LongformerForMaskedLM
 
-    longformer = LongformerForMaskedLM.from_pretrained(model_name_or_path)
+    with quiet_transformers():  # its load report would be noise before the one line said here
+        longformer, info = LongformerForMaskedLM.from_pretrained(model_name_or_path, output_loading_info=True)
+    state = longformer.state_dict()
+    shared: set[int] = set()
+    expected = []  # every tensor once: the tied LM-head decoder is the word embeddings under a second name
+    for key, tensor in state.items():
+        if tensor.data_ptr() not in shared:
+            shared.add(tensor.data_ptr())
+            expected.append(key)
+    missing = [k for k in expected if k in set(info["missing_keys"])]
+    if missing:
+        raise ConversionError(
+            f"{model_name_or_path}: its weights do not map onto the Longformer masked-LM layout: "
+            f"{len(missing)} of {len(expected)} Longformer tensors are not in it {_preview(missing, 6)}; "
+            f"its keys with no Longformer place: {_preview(list(info['unexpected_keys']), 6)}"
+        )
     generator = torch.Generator().manual_seed(seed)
-    return longformer_to_pretraining(longformer.state_dict(), config, generator=generator)
+    try:
+        converted, report = longformer_to_pretraining(state, config, generator=generator)
+    except ConversionError as e:
+        raise ConversionError(f"{model_name_or_path}: {e}") from None
+    report.source_tensors = (len(expected), len(expected))
+    return converted, report
 
 
 @dataclass
@@ -319,15 +366,15 @@ def write_start_point(
     from .modeling import RecformerForPretraining
     from .tokenization import RecformerTokenizer
 
+    output = check_output_file(output)  # before the (possibly large) input is read
+    folder = check_output_dir(start_point_folder(output))
     config = build_config(model_name_or_path, fields)
     state, report = build_start_point(model_name_or_path, config, seed=seed)
-    output = Path(output)
-    atomic_torch_save(to_float32(state), output)
-    folder = start_point_folder(output)
     model = RecformerForPretraining(config)
     load_checkpoint(model, state)  # validates every key and shape once more
-    model.save_pretrained(folder)
-    RecformerTokenizer.from_pretrained(model_name_or_path, config).save_pretrained(folder)
+    tokenizer = RecformerTokenizer.from_pretrained(model_name_or_path, config)
+    atomic_torch_save(to_float32(state), output)
+    save_pretrained_folder(folder, model, tokenizer)
     return StartPoint(file=output, folder=folder, num_keys=len(state), report=report)
 
 
@@ -349,6 +396,7 @@ def write_released(
     output_dir: str | os.PathLike,
     model_name_or_path: str | os.PathLike | None = None,
     restore_word_embeddings: bool | None = None,
+    trust_checkpoint: bool = False,
 ) -> ReleasedCheckpoint:
     """Turn what pretraining wrote into the released files, each checked by loading it back.
 
@@ -363,6 +411,7 @@ def write_released(
         model_name_or_path: config + tokenizer folder (default: the folder beside `start_point`).
         restore_word_embeddings: True/False forces it; None restores them when training froze them
             (the checkpoint's hyperparameters say so) or, failing that, when they are unchanged.
+        trust_checkpoint: unpickle the training checkpoint fully (see `checkpoint.torch_load`).
 
     Raises:
         CheckpointError: an unreadable or ill-fitting checkpoint, naming the keys.
@@ -373,13 +422,18 @@ def write_released(
     from .modeling import RecformerForSeqRec, RecformerModel
     from .tokenization import RecformerTokenizer
 
+    out = check_output_dir(output_dir)  # before the (possibly large) inputs are read
+    for name in (MODEL_FILE, SEQREC_FILE):
+        check_output_file(out / name)
+    for name in RELEASED_FOLDERS:
+        check_output_dir(out / name)
     config_dir = Path(model_name_or_path) if model_name_or_path else start_point_folder(start_point)
     if not (config_dir / "config.json").is_file():
         raise FileNotFoundError(
             f"{config_dir}: no config.json; pass --model_name_or_path (the folder save_longformer_ckpt.py wrote)"
         )
     config = RecformerConfig.from_pretrained(config_dir)
-    state, hparams, form = read_training_checkpoint(training_checkpoint)
+    state, hparams, form = read_training_checkpoint(training_checkpoint, trust=trust_checkpoint)
     start = read_state_dict(start_point)
     restore = restore_word_embeddings
     if restore is None and "fix_word_embedding" in hparams:
@@ -391,13 +445,11 @@ def write_released(
     seqrec = RecformerForSeqRec(config)
     load_checkpoint(seqrec, seqrec_state)
 
-    out = Path(output_dir)
+    tokenizer = RecformerTokenizer.from_pretrained(str(config_dir), config)
     atomic_torch_save(model_state, out / MODEL_FILE)
     atomic_torch_save(seqrec_state, out / SEQREC_FILE)
-    tokenizer = RecformerTokenizer.from_pretrained(str(config_dir), config)
-    for folder, net in (("recformer", model), ("recformer_seqrec", seqrec)):
-        net.save_pretrained(out / folder)
-        tokenizer.save_pretrained(out / folder)
+    for folder, net in zip(RELEASED_FOLDERS, (model, seqrec)):
+        save_pretrained_folder(out / folder, net, tokenizer)
     return ReleasedCheckpoint(
         source_form=form, source_tensors=len(state), report=report, model_keys=len(model_state),
         seqrec_keys=len(seqrec_state), output_dir=out,

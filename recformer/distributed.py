@@ -152,6 +152,11 @@ def all_gather_object(obj: T) -> list[T]:
     return out
 
 
+def all_true(flag: bool) -> bool:
+    """True when `flag` is true on every rank (collective)."""
+    return all(all_gather_object(bool(flag)))
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """The element-wise sum of `tensor` over the ranks (a new tensor on `tensor`'s device)."""
     if world_size() == 1:

@@ -24,7 +24,7 @@ from .checkpoint import torch_load
 from .collators import EvalCollator, encode_item_sequences
 from .fileio import atomic_torch_save
 from .item_tokens import TokenizedItems
-from .metrics import compute_ranks, metrics_from_ranks
+from .metrics import check_finite_scores, compute_ranks, metrics_from_ranks
 from .modeling import RecformerForSeqRec, RecformerModel
 from .tokenization import RecformerTokenizer
 
@@ -41,25 +41,24 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def cached_item_vectors(path: Path | None, build: Callable[[], torch.Tensor]) -> torch.Tensor:
+def cached_item_vectors(
+    path: Path | None, build: Callable[[], torch.Tensor], shape: tuple[int, int] | None = None
+) -> torch.Tensor:
     """The item table in the disk cache file `path` (`cache.item_table_path`), or `build()` and
-    write it there (no cache: `path` None).
+    write it there (no cache: `path` None). A cached file that is not a tensor of `shape` is rebuilt.
 
-    In a distributed run every rank calls it: rank 0's cache decides, so the ranks either all read
-    the file or all call `build` (which may be collective, e.g. `encode_items_sharded`), and only rank 0 writes.
+    In a distributed run every rank calls it: either every rank reads the file or every rank calls
+    `build` (which may be collective, e.g. `encode_items_sharded`); only rank 0 writes.
     """
 
     def load(p: Path) -> torch.Tensor:
-        return torch_load(p, weights_only=True)
+        table = torch_load(p)
+        if not isinstance(table, torch.Tensor) or (shape is not None and tuple(table.shape) != tuple(shape)):
+            raise ValueError(f"{p}: not an item table of shape {shape}")
+        return table
 
-    if distributed.world_size() == 1 or path is None:
-        return cached(path, build, load, atomic_torch_save, "item table")
-    if distributed.broadcast_object(path.is_file()):
-        return cached(path, build, load, atomic_torch_save, "item table")  # a hit: every rank reads the file
-    table = build()
-    distributed.on_main(lambda: atomic_torch_save(table, path))
-    logger.info("item table: wrote %s", path)
-    return table
+    return cached(path, build, load, atomic_torch_save, "item table", write=distributed.is_main(),
+                  agree=distributed.all_true)  # fmt: skip
 
 
 @torch.no_grad()
@@ -121,6 +120,9 @@ def target_ranks(
 
     Histories are batched in order of length; with `exclude_history`, items already in a history
     are never ranked for it (`mask_history`).
+
+    Raises:
+        NonFiniteScores: a score is NaN or infinite (the metrics would be meaningless).
     """
     was_training = model.training
     model.eval()
@@ -134,6 +136,7 @@ def target_ranks(
         with amp():
             pooled = model.longformer(**batch).pooler_output  # [B, H]
         scores = model.similarity_score(pooled.float(), chunk_size=SCORE_CHUNK)  # [B, N] float32
+        check_finite_scores(scores)
         if exclude_history:
             mask_history(scores, chunk)
         r, v = compute_ranks(scores, labels)

@@ -26,12 +26,12 @@ The reusable parts live elsewhere: arguments in `args.py`, item vectors and eval
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
+import json
 import logging
 import math
-import os
 import random
-import shutil
 import time
 from collections.abc import Mapping
 from dataclasses import asdict
@@ -46,7 +46,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import distributed
 from .args import TARGET_METRIC, FinetuneArgs
-from .cache import item_table_path
+from .cache import file_fingerprint, item_table_path, tokenizer_fingerprint
 from .checkpoint import load_checkpoint
 from .collators import FinetuneCollator, GlobalBatchCollator
 from .configuration import build_config, field_values
@@ -55,19 +55,30 @@ from .devices import autocast_context
 from .evaluation import cached_item_vectors, encode_items_sharded, evaluate_sharded, to_device
 from .fileio import atomic_torch_save, atomic_write_json
 from .item_tokens import tokenize_catalogue
-from .metrics import format_metrics
+from .metrics import NonFiniteScores, format_metrics
 from .modeling import RecformerForSeqRec
 from .optimization import parameter_groups
+from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
 from .run_log import RunLog
 from .tokenization import RecformerTokenizer
-from .training_state import STATE_FILE, TrainingState
+from .training_state import STATE_FILE, ResumeError, TrainingState
 
 logger = logging.getLogger(__name__)
 
 STAGE_PATIENCE = {1: 5, 2: 3}
-# Arguments whose change between a run and its resumption is worth a warning.
-RESUME_CHECKED_ARGS = ("seed", "batch_size", "gradient_accumulation_steps", "global_batch_size", "num_train_epochs",
-                       "learning_rate")  # fmt: skip
+BEST_MODEL_FOLDER = "best_model"  # save_pretrained folder of the best model and the tokenizer
+# Flags that cannot change a run's numbers, so they may differ between a run and its resumption: display,
+# tokenizer threads (same tokens), where caches live (keyed by content), the output folder (the resume file
+# is found in it) and the device index (the device *type* is part of the fingerprint).
+# --global_batch_size is free too: the global batch it gives is fingerprinted (see `fingerprint`).
+RESUME_FREE_FLAGS = ("progress", "preprocessing_num_workers", "cache_dir", "resume", "output_dir", "device",
+                     "global_batch_size")  # fmt: skip
+# Flags naming inputs: the fingerprint holds their content, so a moved folder with the same files resumes.
+INPUT_FLAGS = (
+    "data_path", "pretrain_ckpt", "model_name_or_path", "train_file", "dev_file", "test_file", "item2id_file", "meta_file",
+)  # fmt: skip
+# Config entries that say nothing about the numbers.
+CONFIG_NOT_FINGERPRINTED = ("transformers_version", "_name_or_path", "name_or_path", "_commit_hash")
 
 
 def _mix_seed(*parts: int) -> int:
@@ -78,24 +89,20 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-def check_resume_layout(saved_args: Mapping[str, Any], args: FinetuneArgs, world_size: int, global_batch: int,
-                        path: Path) -> None:  # fmt: skip
-    """Refuse a resume file saved by a run on another number of processes, unless --global_batch_size
-    keeps the global batch (and so the data of every step) as it was.
+def check_resume_layout(saved_args: Mapping[str, Any], args: FinetuneArgs, world_size: int, path: Path) -> None:
+    """Refuse a resume file saved by a run on another number of processes unless --global_batch_size is
+    given: without it the global batch (batch x accumulation x processes), and so every step, would change.
+    The global batch itself is part of the run's fingerprint.
 
     Raises:
-        ValueError: naming both world sizes and both global batches.
+        ResumeError: naming both world sizes.
     """
     saved_world = saved_args.get("world_size", 1)  # files written before distributed runs: one process
-    saved_batch = saved_args.get("global_batch")
     if saved_world != world_size and args.global_batch_size is None:
-        raise ValueError(
-            f"--resume: {path} was saved by a run on {saved_world} processes (global batch {saved_batch}), this run "
-            f"has {world_size} (global batch {global_batch}); pass --global_batch_size {saved_batch} to continue "
-            "it with the same global batch"
+        raise ResumeError(
+            f"--resume: {path} was saved by a run on {saved_world} processes and this run has {world_size}; pass "
+            f"--global_batch_size {saved_args.get('global_batch')} to continue it with the same global batch"
         )
-    if saved_batch is not None and saved_batch != global_batch:
-        logger.warning("--resume: the global batch was %s, now %s", saved_batch, global_batch)
 
 
 class Finetuner:
@@ -127,15 +134,21 @@ class Finetuner:
 
     def _setup_data(self) -> None:
         args = self.args
+        # the output folder is named after the data folder; checked before any input is read
+        self.out_dir = check_output_dir(Path(args.output_dir) / Path(args.data_path).name)
+        self.cache_dir = check_output_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
+        self.ckpt_path = check_output_file(self.out_dir / args.ckpt)
+        self.state_path = check_output_file(self.out_dir / STATE_FILE)
+        check_output_dir(self.out_dir / BEST_MODEL_FOLDER)
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
-        self.out_dir = Path(args.output_dir) / self.data.name
         if distributed.is_main():
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.cache_dir = Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache"
-        self.ckpt_path = self.out_dir / args.ckpt
-        self.state_path = self.out_dir / STATE_FILE
+        self.data_files = [
+            Path(args.data_path) / name
+            for name in (args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file)
+        ]
 
     def _setup_model(self) -> None:
         args = self.args
@@ -190,10 +203,29 @@ class Finetuner:
             self.progress,
         )  # fmt: skip
 
+    @functools.cached_property
+    def checkpoint_fingerprint(self) -> str:
+        """Hash of the `--pretrain_ckpt` file's bytes (read once per run)."""
+        return file_fingerprint(self.args.pretrain_ckpt)
+
+    @functools.cached_property
+    def fingerprint(self) -> dict[str, dict[str, Any]]:
+        """What produced this run's numbers (`training_state.fingerprint_differences`): every flag but
+        `RESUME_FREE_FLAGS` and `INPUT_FLAGS`, the content of every input file, the tokenizer, the
+        config, the device type and the global batch. Files are hashed once per run."""
+        flags = {k: v for k, v in asdict(self.args).items() if k not in RESUME_FREE_FLAGS + INPUT_FLAGS}
+        files = {f"data file {path.name}": file_fingerprint(path) for path in self.data_files}
+        files["checkpoint --pretrain_ckpt"] = self.checkpoint_fingerprint
+        files["tokenizer of --model_name_or_path"] = tokenizer_fingerprint(self.tokenizer)
+        config = json.loads(self.config.to_json_string(use_diff=False))
+        config = {k: v for k, v in config.items() if k not in CONFIG_NOT_FINGERPRINTED}
+        return {"flags": flags, "files": files, "config": config, "device": {"type": self.device.type},
+                "layout": {"global batch": self.global_batch}}  # fmt: skip
+
     def initial_item_table(self) -> torch.Tensor:
         """Item vectors of the pretrained encoder, cached (`cache.item_table_path`)."""
-        path = item_table_path(self.cache_dir, self.args.pretrain_ckpt, self.tokenizer, self.config, self.data.items)
-        return cached_item_vectors(path, self.item_vectors)
+        path = item_table_path(self.cache_dir, self.checkpoint_fingerprint, self.tokenizer, self.config, self.data.items)
+        return cached_item_vectors(path, self.item_vectors, shape=(self.data.num_items, self.config.hidden_size))
 
     def _set_item_table(self, table: torch.Tensor) -> None:
         self.model.init_item_embedding(table)
@@ -206,7 +238,7 @@ class Finetuner:
         layout = {"world_size": distributed.world_size(), "global_batch": self.global_batch}
         distributed.on_main(lambda: self.state.save(
             self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            scaler=self.scaler, args={**asdict(self.args), **layout},
+            scaler=self.scaler, args={**asdict(self.args), **layout}, fingerprint=self.fingerprint,
         ))  # fmt: skip
 
     def load_state(self) -> bool:
@@ -214,14 +246,12 @@ class Finetuner:
         if not self.state_path.is_file():
             logger.info("--resume: no %s yet, starting from the beginning", self.state_path)
             return False
-        self.state, saved_args = TrainingState.load(
-            self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler
-        )
+        self.state, _ = TrainingState.load(
+            self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
+            fingerprint=self.fingerprint,
+            check_args=lambda saved: check_resume_layout(saved, self.args, distributed.world_size(), self.state_path),
+        )  # fmt: skip
         self.model.to(self.device)
-        check_resume_layout(saved_args, self.args, distributed.world_size(), self.global_batch, self.state_path)
-        for key in RESUME_CHECKED_ARGS:
-            if saved_args.get(key) != getattr(self.args, key):
-                logger.warning("--resume: %s was %s, now %s", key, saved_args.get(key), getattr(self.args, key))
         self.log.trim(self.state.global_step)
         logger.info("--resume: continuing after stage %d epoch %d (step %d)", self.state.stage, self.state.epoch,
                     self.state.global_step)  # fmt: skip
@@ -236,16 +266,7 @@ class Finetuner:
 
     def export_best(self) -> None:
         """`save_pretrained` folder of the best model, with the tokenizer files (written by rank 0)."""
-        distributed.on_main(self._export_best)
-
-    def _export_best(self) -> None:
-        folder = self.out_dir / "best_model"
-        tmp = self.out_dir / ".best_model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        distributed.on_main(lambda: save_pretrained_folder(self.out_dir / BEST_MODEL_FOLDER, self.model, self.tokenizer))
 
     # -- training ------------------------------------------------------------------------------
     def train_loader(self, stage: int, epoch: int) -> DataLoader:
@@ -338,6 +359,15 @@ class Finetuner:
             self.args.exclude_history, self.amp, self.progress, desc=f"evaluate {split}",
         )  # fmt: skip
 
+    def checked_evaluation(self, split: str, what: str) -> dict[str, float]:
+        """`evaluate_split`, stopping with one line naming the evaluation (`what`: split, stage, epoch)
+        when the model's scores are not finite: metrics of such scores are never recorded or saved."""
+        try:
+            return self.evaluate_split(split)
+        except NonFiniteScores as e:
+            kept = f"{self.ckpt_path} is left as it was" if self.ckpt_path.is_file() else "no checkpoint was saved"
+            raise NonFiniteScores(f"{what}: {e}; stopped, {kept}") from None
+
     def run_stage(self, stage: int) -> None:
         args, state = self.args, self.state
         for epoch in range(state.epoch + 1, args.num_train_epochs):
@@ -347,7 +377,7 @@ class Finetuner:
             state.epoch = epoch
             if (epoch + 1) % args.verbose != 0:
                 continue
-            metrics = self.evaluate_split("dev")
+            metrics = self.checked_evaluation("dev", f"dev evaluation at stage {stage} epoch {epoch}")
             record = {"stage": stage, "epoch": epoch, "step": state.global_step, **metrics}
             state.metrics["dev"].append(record)
             self.log.log_dev(metrics, state.global_step)
@@ -372,16 +402,16 @@ class Finetuner:
     def run(self) -> dict:
         """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json."""
         args = self.args
-        distributed.on_main(lambda: atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True))
         with distributed.fail_together():  # an unreadable or refused resume file stops every rank
-            resumed = args.resume and self.load_state()
+            resumed = args.resume and self.load_state()  # a refused resumption leaves the folder as it was
+        distributed.on_main(lambda: atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True))
         if not resumed:
             self.log.start_fresh()
             random.seed(args.seed)
             np.random.seed(args.seed % 2**32)
             torch.manual_seed(args.seed)
             self._set_item_table(self.initial_item_table())
-            zero_shot = self.evaluate_split("test")
+            zero_shot = self.checked_evaluation("test", "zero-shot test evaluation (before training)")
             self.state.metrics["zero_shot_test"] = zero_shot
             logger.info("zero-shot test: %s", format_metrics(zero_shot))
             self.save_best()  # the zero-shot model is the best so far until a dev evaluation says otherwise
@@ -396,7 +426,7 @@ class Finetuner:
         if self.state.stage == 2 and not self.state.done:
             self.run_stage(2)
         self.load_best()
-        self.state.metrics["test"] = self.evaluate_split("test")
+        self.state.metrics["test"] = self.checked_evaluation("test", "final test evaluation (best checkpoint)")
         self.state.done = True
         self.log.write_metrics(self.state.metrics)
         self.save_state()

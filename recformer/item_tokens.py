@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from .cache import cached, tokenized_items_path
 from .fileio import atomic_open, dumps_json
-from .tokenization import RecformerTokenizer
+from .tokenization import RecformerTokenizer, check_item
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +113,8 @@ def tokenize_catalogue(
     """
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
+    for row, item in enumerate(items):
+        check_item(item, keys[row] if keys is not None else row)
 
     def build() -> TokenizedItems:
         encoded: list[tuple[list[int], list[int]]] = []
@@ -120,5 +122,11 @@ def tokenize_catalogue(
             encoded += tokenizer.tokenize_items(items[start : start + chunk_size], use_cache=False)
         return TokenizedItems.from_lists(encoded, keys)
 
+    def load(path: str | os.PathLike) -> TokenizedItems:
+        table = TokenizedItems.load(path)
+        if len(table) != len(items) or not int(table.offsets[-1]) == len(table.ids) == len(table.types):
+            raise ValueError(f"{path}: does not hold the {len(items)} items of this catalogue")
+        return table
+
     path = tokenized_items_path(cache_dir, tokenizer, items, keys) if cache_dir is not None else None
-    return cached(path, build, TokenizedItems.load, TokenizedItems.save, "tokenized items", write=write_cache)
+    return cached(path, build, load, TokenizedItems.save, "tokenized items", write=write_cache)

@@ -2,12 +2,14 @@
 
 `rank` is the 0-based rank of the target among all items: the number of *other* items whose score
 is greater than or equal to the target's (a tie counts against the target, so a model that scores
-everything equal does not look perfect). Items scored -inf (masked) never outrank anything.
+everything equal does not look perfect). Items scored -inf (masked) never outrank anything; an item
+scored NaN outranks the target. A target whose score is not finite (NaN, +inf, -inf) ranks last:
+every other unmasked item counts against it, so a broken model never scores a hit.
 
     NDCG@k   = 1 / log2(rank + 2) if rank < k else 0
     Recall@k = 1 if rank < k else 0
     MRR      = 1 / (rank + 1)                      (not truncated)
-    AUC      = 1 - rank / (number of items scoring above -1e4)
+    AUC      = 1 - rank / (number of items scoring above -1e4 or NaN), at least 0
 
 Every metric is averaged over users.
 """
@@ -19,6 +21,19 @@ from collections.abc import Sequence
 import torch
 
 MASK_THRESHOLD = -1e4
+
+
+class NonFiniteScores(FloatingPointError):
+    """A model produced NaN or infinite scores; metrics computed from them would be meaningless."""
+
+
+def check_finite_scores(scores: torch.Tensor) -> None:
+    """Raise `NonFiniteScores` (saying how many) when a score is NaN or infinite (before any masking)."""
+    finite = torch.isfinite(scores)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        nan = int(torch.isnan(scores).sum())
+        raise NonFiniteScores(f"{bad} of {scores.numel()} scores are not finite ({nan} NaN, {bad - nan} infinite)")
 
 
 def compute_ranks(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,11 +51,12 @@ def compute_ranks(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
     if labels.numel() and (labels.min() < 0 or labels.max() >= scores.size(1)):
         raise ValueError(f"labels must be in [0, {scores.size(1)}), got {labels.min().item()}..{labels.max().item()}")
     target = scores.gather(1, labels)  # [B, 1]
-    finite = scores > float("-inf")
-    outrank = (scores > target) | ((scores == target) & finite)  # [B, N] bool; includes the target itself
-    target_counted = (target > float("-inf")).squeeze(1).long()
-    ranks = outrank.sum(dim=1) - target_counted  # [B]
-    n_valid = (scores > MASK_THRESHOLD).sum(dim=1)  # [B]
+    nan = torch.isnan(scores)  # [B, N]
+    others = (scores != float("-inf")).scatter_(1, labels, False)  # [B, N] unmasked items (NaN too) but the target
+    # NaN compares False, so a NaN item is counted against the target explicitly
+    against = ((scores >= target) | nan) & others  # [B, N]
+    ranks = torch.where(torch.isfinite(target).squeeze(1), against.sum(dim=1), others.sum(dim=1))  # [B]
+    n_valid = ((scores > MASK_THRESHOLD) | nan).sum(dim=1)  # [B]
     return ranks, n_valid
 
 
@@ -56,7 +72,7 @@ def metrics_from_ranks(ranks: torch.Tensor, n_valid: torch.Tensor, ks: Sequence[
         out[f"NDCG@{k}"] = (hit.double() / torch.log2(ranks + 2)).mean().item()
         out[f"Recall@{k}"] = hit.double().mean().item()
     out["MRR"] = (1.0 / (ranks + 1)).mean().item()
-    out["AUC"] = (1.0 - ranks / n_valid.clamp(min=1)).mean().item()
+    out["AUC"] = (1.0 - ranks / n_valid.clamp(min=1)).clamp(min=0.0).mean().item()
     return out
 
 

@@ -10,6 +10,7 @@ the config + tokenizer to `<output_dir>/recformer_config/` and the throughput su
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -18,7 +19,12 @@ from typing import Any
 import torch
 
 from .args import DEFAULT_START, PretrainArgs
-from .checkpoint import load_checkpoint
+from .checkpoint import (
+    load_checkpoint,
+    refuse_unsafe_objects,
+    training_checkpoint_types,
+    weights_only_loading,
+)
 from .configuration import RecformerConfig, build_config, field_values, is_recformer_config_dict
 from .conversion import build_start_point
 from .devices import resolve_pretrain_hardware, set_tokenizer_threads
@@ -100,6 +106,9 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
         )
         data.load()  # fail on bad input before anything is built
         model = build_pretraining_model(args, config)
+        allowed = training_checkpoint_types(args.ckpt) if args.ckpt else []
+        if args.ckpt and not args.trust_checkpoint:
+            refuse_unsafe_objects(args.ckpt, allowed)
     except (ValueError, OSError) as e:
         raise PretrainingSetupError(str(e)) from e
 
@@ -150,7 +159,10 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
         for name, stats in data.stats.items():
             logger.info("%s data: %s", name, stats.summary())
 
-    trainer.fit(module, datamodule=data, ckpt_path=args.ckpt)
+    # Lightning (and DeepSpeed's engine) would unpickle --ckpt fully: read it weights-only instead
+    safe = args.ckpt and not args.trust_checkpoint
+    with weights_only_loading(allowed) if safe else contextlib.nullcontext():
+        trainer.fit(module, datamodule=data, ckpt_path=args.ckpt, weights_only=bool(safe))
     # The last steps since the last validation are kept too (a later --ckpt resumes from here).
     last = output_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(last)

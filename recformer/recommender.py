@@ -246,12 +246,15 @@ class Recommender:
         model.to(device)
         ids, attrs = read_items(items)
         table = tokenize_catalogue(tokenizer, attrs, keys=ids, cache_dir=cache_dir, progress=progress)
-        path = item_table_path(cache_dir, checkpoint, tokenizer, model.config, attrs) if cache_dir else None
+        checkpoint_hash = file_fingerprint(checkpoint)
+        path = item_table_path(cache_dir, checkpoint_hash, tokenizer, model.config, attrs) if cache_dir else None
         vectors = cached_item_vectors(
-            path, lambda: encode_items(model.longformer, tokenizer, table, batch_size, device, progress=progress)
+            path,
+            lambda: encode_items(model.longformer, tokenizer, table, batch_size, device, progress=progress),
+            shape=(len(ids), model.config.hidden_size),
         )
         model.init_item_embedding(vectors)
-        fingerprint = Fingerprint(file_fingerprint(checkpoint), tokenizer_fingerprint(tokenizer), item_vector_fields(model.config))
+        fingerprint = Fingerprint(checkpoint_hash, tokenizer_fingerprint(tokenizer), item_vector_fields(model.config))
         logger.info("index of %d items from %s", len(ids), checkpoint)
         return cls(model, tokenizer, table, item_digests(attrs), fingerprint, device, batch_size, progress)
 

@@ -11,6 +11,10 @@ concatenated and cut to `max_attr_length`; the first `max_attr_num` attributes a
 sequence keeps the newest `max_item_embeddings - 1` items, then every field is cut to
 `max_token_num`. Padding: ids `pad_token_id`, item positions `max_item_embeddings - 1`, token types
 3, both masks 0.
+
+Attribute keys and values may be any JSON value or odd type; `value_to_text` states how each becomes
+text (None is empty, lone surrogates become U+FFFD, ...), so no value reaches the Rust tokenizer in a
+form it rejects. An item that is not a dict is refused with a TypeError naming it.
 """
 
 from __future__ import annotations
@@ -37,15 +41,40 @@ Item = Mapping[str, Any]
 TokenizedItem = tuple[Sequence[int], Sequence[int]]  # (input_ids, token_type_ids)
 
 
+def clean_text(text: str) -> str:
+    """`text` with lone surrogates (which cannot be encoded as UTF-8) replaced by U+FFFD; a surrogate pair
+    written as two code units becomes its character. Any other text is returned as it is."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace")
+    return text
+
+
 def value_to_text(value: Any) -> str:
-    """Attribute value as text: None -> '', lists joined by spaces, anything else str()."""
+    """Attribute key or value as text that the tokenizer accepts, for any JSON value or odd type.
+
+    None -> ''; str -> itself, lone surrogates replaced by U+FFFD (`clean_text`); bytes -> UTF-8
+    decoded, invalid bytes replaced by U+FFFD; list / tuple -> the elements' text joined by spaces
+    (None elements skipped); anything else (numbers, booleans, dicts) -> str(value), cleaned.
+    """
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return clean_text(value)
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", "replace")
     if isinstance(value, (list, tuple)):
         return " ".join(value_to_text(v) for v in value if v is not None)
-    return str(value)
+    return clean_text(str(value))
+
+
+def check_item(item: Any, name: Any) -> None:
+    """Raise a TypeError naming the item (`name`: its position or key) unless it is an attribute dict."""
+    if not isinstance(item, Mapping):
+        raise TypeError(f"item {name!r}: expected a dict of attribute -> text, got {type(item).__name__}")
 
 
 def _is_pretokenized_item(x: Any) -> bool:
@@ -97,9 +126,10 @@ class RecformerTokenizer(RobertaTokenizer):
         return cache
 
     # -- items ---------------------------------------------------------------------------------
-    def item_tokenize(self, text: str) -> list[int]:
-        """Token ids of `text` alone: no special tokens, no leading space."""
-        return self._tokenizer.encode(text, add_special_tokens=False).ids
+    def item_tokenize(self, text: Any) -> list[int]:
+        """Token ids of `text` alone (any value, as `value_to_text` makes it text): no special tokens,
+        no leading space."""
+        return self._tokenizer.encode(value_to_text(text), add_special_tokens=False).ids
 
     def _item_key(self, item: Item) -> tuple:
         attrs = list(item.items())[: self.config.max_attr_num]
@@ -123,9 +153,8 @@ class RecformerTokenizer(RobertaTokenizer):
     def tokenize_items(self, items: Iterable[Item], use_cache: bool = True) -> list[tuple[list[int], list[int]]]:
         """`(input_ids, token_type_ids)` for each item, tokenizing the distinct uncached ones in one batch."""
         items = list(items)
-        for item in items:
-            if not isinstance(item, Mapping):
-                raise TypeError(f"an item must be a dict of attribute -> text, got {type(item).__name__}")
+        for i, item in enumerate(items):
+            check_item(item, i)
         keys = [self._item_key(item) for item in items]
         cache = self._item_cache() if use_cache else OrderedDict()
         todo = list(dict.fromkeys(k for k in keys if k not in cache))

@@ -1,16 +1,21 @@
 """Where a finetuning run stands, and the resume file that lets a killed run continue exactly.
 
 The resume file (`training_state.pt`) holds the `TrainingState`, the model, optimizer, scheduler
-and gradient-scaler states, every random generator's state and the run's arguments. It contains
-only tensors and plain containers (numpy's generator state is stored as lists and numbers), so it
-is read with `torch.load(..., weights_only=True)`.
+and gradient-scaler states, every random generator's state, the run's arguments and the run's
+fingerprint. It contains only tensors and plain containers (numpy's generator state is stored as
+lists and numbers), so it is read with `torch.load(..., weights_only=True)`.
+
+The fingerprint says what produced the saved state: the content of every input file, the
+tokenizer and config, the device type and every flag that changes the result. A resumption whose
+fingerprint differs is refused, naming each difference, before anything is restored; continuing
+would mix two runs in one output folder (say, the old item table evaluated on a regenerated split).
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,12 +23,40 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import load_checkpoint, torch_load
+from .checkpoint import CheckpointError, _preview, load_checkpoint, torch_load
 from .fileio import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "training_state.pt"
+PAYLOAD_KEYS = ("state", "model", "optimizer", "scheduler", "scaler", "rng", "args", "fingerprint")
+START_FRESH = "to start fresh, run without --resume"
+
+
+class ResumeError(ValueError):
+    """A resume file that cannot be used for this run; the message names the file and what to do."""
+
+
+def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
+    """What differs between two run fingerprints, one phrase per difference.
+
+    A fingerprint maps sections to {name: value}: `flags` (flag values), `files` (content hashes,
+    named by what they are), `config` (config fields) and `device` ({"type": ...}).
+    """
+    out = []
+    for section in sorted(set(saved) | set(current)):
+        old, new = saved.get(section) or {}, current.get(section) or {}
+        for name in sorted(set(old) | set(new), key=str):
+            a, b = old.get(name, "<absent>"), new.get(name, "<absent>")
+            if a == b:
+                continue
+            if section == "flags":
+                out.append(f"--{name} was {a!r}, now {b!r}")
+            elif section == "files":
+                out.append(f"{name} changed (content sha256 {str(a)[:12]}... -> {str(b)[:12]}...)")
+            else:
+                out.append(f"{section} {name} was {a!r}, now {b!r}")
+    return out
 
 
 def _empty_metrics() -> dict[str, Any]:
@@ -61,8 +94,10 @@ class TrainingState:
         scheduler: Any,
         scaler: torch.amp.GradScaler,
         args: Mapping[str, Any],
+        fingerprint: Mapping[str, Any],
     ) -> None:
-        """Write everything needed to continue from this point (atomically)."""
+        """Write everything needed to continue from this point (atomically); `fingerprint` says what
+        produced it (see the module docstring; plain values only)."""
         payload = {
             "state": asdict(self),
             "model": model.state_dict(),
@@ -71,6 +106,7 @@ class TrainingState:
             "scaler": scaler.state_dict(),
             "rng": capture_rng(),
             "args": dict(args),
+            "fingerprint": dict(fingerprint),
         }
         atomic_torch_save(payload, path)
 
@@ -83,28 +119,48 @@ class TrainingState:
         optimizer: torch.optim.Optimizer,
         scheduler: Any,
         scaler: torch.amp.GradScaler,
+        fingerprint: Mapping[str, Any],
+        check_args: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> tuple[TrainingState, dict[str, Any]]:
         """Restore the model, optimizer, scheduler, scaler and random generators from `path`.
+
+        Nothing is restored unless the file is a complete resume file whose fingerprint equals
+        `fingerprint` (the current run's). `check_args`, when given, sees the saved run's arguments
+        first and raises to refuse them (e.g. another world size).
 
         Returns:
             The saved state and the arguments of the run that saved it.
 
         Raises:
-            ValueError: the file cannot be read as a resume file (naming it).
+            ResumeError: the file is unreadable, not a resume file, written by another run setup (each
+                difference named) or does not fit the model; one line naming the file.
         """
         try:
-            payload = torch_load(Path(path), weights_only=True)
-        except Exception as e:  # noqa: BLE001 - one clear error for any unreadable file
-            raise ValueError(
-                f"{path}: cannot be read as a finetuning resume file ({type(e).__name__}); "
-                "start the run again without --resume"
-            ) from None
-        load_checkpoint(model, payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-        scaler.load_state_dict(payload["scaler"])
-        restore_rng(payload["rng"])
-        return cls(**payload["state"]), payload["args"]
+            payload = torch_load(Path(path))
+        except CheckpointError as e:  # already names the file and says what it is not
+            raise ResumeError(f"{e}; {START_FRESH}") from None
+        if not isinstance(payload, dict) or not set(PAYLOAD_KEYS) <= set(payload):
+            found = f"keys {_preview(list(map(str, payload)))}" if isinstance(payload, dict) else type(payload).__name__
+            raise ResumeError(
+                f"{path}: not a finetuning resume file of this version (expected the keys {', '.join(PAYLOAD_KEYS)}; "
+                f"found {found}); {START_FRESH}"
+            )
+        if check_args is not None:
+            check_args(payload["args"])
+        changed = fingerprint_differences(payload["fingerprint"], fingerprint)
+        if changed:
+            raise ResumeError(f"{path} was saved by a run with other inputs or flags: {'; '.join(changed)}; {START_FRESH}")
+        try:
+            state = cls(**payload["state"])
+            load_checkpoint(model, payload["model"])
+            optimizer.load_state_dict(payload["optimizer"])
+            scheduler.load_state_dict(payload["scheduler"])
+            scaler.load_state_dict(payload["scaler"])
+            restore_rng(payload["rng"])
+        except (CheckpointError, KeyError, TypeError, ValueError, RuntimeError) as e:
+            first = str(e).strip().split("\n")[0]
+            raise ResumeError(f"{path}: does not fit this run ({type(e).__name__}: {first}); {START_FRESH}") from None
+        return state, payload["args"]
 
 
 def capture_rng() -> dict[str, Any]:

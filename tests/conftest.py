@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -60,3 +61,24 @@ def config() -> RecformerConfig:
 @pytest.fixture
 def tokenizer(config) -> RecformerTokenizer:
     return RecformerTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR), config)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path) -> Path:
+    """A folder no file can be created in: a chmod-ed one, or sysfs where permissions do not bind (root)."""
+    from recformer.output_paths import OutputPathError, check_output_dir
+
+    if os.geteuid() != 0:
+        folder = tmp_path / "read-only"
+        folder.mkdir()
+        folder.chmod(0o500)
+        yield folder
+        folder.chmod(0o700)
+        return
+    folder = Path("/sys")
+    try:
+        check_output_dir(folder / "recformer-test")
+    except OutputPathError:
+        yield folder
+    else:  # pragma: no cover - a system where even sysfs is writable
+        pytest.skip("no folder is read-only for root here")

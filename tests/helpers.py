@@ -54,3 +54,21 @@ def reference_keys() -> dict[str, tuple[tuple[int, ...], str]]:
         shape, dtype = rest.rsplit(" ", 1)  # "[1, 4098] int64"
         keys[name] = (tuple(int(x) for x in shape.strip("[]").split(",")), dtype)
     return keys
+
+
+class WritesMarker:
+    """The payload of a crafted checkpoint: unpickling it creates the file `marker` (code ran)."""
+
+    def __init__(self, marker: Path):
+        self.marker = Path(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def crafted_checkpoint(path: Path, marker: Path, like: dict | None = None) -> Path:
+    """`torch.save` of `like` (default: a Lightning-like dict) with a `WritesMarker` hidden inside."""
+    import torch
+
+    torch.save({**(like or {"state_dict": {}, "epoch": 0}), "callbacks": {"x": WritesMarker(marker)}}, path)
+    return path

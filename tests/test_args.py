@@ -19,7 +19,8 @@ PRETRAIN_DEFAULTS = {
     "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "mlm_probability": 0.15, "mlm_weight": None,
     "temp": None, "fix_word_embedding": False, "valid_step": 2000, "log_step": 2000, "preprocessing_num_workers": 8,
     "dataloader_num_workers": 2, "device": "auto", "accelerator": "auto", "strategy": "auto", "num_nodes": 1,
-    "fp16": False, "precision": None, "seed": 42, "cache_dir": None, "progress": True, **RECFORMER_FIELDS,
+    "fp16": False, "precision": None, "seed": 42, "cache_dir": None, "progress": True, "trust_checkpoint": False,
+    **RECFORMER_FIELDS,
 }  # fmt: skip
 FINETUNE_REQUIRED = ["--pretrain_ckpt", "c.bin", "--data_path", "data"]
 FINETUNE_DEFAULTS = {

@@ -1,7 +1,10 @@
 """Every known checkpoint form loads; anything else fails naming keys; save_pretrained round trips."""
 
+import os
+import pickle
 import re
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +17,7 @@ from recformer import (
 )
 
 from .conftest import tiny_config
+from .helpers import crafted_checkpoint
 
 
 @pytest.fixture
@@ -137,7 +141,7 @@ def test_missing_file_and_non_checkpoint_file(tmp_path, config):
         load_checkpoint(RecformerModel(config), tmp_path / "nope.bin")
     junk = tmp_path / "junk.bin"
     junk.write_text("not a checkpoint")
-    with pytest.raises(CheckpointError, match="junk.bin: cannot be read"):
+    with pytest.raises(CheckpointError, match=r"junk.bin: not a complete PyTorch checkpoint file \(damaged, truncated or another format\)$"):
         load_checkpoint(RecformerModel(config), junk)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="folder holds none of"):
@@ -177,6 +181,7 @@ def test_unknown_extra_keys_fail_for_every_target(config, pretrain_state, target
 
 from recformer.checkpoint import (  # noqa: E402
     NEITHER,
+    UntrustedCheckpointError,
     add_encoder_prefix,
     detect_form,
     fill_position_ids,
@@ -185,7 +190,9 @@ from recformer.checkpoint import (  # noqa: E402
     start_point_folder,
     strip_wrapper_prefixes,
     tie_lm_head_bias,
+    torch_load,
     unwrap_training_container,
+    weights_only_loading,
 )
 
 
@@ -275,7 +282,7 @@ def test_read_training_checkpoint_forms(tmp_path, pretrain_state):
         read_training_checkpoint(junk)
     text = tmp_path / "text.ckpt"
     text.write_text("hello")
-    with pytest.raises(CheckpointError, match=r"text.ckpt: is neither .* \(cannot be read: UnpicklingError\)"):
+    with pytest.raises(CheckpointError, match=r"text.ckpt: is neither .*: not a complete PyTorch checkpoint file"):
         read_training_checkpoint(text)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="without DeepSpeed \\*_model_states.pt files"):
@@ -286,3 +293,49 @@ def test_read_training_checkpoint_forms(tmp_path, pretrain_state):
 
 def test_start_point_folder():
     assert str(start_point_folder("longformer_ckpt/longformer-base-4096.bin")) == "longformer_ckpt/longformer-base-4096"
+
+
+def test_a_crafted_pickle_is_refused_and_runs_nothing(tmp_path, config, pretrain_state):
+    marker = tmp_path / "code-ran"
+    crafted = crafted_checkpoint(tmp_path / "crafted.ckpt", marker, {"state_dict": dict(pretrain_state)})
+    expected = (
+        rf"{re.escape(str(crafted))}: refused: it holds Python objects besides tensors and plain data "
+        r"\(builtins.getattr, pathlib.Path, pathlib.PosixPath\), and unpickling them could run code$"
+    )
+    with pytest.raises(UntrustedCheckpointError, match=expected):
+        read_training_checkpoint(crafted)
+    with pytest.raises(UntrustedCheckpointError, match=expected):
+        load_checkpoint(RecformerForPretraining(config), crafted)
+    with pytest.raises(UntrustedCheckpointError, match=expected):
+        torch_load(crafted)
+    assert not marker.exists()
+    # only an explicit trust unpickles it, and then its code runs: what --trust_checkpoint's help warns of
+    read_training_checkpoint(crafted, trust=True)
+    assert marker.exists()
+
+
+def test_messages_never_suggest_loading_unsafely(tmp_path):
+    ndarray = tmp_path / "ndarray.pt"
+    torch.save({"x": np.zeros(2)}, ndarray)  # an object that weights-only loading refuses
+    truncated = tmp_path / "truncated.pt"
+    torch.save({"x": torch.zeros(2)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    for path in (ndarray, truncated):
+        with pytest.raises(CheckpointError) as e:
+            torch_load(path)
+        assert "weights_only" not in str(e.value) and "\n" not in str(e.value) and str(e.value).startswith(f"{path}: ")
+    with pytest.raises(UntrustedCheckpointError, match=r"\(numpy\.(core|_core)\.multiarray\._reconstruct"):
+        torch_load(ndarray)
+
+
+def test_weights_only_loading_forces_callers_that_ask_for_pickle(tmp_path):
+    """Third-party loaders (DeepSpeed's consolidation) call torch.load(weights_only=False) themselves."""
+    marker = tmp_path / "code-ran"
+    crafted = crafted_checkpoint(tmp_path / "crafted.pt", marker)
+    with weights_only_loading(), pytest.raises(pickle.UnpicklingError):
+        torch.load(crafted, weights_only=False)
+    assert not marker.exists()
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ  # the rule ends with the block
+    torch.save({"ok": torch.ones(1)}, tmp_path / "plain.pt")
+    with weights_only_loading():  # tensors and plain data still load for such a caller
+        assert torch.load(tmp_path / "plain.pt", weights_only=False)["ok"].item() == 1.0

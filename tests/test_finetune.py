@@ -330,8 +330,200 @@ def test_cli_end_to_end_prints_table(assets, tmp_path, capsys):
     assert "zero-shot test" in out and "finetuned test" in out and "NDCG@10" in out
 
 
-def test_missing_model_folder_is_a_clear_error(assets, tmp_path, capsys):
+@pytest.mark.parametrize("relative", [False, True])
+def test_missing_model_folder_is_a_clear_error(assets, tmp_path, capsys, relative):
+    """Not "Repo id must be in the form ...": the folder is named as a folder."""
+    missing = "./no_such_model" if relative else str(tmp_path / "no_such_model")
     argv = cli_args(assets, assets["data"], tmp_path / "out")
-    argv[argv.index("--model_name_or_path") + 1] = str(tmp_path / "no_such_model")
+    argv[argv.index("--model_name_or_path") + 1] = missing
     code, err = run_cli(argv, capsys)
-    assert code == 2 and err.startswith("error:") and "Traceback" not in err
+    assert code == 2 and "Traceback" not in err
+    assert err == f"error: {missing}: model folder not found (and not a Hugging Face hub id)\n"
+
+
+@pytest.mark.parametrize("problem", ["output_dir is a file", "best_model.bin is a folder", "best_model is a file",
+                                     "not writable"])  # fmt: skip
+def test_output_problems_stop_finetuning_before_any_input_is_read(assets, tmp_path, capsys, problem, request):
+    out = tmp_path / "out"
+    if problem == "output_dir is a file":
+        out.write_text("x")
+        expected = f"{out / 'Tiny'}: cannot be created: {out} is a file, not a folder"
+    elif problem == "best_model.bin is a folder":
+        (out / "Tiny" / "best_model.bin").mkdir(parents=True)
+        expected = f"{out / 'Tiny' / 'best_model.bin'}: is a folder, but a file must be written there"
+    elif problem == "best_model is a file":
+        (out / "Tiny").mkdir(parents=True)
+        (out / "Tiny" / "best_model").write_text("x")
+        expected = f"{out / 'Tiny' / 'best_model'}: is a file, but a folder must be written there"
+    else:
+        folder = request.getfixturevalue("read_only_dir")
+        out = folder / "out"
+        expected = f"{out / 'Tiny'}: cannot be written: {folder} is not writable (Permission denied)"
+    argv = cli_args(assets, assets["data"], out)
+    argv[argv.index("--pretrain_ckpt") + 1] = str(tmp_path / "never-read.bin")  # the output is checked first
+    code, err = run_cli(argv, capsys)
+    assert (code, err) == (2, f"error: {expected}\n")
+
+
+@pytest.mark.parametrize(
+    "broken, message",
+    [
+        (lambda calls: len(calls) == 1, r"zero-shot test evaluation \(before training\)"),
+        (lambda calls: len(calls) == 3, r"dev evaluation at stage 1 epoch 1"),
+        (lambda calls: calls[-1][0] == "test" and len(calls) > 1, r"final test evaluation \(best checkpoint\)"),
+    ],
+    ids=["zero-shot", "dev", "final-test"],
+)
+def test_non_finite_scores_stop_the_run_and_keep_the_last_good_checkpoint(
+    assets, tmp_path, monkeypatch, capsys, broken, message
+):
+    """A model whose scores are NaN would rank every target first; the run must stop instead."""
+    calls, saved = [], []
+    evaluate_split, similarity_score, save_best = Finetuner.evaluate_split, RecformerForSeqRec.similarity_score, Finetuner.save_best
+
+    def spy_evaluate(self, split):
+        calls.append((split, self.state.stage, self.state.epoch))
+        return evaluate_split(self, split)
+
+    def nan_in_evaluation(self, pooled, candidates=None, chunk_size=None):
+        scores = similarity_score(self, pooled, candidates, chunk_size)
+        return scores * float("nan") if chunk_size is not None and broken(calls) else scores
+
+    def spy_save(self):
+        save_best(self)
+        saved.append(self.ckpt_path.read_bytes())
+
+    monkeypatch.setattr(Finetuner, "evaluate_split", spy_evaluate)
+    monkeypatch.setattr(RecformerForSeqRec, "similarity_score", nan_in_evaluation)
+    monkeypatch.setattr(Finetuner, "save_best", spy_save)
+    argv = cli_args(assets, assets["data"], tmp_path, "--num_train_epochs", "2", "--verbose", "1", "--batch_size", "8",
+                    "--finetune_negative_sample_size", "-1")  # fmt: skip
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and "Traceback" not in err
+    assert re.fullmatch(rf"error: {message}: \d+ of \d+ scores are not finite \(\d+ NaN, 0 infinite\); stopped, .*\n", err), err
+    folder = tmp_path / "Tiny"
+    best = folder / "best_model.bin"
+    if saved:
+        assert best.read_bytes() == saved[-1] and f"{best} is left as it was" in err
+    else:
+        assert not best.exists() and "no checkpoint was saved" in err
+    if (folder / "metrics.json").is_file():
+        text = (folder / "metrics.json").read_text()
+        assert "NaN" not in text and json.loads(text)["test"] is None
+
+
+@pytest.mark.parametrize("damage", ["truncated", "wrong shape"])
+def test_unreadable_item_table_cache_is_rebuilt_with_a_warning(assets, tmp_path, caplog, damage):
+    cache = tmp_path / "cache"
+    table = Finetuner(make_args(assets, tmp_path / "a", cache_dir=str(cache), num_train_epochs=0)).initial_item_table()
+    (path,) = cache.glob("item_table-*.pt")
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        torch.save(torch.zeros(3, 32), path)
+    with caplog.at_level("WARNING", logger="recformer.cache"):
+        rebuilt = Finetuner(make_args(assets, tmp_path / "b", cache_dir=str(cache), num_train_epochs=0)).initial_item_table()
+    assert f"item table: cache file {path} cannot be read" in caplog.text
+    torch.testing.assert_close(rebuilt, table)
+    assert torch.equal(torch.load(path, weights_only=True), rebuilt)  # the damaged file was replaced
+
+
+@pytest.fixture(scope="module")
+def finished_run(assets, tmp_path_factory):
+    """The output folder of a finished CLI run (no training epochs) on assets["data"]."""
+    out = tmp_path_factory.mktemp("finished")
+    assert finetune_cli.main(cli_args(assets, assets["data"], out)) == 0
+    return out
+
+
+def resume(assets, finished_run, tmp_path, capsys, data=None, *extra, progress=True):
+    """Resume a copy of `finished_run` with `extra` flags: (exit code, stderr, the copy's run folder)."""
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    argv = cli_args(assets, data or assets["data"], out, "--resume", *extra)
+    if not progress:
+        argv.remove("--no_progress")
+    code, err = run_cli(argv, capsys)
+    return code, err, out / "Tiny"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+
+
+def refused_resume(code: int, err: str, folder: Path, before: dict[str, bytes]) -> str:
+    assert code == 2 and "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {folder / 'training_state.pt'}"), err
+    assert lines[0].endswith("; to start fresh, run without --resume")
+    assert snapshot(folder) == before  # args.json, metrics.json and the checkpoints are untouched
+    return lines[0]
+
+
+def test_resume_on_a_regenerated_data_folder_is_refused(assets, finished_run, tmp_path, capsys):
+    regenerated = make_dataset(tmp_path / "data", name="Tiny", seed=1)  # same name, another split and catalogue
+    before = snapshot(finished_run / "Tiny")
+    code, err, folder = resume(assets, finished_run, tmp_path, capsys, regenerated)
+    line = refused_resume(code, err, folder, before)
+    for name in ("train.json", "val.json", "test.json", "meta_data.json"):
+        assert re.search(rf"data file {name} changed \(content sha256 [0-9a-f]{{12}}\.\.\. -> [0-9a-f]{{12}}\.\.\.\)", line)
+    assert "smap.json" not in line  # the same 30 item ids
+
+
+@pytest.mark.parametrize(
+    "flags, phrase",
+    [
+        (["--learning_rate", "1e-4"], "--learning_rate was 5e-05, now 0.0001"),
+        (["--batch_size", "4"], "--batch_size was 16, now 4"),
+        (["--gradient_accumulation_steps", "2"], "--gradient_accumulation_steps was 8, now 2"),
+        (["--num_train_epochs", "3"], "--num_train_epochs was 0, now 3"),
+        (["--max_attr_num", "2"], "config max_attr_num was 3, now 2; "),  # and the flag: was None, now 2
+        (["--dataloader_num_workers", "1"], "--dataloader_num_workers was 0, now 1"),  # targets are drawn per worker
+    ],
+)
+def test_resume_with_a_flag_that_changes_the_result_is_refused(assets, finished_run, tmp_path, capsys, flags, phrase):
+    before = snapshot(finished_run / "Tiny")
+    code, err, folder = resume(assets, finished_run, tmp_path, capsys, None, *flags)
+    assert phrase in refused_resume(code, err, folder, before)
+
+
+def test_resume_with_another_checkpoint_is_refused(assets, finished_run, tmp_path, capsys):
+    other = make_pretrained_checkpoint(tmp_path, seed=1)
+    before = snapshot(finished_run / "Tiny")
+    code, err, folder = resume(assets, finished_run, tmp_path, capsys, None, "--pretrain_ckpt", str(other))
+    assert "checkpoint --pretrain_ckpt changed (content sha256" in refused_resume(code, err, folder, before)
+
+
+def test_resume_may_change_the_flags_that_cannot_change_the_result(assets, finished_run, tmp_path, capsys):
+    import shutil
+
+    moved = tmp_path / "elsewhere" / "Tiny"
+    shutil.copytree(assets["data"], moved)  # the same files in another folder
+    free = ["--preprocessing_num_workers", "2", "--cache_dir", str(tmp_path / "cache"), "--device", "cpu"]
+    code, err, folder = resume(assets, finished_run, tmp_path, capsys, moved, *free, progress=False)
+    assert code == 0, err
+    assert json.loads((folder / "metrics.json").read_text()) == json.loads((finished_run / "Tiny" / "metrics.json").read_text())
+    assert json.loads((folder / "args.json").read_text())["preprocessing_num_workers"] == 2
+
+
+@pytest.mark.parametrize("damage", ["truncated", "crafted"])
+def test_resume_from_an_unusable_state_file_is_one_line(assets, finished_run, tmp_path, capsys, damage):
+    import shutil
+
+    from .helpers import crafted_checkpoint
+
+    copy = tmp_path / "template"
+    shutil.copytree(finished_run, copy)
+    state = copy / "Tiny" / "training_state.pt"
+    marker = tmp_path / "code-ran"
+    if damage == "truncated":
+        state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    else:
+        crafted_checkpoint(state, marker)
+    before = snapshot(copy / "Tiny")
+    code, err, folder = resume(assets, copy, tmp_path, capsys)
+    line = refused_resume(code, err, folder, before)
+    expected = "not a complete PyTorch checkpoint file" if damage == "truncated" else "refused: it holds Python objects"
+    assert expected in line and not marker.exists()

@@ -3,7 +3,13 @@ import math
 import pytest
 import torch
 
-from recformer.metrics import compute_ranks, metrics_from_ranks, ranking_metrics
+from recformer.metrics import (
+    NonFiniteScores,
+    check_finite_scores,
+    compute_ranks,
+    metrics_from_ranks,
+    ranking_metrics,
+)
 
 
 def test_hand_computed_values_two_users():
@@ -62,3 +68,39 @@ def test_bad_labels_raise():
         ranking_metrics(torch.zeros(2, 3), torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="2 labels for 1"):
         ranking_metrics(torch.zeros(1, 3), torch.tensor([0, 1]))
+
+
+def test_a_non_finite_target_ranks_last_and_never_scores_a_hit():
+    nan, inf = float("nan"), float("inf")
+    everything_nan = torch.full((2, 5), nan)
+    ranks, _ = compute_ranks(everything_nan, torch.tensor([1, 3]))
+    assert ranks.tolist() == [4, 4]
+    m = ranking_metrics(everything_nan, torch.tensor([1, 3]), ks=(1, 4))
+    assert m["NDCG@1"] == 0.0 and m["Recall@4"] == 0.0 and m["MRR"] == pytest.approx(1 / 5)
+    assert m["AUC"] == pytest.approx(1 - 4 / 5)
+    scores = torch.tensor(
+        [
+            [0.1, nan, 0.3, 0.2],  # NaN target: last among the 4
+            [0.1, inf, 0.3, 0.2],  # +inf target: last
+            [0.1, -inf, 0.3, 0.2],  # -inf target: last
+            [-inf, nan, -inf, 0.2],  # NaN target with two masked items: only item 3 counts
+            [0.1, 0.5, nan, 0.2],  # finite target, one NaN item: the NaN item counts against it
+        ]
+    )
+    ranks, n_valid = compute_ranks(scores, torch.tensor([1, 1, 1, 1, 1]))
+    assert ranks.tolist() == [3, 3, 3, 1, 1]
+    assert n_valid.tolist() == [4, 4, 3, 2, 4]
+    assert ranking_metrics(scores[:4], torch.tensor([1, 1, 1, 1]), ks=(1,))["Recall@1"] == 0.0
+
+
+def test_auc_is_never_negative():
+    scores = torch.tensor([[0.5, -1.5e4, -2e4]])  # two items above the target, one of them below -1e4
+    ranks, n_valid = compute_ranks(scores, torch.tensor([2]))
+    assert (ranks.tolist(), n_valid.tolist()) == ([2], [1])  # 1 - 2 / 1 would be -1
+    assert ranking_metrics(scores, torch.tensor([2]), ks=(1,))["AUC"] == 0.0
+
+
+def test_check_finite_scores_counts_nan_and_inf():
+    check_finite_scores(torch.tensor([[0.0, -1e30, 1e30]]))  # finite: no error
+    with pytest.raises(NonFiniteScores, match=r"^3 of 4 scores are not finite \(2 NaN, 1 infinite\)$"):
+        check_finite_scores(torch.tensor([[float("nan"), 0.0], [float("-inf"), float("nan")]]))

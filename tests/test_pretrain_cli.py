@@ -153,12 +153,18 @@ def test_convert_lightning_checkpoint(ws):
     load_checkpoint(seqrec, out / "recformer_seqrec_ckpt.bin")
 
 
-def test_convert_deepspeed_zero2_folder(ws):
-    """A real ZeRO-2 checkpoint written by DeepSpeed's engine on CPU (gloo), in a subprocess."""
+@pytest.fixture(scope="module")
+def zero2(ws) -> Path:
+    """A real ZeRO-2 checkpoint folder written by DeepSpeed's engine on CPU (gloo), in a subprocess."""
     pytest.importorskip("deepspeed")
     folder = ws["root"] / "ds" / "last.ckpt"
     ok(run("-m", "tests.zero2_checkpoint", ws["start"].with_name(ws["start"].stem), ws["data"]["train"].parent, folder))
     assert (folder / "latest").is_file() and list(folder.glob("checkpoint/*optim_states.pt"))
+    return folder
+
+
+def test_convert_deepspeed_zero2_folder(ws, zero2):
+    folder = zero2
     out = ws["root"] / "released-ds"
     log = ok(run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", folder, "--longformer_ckpt", ws["start"],
                  "--output_dir", out))  # fmt: skip
@@ -226,3 +232,72 @@ def test_finetune_takes_the_converted_checkpoint(ws, tmp_path):
                  "--model_name_or_path", released / "recformer_seqrec", "--output_dir", tmp_path / "ft",
                  "--device", "cpu", "--num_train_epochs", "1", "--batch_size", "8", "--gradient_accumulation_steps", "1", "--no_progress"))  # fmt: skip
     assert "zero-shot test" in log and "NDCG@10" in log
+
+
+def test_real_checkpoints_hold_only_the_allow_listed_python_types(ws, zero2):
+    """What weights-only loading must allow: nothing for a Lightning .ckpt, `deepspeed_checkpoint_types` for ZeRO."""
+    from torch.serialization import get_unsafe_globals_in_checkpoint
+
+    from recformer.checkpoint import deepspeed_checkpoint_types
+
+    assert get_unsafe_globals_in_checkpoint(ws["out"] / "checkpoints" / "last.ckpt") == []
+    found = {name for f in zero2.glob("checkpoint/*_states.pt") for name in get_unsafe_globals_in_checkpoint(f)}
+    allowed = {f"{t.__module__}.{t.__qualname__}" for t in deepspeed_checkpoint_types()}
+    assert found and found <= allowed, found - allowed
+
+
+def refused(result: subprocess.CompletedProcess, path: Path) -> str:
+    """The one error line of a command that refused a crafted checkpoint file."""
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {path}: refused: it holds Python objects"), result.stderr
+    assert "weights_only" not in result.stdout + result.stderr
+    return errors[0]
+
+
+def test_convert_refuses_a_crafted_lightning_checkpoint(ws, tmp_path):
+    from .helpers import crafted_checkpoint
+
+    marker = tmp_path / "code-ran"
+    trained = torch.load(ws["out"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    crafted = crafted_checkpoint(tmp_path / "crafted.ckpt", marker, trained)
+    result = run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", crafted, "--longformer_ckpt", ws["start"],
+                 "--output_dir", tmp_path / "out")  # fmt: skip
+    refused(result, crafted)
+    assert not marker.exists() and not (tmp_path / "out" / "recformer_ckpt.bin").exists()
+
+
+@pytest.mark.parametrize("shard", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_convert_refuses_a_crafted_deepspeed_folder(ws, zero2, tmp_path, shard):
+    import shutil
+
+    from .helpers import crafted_checkpoint
+
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "last.ckpt"
+    shutil.copytree(zero2, folder)
+    path = folder / "checkpoint" / shard
+    crafted_checkpoint(path, marker, torch.load(path, map_location="cpu", weights_only=False))  # our own real file
+    result = run(ROOT / "convert_pretrain_ckpt.py", "--lightning_ckpt", folder, "--longformer_ckpt", ws["start"],
+                 "--output_dir", tmp_path / "out")  # fmt: skip
+    refused(result, path)
+    assert not marker.exists()
+
+
+def test_trust_checkpoint_help_says_what_it_risks():
+    from recformer.cli.convert_pretrain_ckpt import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "--trust_checkpoint" in text and "runs any code it likes while it loads" in text
+
+
+def test_resume_refuses_a_crafted_checkpoint(ws, tmp_path):
+    """Lightning would unpickle --ckpt fully (weights_only defaults to False there)."""
+    from .helpers import crafted_checkpoint
+
+    marker = tmp_path / "code-ran"
+    trained = torch.load(ws["out"] / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    crafted = crafted_checkpoint(tmp_path / "last.ckpt", marker, trained)
+    result = run(*pretrain_args(ws, tmp_path / "resumed", "--max_steps", str(STEPS + 1), "--ckpt", crafted))
+    refused(result, crafted)
+    assert not marker.exists()

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from recformer import RecformerTokenizer
+from recformer.item_tokens import tokenize_catalogue
 
 from .conftest import TINY_TOKENIZER_DIR, tiny_config
 
@@ -135,6 +136,16 @@ def test_each_distinct_item_tokenized_once():
         ({"title": 12}, [TITLE, byte("1"), byte("2")]),  # numbers become text
         ({"title": ["red", "b"]}, [TITLE, RED, 36, byte("b")]),  # lists joined by spaces ('Ġ' is 36)
         ({"title": "é"}, [TITLE, 4 + 0xC3, 4 + 0xA9]),  # unicode as UTF-8 bytes
+        # a lone surrogate (from a JSON escape such as \ud800) becomes U+FFFD (UTF-8 EF BF BD)
+        ({"title": "r\ud800b"}, [TITLE, byte("r"), 4 + 0xEF, 4 + 0xBF, 4 + 0xBD, byte("b")]),
+        ({"title": "\ud83d\ude00"}, [TITLE, 4 + 0xF0, 4 + 0x9F, 4 + 0x98, 4 + 0x80]),  # a pair is its character
+        ({"\udfff": "red"}, [4 + 0xEF, 4 + 0xBF, 4 + 0xBD, RED]),  # keys are cleaned too
+        ({"title": b"red"}, [TITLE, RED]),  # bytes are UTF-8 text
+        ({"title": b"r\xffb"}, [TITLE, byte("r"), 4 + 0xEF, 4 + 0xBF, 4 + 0xBD, byte("b")]),  # invalid bytes: U+FFFD
+        ({"title": 1.5, "brand": True}, [TITLE, byte("1"), byte("."), byte("5"), BRAND, byte("T"), byte("r"), byte("u"),
+                                         byte("e")]),  # fmt: skip
+        ({"title": {"a": 1}}, [TITLE, *make().item_tokenize("{'a': 1}")]),  # anything else: str()
+        ({"title": ["red", None, 2]}, [TITLE, RED, 36, byte("2")]),  # None list elements skipped
     ],
 )
 def test_odd_values_encode(item, expected_ids):
@@ -154,6 +165,24 @@ def test_bad_items_raise_clear_errors():
         tok("red shoe")
     with pytest.raises(TypeError, match="item 0 of the sequence"):
         tok.encode([[1, 2, 3]])
+    with pytest.raises(TypeError, match=r"^item 1: expected a dict of attribute -> text, got NoneType$"):
+        tok.tokenize_items([{"title": "red"}, None])
+
+
+def test_a_catalogue_with_a_non_dict_item_is_refused_naming_the_item():
+    with pytest.raises(TypeError, match=r"^item 'B2': expected a dict of attribute -> text, got list$"):
+        tokenize_catalogue(make(), [{"title": "red"}, {}, ["red"]], keys=["B0", "B1", "B2"], progress=False)
+    with pytest.raises(TypeError, match=r"^item 0: expected a dict of attribute -> text, got str$"):
+        tokenize_catalogue(make(), ["red"], progress=False)
+
+
+def test_odd_text_in_a_whole_batch_tokenizes_every_item():
+    """One bad string among many must not abort the Rust batch call half-way."""
+    tok = make()
+    items = [{"title": "red"}, {"title": "x\ud800"}, {"brand": None}, {"title": b"\xff"}]
+    table = tokenize_catalogue(tok, items, progress=False)
+    assert [table[i][0] for i in range(4)] == [tok.encode_item(item)[0] for item in items]
+    assert table[0][0] == [TITLE, RED]
 
 
 def test_plain_text_call_still_works():

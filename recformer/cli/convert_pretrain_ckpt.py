@@ -18,6 +18,8 @@ import argparse
 import logging
 import sys
 
+from recformer.checkpoint import TRUST_CHECKPOINT_HELP
+
 RESTORE_CHOICES = {"auto": None, "yes": True, "no": False}
 
 
@@ -30,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config + tokenizer folder (default: the save_pretrained folder beside --longformer_ckpt)")
     p.add_argument("--restore_word_embeddings", choices=tuple(RESTORE_CHOICES), default="auto",
                    help="take the word embeddings from the start point: auto = when frozen in training or absent")
+    p.add_argument("--trust_checkpoint", action="store_true", help=TRUST_CHECKPOINT_HELP)
     return p
 
 
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         released = write_released(
             args.lightning_ckpt, args.longformer_ckpt, args.output_dir, args.model_name_or_path,
-            restore_word_embeddings=RESTORE_CHOICES[args.restore_word_embeddings],
+            restore_word_embeddings=RESTORE_CHOICES[args.restore_word_embeddings], trust_checkpoint=args.trust_checkpoint,
         )  # fmt: skip
     except (OSError, ValueError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)

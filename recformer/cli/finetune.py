@@ -23,7 +23,7 @@ from recformer.checkpoint import CheckpointError
 from recformer.data.finetune_reader import DataError
 from recformer.devices import set_tokenizer_threads
 from recformer.finetune import Finetuner, TrainingDiverged
-from recformer.metrics import format_metrics_table
+from recformer.metrics import NonFiniteScores, format_metrics_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.init_from_env(args.device)
         finetuner = Finetuner(args)
         metrics = finetuner.run()
-    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, distributed.RankFailure) as e:
+    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores, distributed.RankFailure) as e:
         if line := distributed.error_line(e):
             print(line, file=sys.stderr, flush=True)
         return 2

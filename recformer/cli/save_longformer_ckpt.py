@@ -35,10 +35,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         start = write_start_point(args.model_name_or_path, args.output, field_values(args), seed=args.seed)
-    except (ValueError, OSError) as e:
-        print(f"error: {args.model_name_or_path}: {e}", file=sys.stderr)
+    except (ValueError, OSError) as e:  # the library's messages name the path
+        print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"start point from {args.model_name_or_path}:")
+    print("start point from {}: copied {} of {} Longformer tensors".format(args.model_name_or_path, *start.report.source_tensors))
     for line in start.report.lines():
         print(f"  {line}")
     print(f"wrote {start.file} ({start.num_keys} keys) and {start.folder}/ (config, weights, tokenizer)")

@@ -1,0 +1,116 @@
+"""Output locations checked before any input is read, and folders written completely or not at all.
+
+A command that can only fail at the end (after reading a large checkpoint) because its output path is
+blocked must say so at once, in one line naming the path: `check_output_file` / `check_output_dir`
+refuse a path that is the wrong kind of thing (a folder where a file goes, a file where a folder
+goes), that lies below a file, or whose nearest existing folder cannot be written (tried by creating
+a file there, so it holds for root and read-only file systems too).
+
+`write_folder` fills a temporary sibling and renames it into place once every required file is in
+it: `save_pretrained` logs an error and returns when its path is a file, and a killed export would
+leave half a folder; neither can leave a folder that looks complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+# What a save_pretrained folder of a model and its tokenizer holds at least.
+PRETRAINED_FOLDER_FILES = ("config.json", "tokenizer_config.json")
+
+
+class OutputPathError(ValueError):
+    """An output location that cannot be written; the message names the path and the reason."""
+
+
+def _nearest_existing(path: Path) -> Path:
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            return candidate
+    return Path(".")  # pragma: no cover - the root always exists
+
+
+def _check_writable(path: Path, folder: Path) -> None:
+    """Create (and remove) a file in `folder` to learn whether `path` can be written there."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    except OSError as e:
+        raise OutputPathError(f"{path}: cannot be written: {folder} is not writable ({e.strerror})") from None
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+
+
+def _check(path: str | os.PathLike, is_dir: bool) -> Path:
+    path = Path(path)
+    if path.exists():
+        if path.is_dir() != is_dir:
+            kind, needed = ("a file", "a folder") if is_dir else ("a folder", "a file")
+            raise OutputPathError(f"{path}: is {kind}, but {needed} must be written there")
+        _check_writable(path, path if is_dir else path.parent)
+        return path
+    existing = _nearest_existing(path.parent)
+    if not existing.is_dir():
+        raise OutputPathError(f"{path}: cannot be created: {existing} is a file, not a folder")
+    _check_writable(path, existing)
+    return path
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """`path` as a Path when a file can be written there; else OutputPathError naming it and why."""
+    return _check(path, is_dir=False)
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """`path` as a Path when a folder can be written there (it may exist); else OutputPathError naming it and why."""
+    return _check(path, is_dir=True)
+
+
+def write_folder(folder: str | os.PathLike, write: Callable[[Path], None], required: Sequence[str] = ()) -> Path:
+    """Write a folder completely or not at all.
+
+    `write(tmp)` fills a temporary sibling; once it holds every name in `required`, it replaces
+    `folder` (an older folder there is removed only after the new one is in place).
+
+    Raises:
+        OutputPathError: `folder` cannot be written, or `write` left a required file out.
+    """
+    folder = check_output_dir(folder)
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    old = folder.with_name(f".{folder.name}.old")
+    for leftover in (tmp, old):  # from a killed earlier run
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        write(tmp)
+        missing = [name for name in required if not (tmp / name).exists()]
+        if missing:
+            raise OutputPathError(f"{folder}: writing it failed: {', '.join(missing)} missing")
+        if folder.exists():
+            os.replace(folder, old)
+        try:
+            os.replace(tmp, folder)
+        except OSError:
+            if old.exists():  # put the previous folder back
+                os.replace(old, folder)
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def save_pretrained_folder(folder: str | os.PathLike, model: Any, tokenizer: Any) -> Path:
+    """`save_pretrained` of a model and its tokenizer into `folder`, completely or not at all (`write_folder`)."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return write_folder(folder, write, required=PRETRAINED_FOLDER_FILES)

@@ -1,0 +1,64 @@
+"""Output locations checked before any input is read; folders written completely or not at all."""
+
+from __future__ import annotations
+
+import pytest
+
+from recformer.output_paths import OutputPathError, check_output_dir, check_output_file, write_folder
+
+
+def test_writable_locations_pass(tmp_path):
+    existing = tmp_path / "model.bin"
+    existing.write_text("old")  # an existing file may be replaced
+    assert check_output_file(existing) == existing
+    assert check_output_file(tmp_path / "new" / "deeper" / "model.bin") == tmp_path / "new" / "deeper" / "model.bin"
+    assert check_output_dir(tmp_path) == tmp_path
+    assert check_output_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "new").exists() and not (tmp_path / "a").exists()  # checking creates nothing
+    assert [p.name for p in tmp_path.iterdir()] == ["model.bin"]  # the write test left no file behind
+
+
+def test_blocked_locations_name_the_path_and_the_reason(tmp_path, read_only_dir):
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+    cases = [
+        (check_output_file, tmp_path / "folder", f"{tmp_path / 'folder'}: is a folder, but a file must be written there"),
+        (check_output_dir, tmp_path / "file", f"{tmp_path / 'file'}: is a file, but a folder must be written there"),
+        (check_output_file, tmp_path / "file" / "a" / "m.bin",
+         f"{tmp_path / 'file' / 'a' / 'm.bin'}: cannot be created: {tmp_path / 'file'} is a file, not a folder"),
+        (check_output_dir, tmp_path / "file" / "a",
+         f"{tmp_path / 'file' / 'a'}: cannot be created: {tmp_path / 'file'} is a file, not a folder"),
+        (check_output_dir, read_only_dir / "out",
+         f"{read_only_dir / 'out'}: cannot be written: {read_only_dir} is not writable (Permission denied)"),
+    ]  # fmt: skip
+    for check, path, message in cases:
+        with pytest.raises(OutputPathError) as e:
+            check(path)
+        assert str(e.value) == message
+
+
+def test_write_folder_replaces_the_old_folder_only_when_complete(tmp_path):
+    folder = tmp_path / "best_model"
+    folder.mkdir()
+    (folder / "old.txt").write_text("old")
+    (tmp_path / ".best_model.tmp").mkdir()  # leftovers of a killed earlier run
+    (tmp_path / ".best_model.tmp" / "half").write_text("x")
+
+    def fails(tmp):
+        (tmp / "config.json").write_text("{}")
+        raise RuntimeError("disk trouble")
+
+    with pytest.raises(RuntimeError, match="disk trouble"):
+        write_folder(folder, fails, required=("config.json",))
+    assert [p.name for p in folder.iterdir()] == ["old.txt"]  # the old folder is intact
+    with pytest.raises(OutputPathError, match=r"best_model: writing it failed: weights.bin missing$"):
+        write_folder(folder, lambda tmp: (tmp / "config.json").write_text("{}"), required=("config.json", "weights.bin"))
+    assert [p.name for p in folder.iterdir()] == ["old.txt"]
+
+    def complete(tmp):
+        for name in ("config.json", "weights.bin"):
+            (tmp / name).write_text(name)
+
+    assert write_folder(folder, complete, required=("config.json", "weights.bin")) == folder
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "weights.bin"]  # nothing of the old one
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]  # no temporary folder left
