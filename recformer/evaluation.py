@@ -186,8 +186,9 @@ def encode_items_sharded(
     if distributed.world_size() == 1:
         return encode_items(encoder, tokenizer, table, batch_size, device, amp, progress)
     start, end = distributed.shard_bounds(len(table))
-    local = encode_items(encoder, tokenizer, table.slice(start, end), batch_size, device, amp,
-                         progress and distributed.is_main())  # fmt: skip
+    with distributed.fail_together():  # a rank failing alone must not leave the others in the all-gather
+        local = encode_items(encoder, tokenizer, table.slice(start, end), batch_size, device, amp,
+                             progress and distributed.is_main())  # fmt: skip
     return distributed.all_gather_rows(local)
 
 
@@ -213,7 +214,8 @@ def evaluate_sharded(
     if distributed.world_size() == 1:
         return evaluate(model, pairs, tokenizer, table, batch_size, device, ks, exclude_history, amp, progress, desc)
     start, end = distributed.shard_bounds(len(pairs))
-    ranks, n_valid = target_ranks(model, pairs[start:end], tokenizer, table, batch_size, device, exclude_history,
-                                  amp, progress and distributed.is_main(), desc)  # fmt: skip
+    with distributed.fail_together():  # e.g. non-finite scores in one rank's shard stop every rank
+        ranks, n_valid = target_ranks(model, pairs[start:end], tokenizer, table, batch_size, device,
+                                      exclude_history, amp, progress and distributed.is_main(), desc)  # fmt: skip
     gathered = distributed.all_gather_rows(torch.stack([ranks, n_valid], dim=1))  # [P, 2]
     return metrics_from_ranks(gathered[:, 0], gathered[:, 1], ks)

@@ -61,7 +61,7 @@ from .optimization import parameter_groups
 from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
 from .run_log import RunLog
 from .tokenization import RecformerTokenizer
-from .training_state import STATE_FILE, ResumeError, TrainingState
+from .training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
 
 logger = logging.getLogger(__name__)
 
@@ -100,8 +100,9 @@ def check_resume_layout(saved_args: Mapping[str, Any], args: FinetuneArgs, world
     saved_world = saved_args.get("world_size", 1)  # files written before distributed runs: one process
     if saved_world != world_size and args.global_batch_size is None:
         raise ResumeError(
-            f"--resume: {path} was saved by a run on {saved_world} processes and this run has {world_size}; pass "
-            f"--global_batch_size {saved_args.get('global_batch')} to continue it with the same global batch"
+            f"{path} was saved by a run on {saved_world} processes and this run has {world_size}; pass "
+            f"--global_batch_size {saved_args.get('global_batch')} to continue it with the same global batch; "
+            f"{START_FRESH}"
         )
 
 
@@ -192,8 +193,8 @@ class Finetuner:
             from torch.nn.parallel import DistributedDataParallel
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            # The only buffer (position ids) is constant: no need to broadcast it before every forward.
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids, broadcast_buffers=False)
+            # The only buffer (position ids) is constant: synced at construction, not before every forward.
+            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
 
     # -- item table ----------------------------------------------------------------------------
     def item_vectors(self) -> torch.Tensor:
