@@ -264,8 +264,9 @@ def on_main(fn: Callable[[], T]) -> T | None:
 
 def error_line(error: BaseException) -> str | None:
     """What a script prints for `error` on this rank: None for a `RankFailure` (the failing rank prints
-    the error), the message prefixed by the rank in a run of several processes."""
+    the error), else the message, prefixed by the rank on ranks other than 0 (rank 0 also reports the
+    errors that every rank meets, such as bad input)."""
     if isinstance(error, RankFailure):
         return None
-    prefix = f"rank {rank()}: " if world_size() > 1 else ""
+    prefix = f"rank {rank()}: " if rank() > 0 else ""
     return f"error: {prefix}{error}"

@@ -179,17 +179,24 @@ def encode_items_sharded(
 ) -> torch.Tensor:
     """`encode_items` over the whole catalogue, split across the ranks of a distributed run [N, H].
 
-    Each rank encodes its contiguous slice of the catalogue (`distributed.shard_bounds`; length-sorted
-    within it, as `encode_items` does) and an all-gather assembles the table in catalogue order on
-    every rank. With one process this is `encode_items`. Every rank must call it.
+    The catalogue in `encode_items`' length order is cut into its batches of `batch_size`, and each
+    rank encodes a contiguous run of those batches (`distributed.shard_bounds`); an all-gather then
+    assembles the table in catalogue order on every rank. Each batch is one that a single process
+    would encode, so the table equals the one-process table. With one process this is `encode_items`.
+    Every rank must call it.
     """
     if distributed.world_size() == 1:
         return encode_items(encoder, tokenizer, table, batch_size, device, amp, progress)
-    start, end = distributed.shard_bounds(len(table))
+    order = np.argsort(-table.lengths(), kind="stable")  # encode_items' order
+    first, last = distributed.shard_bounds(-(-len(table) // batch_size))  # this rank's batches
     with distributed.fail_together():  # a rank failing alone must not leave the others in the all-gather
-        local = encode_items(encoder, tokenizer, table.slice(start, end), batch_size, device, amp,
-                             progress and distributed.is_main())  # fmt: skip
-    return distributed.all_gather_rows(local)
+        # already in length order, so encode_items keeps these rows in this order and batches
+        local = encode_items(encoder, tokenizer, table.take(order[first * batch_size : last * batch_size]),
+                             batch_size, device, amp, progress and distributed.is_main())  # fmt: skip
+    in_order = distributed.all_gather_rows(local)  # [N, H], rows in `order`
+    out = torch.empty_like(in_order)
+    out[torch.from_numpy(order)] = in_order
+    return out
 
 
 def evaluate_sharded(

@@ -64,11 +64,15 @@ class TokenizedItems(Sequence):
             return False
         return True
 
-    def slice(self, start: int, end: int) -> TokenizedItems:
-        """Rows [start, end) as a table of their own (row 0 is row `start`); shares the arrays."""
-        offsets = self.offsets[start : end + 1]
-        keys = self.keys[start:end] if self.keys is not None else None
-        return TokenizedItems(self.ids[offsets[0] : offsets[-1]], self.types[offsets[0] : offsets[-1]], offsets - offsets[0], keys)
+    def take(self, rows: Sequence[int] | np.ndarray) -> TokenizedItems:
+        """The given rows, in that order, as a table of their own (row j is row `rows[j]`)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, lengths = self.offsets[rows], self.lengths()[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])  # [T] positions in self.ids
+        keys = [self.keys[i] for i in rows] if self.keys is not None else None
+        return TokenizedItems(self.ids[flat], self.types[flat], offsets, keys)
 
     def lengths(self) -> np.ndarray:
         """Tokens per item [N]."""
