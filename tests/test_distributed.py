@@ -195,3 +195,44 @@ def test_a_failure_on_one_rank_stops_every_rank_with_its_message(assets, tmp_pat
     assert code != 0
     assert "error: rank 1: injected failure" in error_lines(stderr), stderr
     assert seconds < 60  # not a hang
+
+
+def finetune_sh(tmp_path, *argv: str, gpus: int = 0, env: dict[str, str] | None = None):
+    """finetune.sh with a stand-in `python` that reports `gpus` visible GPUs and prints the command it gets."""
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir(exist_ok=True)
+    stub.write_text('#!/usr/bin/env bash\nif [ "$1" = -c ]; then echo "$FAKE_GPUS"; else echo "python $*"; fi\n')
+    stub.chmod(0o755)
+    full_env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "FAKE_GPUS": str(gpus), **(env or {})}
+    done = subprocess.run(["bash", str(ROOT / "finetune.sh"), *argv], capture_output=True, text=True, env=full_env)
+    return done.returncode, done.stdout.strip(), done.stderr.strip()
+
+
+TORCHRUN = "python -m torch.distributed.run --standalone --nproc_per_node"
+REFERENCE = (f"{ROOT}/finetune.py --pretrain_ckpt c.bin --data_path d --num_train_epochs 128 --batch_size 16 "
+             "--gradient_accumulation_steps 8 --global_batch_size 128")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "argv, gpus, env, command",
+    [
+        (["d", "c.bin", "cuda:0"], 4, {}, f"python {REFERENCE} --device cuda:0 --fp16 --finetune_negative_sample_size -1"),
+        (["d", "c.bin"], 4, {}, f"{TORCHRUN} 4 {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1"),
+        (["d", "c.bin", "cuda", "2", "--seed", "3"], 8, {},
+         f"{TORCHRUN} 2 {REFERENCE} --device cuda --fp16 --finetune_negative_sample_size -1 --seed 3"),
+        (["d", "c.bin", "auto"], 8, {"NUM_GPUS": "1"},
+         f"python {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1"),
+        (["d", "c.bin", "cpu", "--seed", "3"], 2, {},
+         f"python {REFERENCE} --device cpu --finetune_negative_sample_size -1 --seed 3"),
+        (["d", "c.bin", "auto"], 0, {}, f"python {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1"),
+    ],
+)
+def test_finetune_sh_starts_torchrun_for_more_than_one_gpu(tmp_path, argv, gpus, env, command):
+    code, stdout, stderr = finetune_sh(tmp_path, *argv, gpus=gpus, env=env)
+    assert code == 0, stderr
+    assert stdout == command
+
+
+def test_finetune_sh_refuses_a_gpu_count_that_is_not_a_number(tmp_path):
+    code, stdout, stderr = finetune_sh(tmp_path, "d", "c.bin", "auto", env={"NUM_GPUS": "two"})
+    assert (code, stdout, stderr) == (2, "", "finetune.sh: NUM_GPUS must be a positive number, got 'two'")
