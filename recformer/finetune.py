@@ -135,12 +135,14 @@ class Finetuner:
 
     def _setup_data(self) -> None:
         args = self.args
-        # the output folder is named after the data folder; checked before any input is read
-        self.out_dir = check_output_dir(Path(args.output_dir) / Path(args.data_path).name)
-        self.cache_dir = check_output_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
-        self.ckpt_path = check_output_file(self.out_dir / args.ckpt)
-        self.state_path = check_output_file(self.out_dir / STATE_FILE)
-        check_output_dir(self.out_dir / BEST_MODEL_FOLDER)
+        # the output folder is named after the data folder; checked before any input is read, by rank 0,
+        # the only writer (`fail_together` in __init__ stops the others when it fails)
+        check_dir, check_file = (check_output_dir, check_output_file) if distributed.is_main() else (Path, Path)
+        self.out_dir = check_dir(Path(args.output_dir) / Path(args.data_path).name)
+        self.cache_dir = check_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
+        self.ckpt_path = check_file(self.out_dir / args.ckpt)
+        self.state_path = check_file(self.out_dir / STATE_FILE)
+        check_dir(self.out_dir / BEST_MODEL_FOLDER)
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
