@@ -7,7 +7,7 @@ for; otherwise every item is encoded by the checkpoint's encoder, as finetune.py
 evaluation does (`evaluation.encode_items`, with the same item-table cache key).
 
 Under torchrun the items are encoded and the users ranked in shards across the processes
-(`evaluation.encode_items_sharded`, `evaluation.evaluate_sharded`): the same metrics as one process.
+(`evaluation.encode_items_sharded`, `evaluation.evaluate`): the same metrics as one process.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from .checkpoint import ITEM_TABLE_KEY, CheckpointError
 from .configuration import field_values
 from .data.finetune_reader import load_finetune_data
 from .devices import autocast_context
-from .evaluation import cached_item_vectors, encode_items_sharded, evaluate_sharded
+from .evaluation import cached_item_vectors, encode_items_sharded, evaluate
 from .item_tokens import tokenize_catalogue
 from .recommender import load_model_parts
 
@@ -91,7 +91,7 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
     distributed.check_world_size(len(pairs), f"the {args.split} split of {args.data_path}")
     logger.info("evaluating %s on %s %s: %d users, %d items, item table %s", args.ckpt, data.name, args.split,
                 len(pairs), data.num_items, source)  # fmt: skip
-    metrics = evaluate_sharded(
+    metrics = evaluate(
         model, pairs, tokenizer, items, args.batch_size, device, args.metric_ks, args.exclude_history, amp,
         progress, desc=f"evaluate {args.split}",
     )  # fmt: skip

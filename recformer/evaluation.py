@@ -3,8 +3,8 @@
 `encode_items` turns the tokenized catalogue into the item table (each item encoded alone as a
 one-item sequence); `evaluate` scores (history, target) pairs against every item with
 `RecformerForSeqRec.similarity_score` and averages the ranking metrics (`metrics.py`) over users.
-`encode_items_sharded` and `evaluate_sharded` are the same over the ranks of a distributed run
-(`distributed.py`): items or users split across the ranks, results gathered.
+`encode_items_sharded` is `encode_items` over the ranks of a distributed run (`distributed.py`), and
+`evaluate` splits the users across them; results are gathered, so every rank gets the one-process numbers.
 """
 
 from __future__ import annotations
@@ -162,9 +162,22 @@ def evaluate(
     progress: bool = True,
     desc: str = "evaluate",
 ) -> dict[str, float]:
-    """Full-ranking metrics over all items for (history, target) pairs, averaged over users (`target_ranks`)."""
-    ranks, n_valid = target_ranks(model, pairs, tokenizer, table, batch_size, device, exclude_history, amp, progress, desc)
-    return metrics_from_ranks(ranks, n_valid, ks)
+    """Full-ranking metrics over all items for (history, target) pairs, averaged over users (`target_ranks`).
+
+    In a distributed run (`distributed.py`) every rank must call it: each rank ranks the targets of
+    its contiguous slice of `pairs`, the per-user ranks are gathered in pair order and averaged once,
+    so the metrics are those of one process whatever the size of the last slice, on every rank.
+    """
+    if distributed.world_size() == 1:
+        ranks, n_valid = target_ranks(model, pairs, tokenizer, table, batch_size, device, exclude_history, amp,
+                                      progress, desc)  # fmt: skip
+        return metrics_from_ranks(ranks, n_valid, ks)
+    start, end = distributed.shard_bounds(len(pairs))
+    with distributed.fail_together():  # e.g. non-finite scores in one rank's slice stop every rank
+        ranks, n_valid = target_ranks(model, pairs[start:end], tokenizer, table, batch_size, device,
+                                      exclude_history, amp, progress and distributed.is_main(), desc)  # fmt: skip
+    gathered = distributed.all_gather_rows(torch.stack([ranks, n_valid], dim=1))  # [P, 2]
+    return metrics_from_ranks(gathered[:, 0], gathered[:, 1], ks)
 
 
 # -- several processes (`distributed.py`) -------------------------------------------------------
@@ -197,32 +210,3 @@ def encode_items_sharded(
     out = torch.empty_like(in_order)
     out[torch.from_numpy(order)] = in_order
     return out
-
-
-def evaluate_sharded(
-    model: RecformerForSeqRec,
-    pairs: Sequence[tuple[list[int], int]],
-    tokenizer: RecformerTokenizer,
-    table: TokenizedItems,
-    batch_size: int,
-    device: torch.device,
-    ks: Sequence[int],
-    exclude_history: bool = False,
-    amp: AmpContext = contextlib.nullcontext,
-    progress: bool = True,
-    desc: str = "evaluate",
-) -> dict[str, float]:
-    """`evaluate` with the users split across the ranks of a distributed run; the same numbers on every rank.
-
-    Each rank ranks the targets of its contiguous slice of `pairs`; the per-user ranks are gathered
-    in pair order and averaged once, so the metrics are those of one process whatever the size of
-    the last slice. With one process this is `evaluate`. Every rank must call it.
-    """
-    if distributed.world_size() == 1:
-        return evaluate(model, pairs, tokenizer, table, batch_size, device, ks, exclude_history, amp, progress, desc)
-    start, end = distributed.shard_bounds(len(pairs))
-    with distributed.fail_together():  # e.g. non-finite scores in one rank's shard stop every rank
-        ranks, n_valid = target_ranks(model, pairs[start:end], tokenizer, table, batch_size, device,
-                                      exclude_history, amp, progress and distributed.is_main(), desc)  # fmt: skip
-    gathered = distributed.all_gather_rows(torch.stack([ranks, n_valid], dim=1))  # [P, 2]
-    return metrics_from_ranks(gathered[:, 0], gathered[:, 1], ks)

@@ -52,7 +52,7 @@ from .collators import FinetuneCollator, GlobalBatchCollator
 from .configuration import build_config, field_values
 from .data.finetune_reader import FinetuneData, load_finetune_data
 from .devices import autocast_context
-from .evaluation import cached_item_vectors, encode_items_sharded, evaluate_sharded, to_device
+from .evaluation import cached_item_vectors, encode_items_sharded, evaluate, to_device
 from .fileio import atomic_torch_save, atomic_write_json
 from .item_tokens import tokenize_catalogue
 from .metrics import NonFiniteScores, format_metrics
@@ -357,7 +357,7 @@ class Finetuner:
 
     def evaluate_split(self, split: str) -> dict[str, float]:
         pairs = self.data.dev_pairs() if split == "dev" else self.data.test_pairs()
-        return evaluate_sharded(
+        return evaluate(
             self.model, pairs, self.tokenizer, self.items, self.eval_batch_size, self.device, self.args.metric_ks,
             self.args.exclude_history, self.amp, self.progress, desc=f"evaluate {split}",
         )  # fmt: skip
