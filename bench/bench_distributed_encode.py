@@ -93,7 +93,9 @@ def main() -> None:
     p.add_argument("--size", choices=sorted(SIZES), default="tiny")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads shared by the processes")
+    p.add_argument(
+        "--threads", type=int, default=torch.get_num_threads(), help="CPU threads shared by the processes"
+    )
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args()

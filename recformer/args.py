@@ -200,7 +200,6 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
         if TARGET_METRIC not in [f"NDCG@{k}" for k in self.metric_ks]:
             raise ValueError(f"--metric_ks must include 10: model selection uses {TARGET_METRIC}")
 
-
     def batch_layout(self, world_size: int) -> tuple[int, int, int]:
         """(per-process micro-batch, gradient accumulation steps, global batch) on `world_size` processes.
 
@@ -216,7 +215,8 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
             return self.batch_size, accum, self.batch_size * accum * world_size
         if self.global_batch_size % world_size:
             raise ValueError(
-                f"--global_batch_size {self.global_batch_size} is not divisible by the world size {world_size}"
+                f"--global_batch_size {self.global_batch_size} is not divisible by the world size "
+                f"{world_size}"
             )
         per_process = self.global_batch_size // world_size
         accum = -(-per_process // self.batch_size)

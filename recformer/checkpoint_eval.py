@@ -82,7 +82,9 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
             path = item_table_path(args.cache_dir, file_fingerprint(args.ckpt), tokenizer, model.config, data.items)
         vectors = cached_item_vectors(
             path,
-            lambda: encode_items_sharded(model.longformer, tokenizer, items, args.batch_size, device, amp, progress),
+            lambda: encode_items_sharded(
+                model.longformer, tokenizer, items, args.batch_size, device, amp, progress
+            ),
             shape=(data.num_items, model.config.hidden_size),
         )
         model.init_item_embedding(vectors)

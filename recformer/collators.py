@@ -75,7 +75,7 @@ class FinetuneCollator:
     def sample(
         self, batch: Sequence[Sequence[int]], rng: random.Random | None = None
     ) -> tuple[list[Sequence[int]], torch.Tensor, torch.Tensor | None]:
-        """(histories, labels [B], candidates [B, 1 + K] or None), all drawn from `rng` (default `self.rng`)."""
+        """(histories, labels [B], candidates [B, 1 + K] or None), drawn from `rng` (default: `self.rng`)."""
         rng = self.rng if rng is None else rng
         histories, labels = [], []
         for seq in batch:
@@ -127,7 +127,9 @@ class GlobalBatchCollator:
     Input: (step index, the step's user sequences); output: `StepBatch`.
     """
 
-    def __init__(self, collator: FinetuneCollator, seed: int, micro_batch: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self, collator: FinetuneCollator, seed: int, micro_batch: int, rank: int = 0, world: int = 1
+    ) -> None:
         self.collator = collator
         self.seed = seed
         self.micro_batch = micro_batch
@@ -144,7 +146,8 @@ class GlobalBatchCollator:
         micro = []
         for a in range(start, end, self.micro_batch):
             b = min(a + self.micro_batch, end)
-            rows = self.collator.encode(histories[a:b], labels[a:b], None if candidates is None else candidates[a:b])
+            drawn = None if candidates is None else candidates[a:b]
+            rows = self.collator.encode(histories[a:b], labels[a:b], drawn)
             micro.append((rows, (b - a) * counted))
         return StepBatch(n, micro)
 

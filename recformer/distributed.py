@@ -1,4 +1,4 @@
-"""torch.distributed for finetuning, evaluation and index building: one process per device, started by torchrun.
+"""torch.distributed for finetuning, evaluation and index building: one process per device (torchrun).
 
 A plain `python finetune.py` is world size 1: no process group, and every helper here is a no-op.
 Under `torchrun` (which sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT) the
@@ -112,7 +112,13 @@ def init_from_env(device: str | int = "auto") -> torch.device:
             dist.init_process_group("nccl", device_id=dev)
         else:
             dist.init_process_group("gloo")
-        logger.info("process group: rank %d of %d, backend %s, device %s", rank(), world_size(), dist.get_backend(), dev)
+        logger.info(
+            "process group: rank %d of %d, backend %s, device %s",
+            rank(),
+            world_size(),
+            dist.get_backend(),
+            dev,
+        )
     return dev
 
 

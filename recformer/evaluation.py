@@ -144,7 +144,8 @@ def target_ranks(
         n_valid.append(v.cpu())
     model.train(was_training)
     in_order = torch.as_tensor(order, dtype=torch.long)
-    out_ranks, out_valid = torch.empty(len(pairs), dtype=torch.long), torch.empty(len(pairs), dtype=torch.long)
+    out_ranks = torch.empty(len(pairs), dtype=torch.long)
+    out_valid = torch.empty(len(pairs), dtype=torch.long)
     out_ranks[in_order], out_valid[in_order] = torch.cat(ranks), torch.cat(n_valid)
     return out_ranks, out_valid
 

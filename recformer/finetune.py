@@ -89,7 +89,9 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-def check_resume_layout(saved_args: Mapping[str, Any], args: FinetuneArgs, world_size: int, path: Path) -> None:
+def check_resume_layout(
+    saved_args: Mapping[str, Any], args: FinetuneArgs, world_size: int, path: Path
+) -> None:
     """Refuse a resume file saved by a run on another number of processes unless --global_batch_size is
     given: without it the global batch (batch x accumulation x processes), and so every step, would change.
     The global batch itself is part of the run's fingerprint.
@@ -137,7 +139,8 @@ class Finetuner:
         args = self.args
         # the output folder is named after the data folder; checked before any input is read, by rank 0,
         # the only writer (`fail_together` in __init__ stops the others when it fails)
-        check_dir, check_file = (check_output_dir, check_output_file) if distributed.is_main() else (Path, Path)
+        main = distributed.is_main()
+        check_dir, check_file = (check_output_dir, check_output_file) if main else (Path, Path)
         self.out_dir = check_dir(Path(args.output_dir) / Path(args.data_path).name)
         self.cache_dir = check_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
         self.ckpt_path = check_file(self.out_dir / args.ckpt)
@@ -196,7 +199,9 @@ class Finetuner:
 
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # The only buffer (position ids) is constant: synced at construction, not before every forward.
-            self.train_model = DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, forward_sync_buffers=False
+            )
 
     # -- item table ----------------------------------------------------------------------------
     def item_vectors(self) -> torch.Tensor:
@@ -252,7 +257,9 @@ class Finetuner:
         self.state, _ = TrainingState.load(
             self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             fingerprint=self.fingerprint,
-            check_args=lambda saved: check_resume_layout(saved, self.args, distributed.world_size(), self.state_path),
+            check_args=lambda saved: check_resume_layout(
+                saved, self.args, distributed.world_size(), self.state_path
+            ),
         )  # fmt: skip
         self.model.to(self.device)
         self.log.trim(self.state.global_step)
@@ -269,7 +276,8 @@ class Finetuner:
 
     def export_best(self) -> None:
         """`save_pretrained` folder of the best model, with the tokenizer files (written by rank 0)."""
-        distributed.on_main(lambda: save_pretrained_folder(self.out_dir / BEST_MODEL_FOLDER, self.model, self.tokenizer))
+        folder = self.out_dir / BEST_MODEL_FOLDER
+        distributed.on_main(lambda: save_pretrained_folder(folder, self.model, self.tokenizer))
 
     # -- training ------------------------------------------------------------------------------
     def train_loader(self, stage: int, epoch: int) -> DataLoader:
@@ -280,9 +288,9 @@ class Finetuner:
         processes with the same global batch, sees the same global batches.
         """
         seed = _mix_seed(self.args.seed, stage, epoch)
-        order = torch.randperm(len(self.train_sequences), generator=torch.Generator().manual_seed(seed)).tolist()
-        g = self.global_batch
-        steps = [(i, [self.train_sequences[u] for u in order[a : a + g]]) for i, a in enumerate(range(0, len(order), g))]
+        n, g = len(self.train_sequences), self.global_batch
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        steps = [(i, [self.train_sequences[u] for u in order[a : a + g]]) for i, a in enumerate(range(0, n, g))]
         negatives = max(self.config.finetune_negative_sample_size, 0)
         collator = GlobalBatchCollator(
             FinetuneCollator(self.tokenizer, self.items, num_negatives=negatives), seed, self.micro_batch,
@@ -310,7 +318,8 @@ class Finetuner:
             # the world size (DDP averages gradients over the ranks), so the gradient is the one-process
             # gradient of the global batch's mean loss, an uneven last step included; DDP synchronises
             # gradients on the last micro-batch of the step only.
-            totals = torch.zeros(3, dtype=torch.float64, device=self.device)  # this rank's loss sum, sequences, tokens
+            # this rank's loss sum, sequences, tokens
+            totals = torch.zeros(3, dtype=torch.float64, device=self.device)
             for j, (batch, rows) in enumerate(step.micro):
                 batch = to_device(batch, self.device)
                 sync = self.train_model is self.model or j == len(step.micro) - 1

@@ -577,7 +577,8 @@ def draw_candidates(
     the other `num_items - 1` items (never the positive), on `labels`' device."""
     if num_items < 2:
         raise ValueError("sampled softmax needs at least 2 items")
-    neg = torch.randint(0, num_items - 1, (labels.size(0), num_negatives), device=labels.device, generator=generator)
+    shape = (labels.size(0), num_negatives)
+    neg = torch.randint(0, num_items - 1, shape, device=labels.device, generator=generator)
     neg = neg + (neg >= labels.unsqueeze(-1)).long()  # skip the positive
     return torch.cat([labels.unsqueeze(-1), neg], dim=-1)
 
@@ -696,7 +697,8 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
             return self.similarity_score(pooled, candidates)
         labels = labels.reshape(-1)
         if candidates is not None:  # drawn by the caller (`collators.FinetuneCollator`), the positive first
-            return F.cross_entropy(self.similarity_score(pooled, candidates).float(), torch.zeros_like(labels))
+            logits = self.similarity_score(pooled, candidates).float()  # [B, 1 + K]
+            return F.cross_entropy(logits, torch.zeros_like(labels))
         k = self.config.finetune_negative_sample_size
         if k <= 0:
             logits = self.similarity_score(pooled)  # [B, N]

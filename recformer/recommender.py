@@ -256,7 +256,9 @@ class Recommender:
         path = item_table_path(cache_dir, checkpoint_hash, tokenizer, model.config, attrs) if cache_dir else None
         vectors = cached_item_vectors(
             path,
-            lambda: encode_items_sharded(model.longformer, tokenizer, table, batch_size, device, progress=progress),
+            lambda: encode_items_sharded(
+                model.longformer, tokenizer, table, batch_size, device, progress=progress
+            ),
             shape=(len(ids), model.config.hidden_size),
         )
         model.init_item_embedding(vectors)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -128,8 +129,17 @@ def test_two_process_zero_shot_evaluation_and_item_table_equal_one_process(one_p
 def test_only_rank_zero_writes(two_processes):
     folder, metrics, _, _ = two_processes
     names = {p.name for p in folder.iterdir()}
-    assert {"metrics.json", "best_model.bin", "best_model", "train_log.jsonl", "training_state.pt", "args.json"} <= names
-    assert not any(name.startswith(".") or name.endswith(".tmp") for name in names)  # no leftover temporary file
+    assert {
+        "metrics.json",
+        "best_model.bin",
+        "best_model",
+        "train_log.jsonl",
+        "training_state.pt",
+        "args.json",
+    } <= names
+    assert not any(
+        name.startswith(".") or name.endswith(".tmp") for name in names
+    )  # no leftover temporary file
     assert len(step_log(folder)) == len({r["step"] for r in step_log(folder)})  # each step logged once
 
 
@@ -140,18 +150,25 @@ def test_evaluate_py_under_torchrun_equals_one_process(assets, one_process, tmp_
     parsed = evaluate_cli.build_parser().parse_args([*common, "--cache_dir", str(tmp_path / "c1")])
     one = evaluate_checkpoint(EvaluateArgs(**vars(parsed)))
     out = tmp_path / "two.json"
-    code, stdout, stderr, _ = torchrun("evaluate", *common, "--cache_dir", str(tmp_path / "c2"), "--output", str(out))
+    code, stdout, stderr, _ = torchrun(
+        "evaluate", *common, "--cache_dir", str(tmp_path / "c2"), "--output", str(out)
+    )
     assert code == 0, stderr
     two = json.loads(out.read_text())
     assert two["users"] == USERS and two["item_table"] == "encoded"
     assert two["metrics"] == pytest.approx(one.metrics, abs=1e-6)
-    (one_path,), (two_path,) = (tmp_path / "c1").glob("item_table-*.pt"), (tmp_path / "c2").glob("item_table-*.pt")
+    (one_path,), (two_path,) = (
+        (tmp_path / "c1").glob("item_table-*.pt"),
+        (tmp_path / "c2").glob("item_table-*.pt"),
+    )
     assert one_path.name == two_path.name
     torch.testing.assert_close(torch.load(two_path), torch.load(one_path), rtol=0, atol=1e-6)
     assert stdout.count("Tiny test") == 1
 
 
-def test_resume_after_a_kill_under_two_processes_equals_the_uninterrupted_run(assets, two_processes, tmp_path):
+def test_resume_after_a_kill_under_two_processes_equals_the_uninterrupted_run(
+    assets, two_processes, tmp_path
+):
     uninterrupted, metrics, _, _ = two_processes
     argv = flags(assets, tmp_path)
     code, _, stderr, _ = torchrun("finetune", *argv, env={"RECFORMER_TEST_KILL_AT": "1,2"})
@@ -161,7 +178,9 @@ def test_resume_after_a_kill_under_two_processes_equals_the_uninterrupted_run(as
     code, _, stderr, _ = torchrun("finetune", *argv, "--resume")
     assert code == 0, stderr
     assert json.loads((tmp_path / "Tiny" / "metrics.json").read_text()) == metrics
-    assert untimed(step_log(tmp_path / "Tiny")) == untimed(step_log(uninterrupted))  # no step twice, none missing
+    assert untimed(step_log(tmp_path / "Tiny")) == untimed(
+        step_log(uninterrupted)
+    )  # no step twice, none missing
 
 
 def test_resume_on_another_number_of_processes_needs_global_batch_size(assets, one_process, tmp_path):
@@ -201,10 +220,19 @@ def finetune_sh(tmp_path, *argv: str, gpus: int = 0, env: dict[str, str] | None 
     """finetune.sh with a stand-in `python` that reports `gpus` visible GPUs and prints the command it gets."""
     stub = tmp_path / "bin" / "python"
     stub.parent.mkdir(exist_ok=True)
-    stub.write_text('#!/usr/bin/env bash\nif [ "$1" = -c ]; then echo "$FAKE_GPUS"; else echo "python $*"; fi\n')
+    stub.write_text(
+        '#!/usr/bin/env bash\nif [ "$1" = -c ]; then echo "$FAKE_GPUS"; else echo "python $*"; fi\n'
+    )
     stub.chmod(0o755)
-    full_env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}", "FAKE_GPUS": str(gpus), **(env or {})}
-    done = subprocess.run(["bash", str(ROOT / "finetune.sh"), *argv], capture_output=True, text=True, env=full_env)
+    full_env = {
+        **os.environ,
+        "PATH": f"{stub.parent}:{os.environ['PATH']}",
+        "FAKE_GPUS": str(gpus),
+        **(env or {}),
+    }
+    done = subprocess.run(
+        ["bash", str(ROOT / "finetune.sh"), *argv], capture_output=True, text=True, env=full_env
+    )
     return done.returncode, done.stdout.strip(), done.stderr.strip()
 
 
@@ -216,15 +244,42 @@ REFERENCE = (f"{ROOT}/finetune.py --pretrain_ckpt c.bin --data_path d --num_trai
 @pytest.mark.parametrize(
     "argv, gpus, env, command",
     [
-        (["d", "c.bin", "cuda:0"], 4, {}, f"python {REFERENCE} --device cuda:0 --fp16 --finetune_negative_sample_size -1"),
-        (["d", "c.bin"], 4, {}, f"{TORCHRUN} 4 {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1"),
-        (["d", "c.bin", "cuda", "2", "--seed", "3"], 8, {},
-         f"{TORCHRUN} 2 {REFERENCE} --device cuda --fp16 --finetune_negative_sample_size -1 --seed 3"),
-        (["d", "c.bin", "auto"], 8, {"NUM_GPUS": "1"},
-         f"python {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1"),
-        (["d", "c.bin", "cpu", "--seed", "3"], 2, {},
-         f"python {REFERENCE} --device cpu --finetune_negative_sample_size -1 --seed 3"),
-        (["d", "c.bin", "auto"], 0, {}, f"python {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1"),
+        (
+            ["d", "c.bin", "cuda:0"],
+            4,
+            {},
+            f"python {REFERENCE} --device cuda:0 --fp16 --finetune_negative_sample_size -1",
+        ),
+        (
+            ["d", "c.bin"],
+            4,
+            {},
+            f"{TORCHRUN} 4 {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1",
+        ),
+        (
+            ["d", "c.bin", "cuda", "2", "--seed", "3"],
+            8,
+            {},
+            f"{TORCHRUN} 2 {REFERENCE} --device cuda --fp16 --finetune_negative_sample_size -1 --seed 3",
+        ),
+        (
+            ["d", "c.bin", "auto"],
+            8,
+            {"NUM_GPUS": "1"},
+            f"python {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1",
+        ),
+        (
+            ["d", "c.bin", "cpu", "--seed", "3"],
+            2,
+            {},
+            f"python {REFERENCE} --device cpu --finetune_negative_sample_size -1 --seed 3",
+        ),
+        (
+            ["d", "c.bin", "auto"],
+            0,
+            {},
+            f"python {REFERENCE} --device auto --fp16 --finetune_negative_sample_size -1",
+        ),
     ],
 )
 def test_finetune_sh_starts_torchrun_for_more_than_one_gpu(tmp_path, argv, gpus, env, command):
@@ -236,3 +291,21 @@ def test_finetune_sh_starts_torchrun_for_more_than_one_gpu(tmp_path, argv, gpus,
 def test_finetune_sh_refuses_a_gpu_count_that_is_not_a_number(tmp_path):
     code, stdout, stderr = finetune_sh(tmp_path, "d", "c.bin", "auto", env={"NUM_GPUS": "two"})
     assert (code, stdout, stderr) == (2, "", "finetune.sh: NUM_GPUS must be a positive number, got 'two'")
+
+
+def test_distributed_encoding_benchmark_runs_on_a_small_catalogue():
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_distributed_encode.py"), "--items", "300", "--threads", "2",
+         "--device", "cpu"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("sharded item encoding: 300 items, tiny model, batch 128, cpu")
+    assert re.fullmatch(r"  1 process  x 2 threads: +[\d.]+ s +\d+ items/s", lines[1])
+    assert re.fullmatch(r"  2 processes x 1 threads: +[\d.]+ s +\d+ items/s", lines[2])
+    speed_up, efficiency, diff = re.fullmatch(
+        r"  speed-up ([\d.]+)x, scaling efficiency (\d+)%, max \|table difference\| ([\d.e+-]+)", lines[3]
+    ).groups()
+    assert float(speed_up) > 0 and int(efficiency) > 0
+    assert float(diff) < 1e-5  # the same table (thread counts differ, so not bit for bit)

@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = EvaluateArgs(**vars(build_parser().parse_args(argv)))
-    logging.basicConfig(level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         distributed.init_from_env(args.device)
         result = evaluate_checkpoint(args)

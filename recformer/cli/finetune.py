@@ -32,7 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = FinetuneArgs(**vars(build_parser().parse_args(argv)))
-    logging.basicConfig(level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     set_tokenizer_threads(args.preprocessing_num_workers)
     if distributed.env_rank() == 0:
         print("finetune arguments:", json.dumps(asdict(args), indent=1), flush=True)
@@ -40,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         distributed.init_from_env(args.device)
         finetuner = Finetuner(args)
         metrics = finetuner.run()
-    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores, distributed.RankFailure) as e:
+    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores,
+            distributed.RankFailure) as e:  # fmt: skip
         if line := distributed.error_line(e):
             print(line, file=sys.stderr, flush=True)
         return 2
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         distributed.teardown()
     if distributed.env_rank() == 0:
         print()
-        print(format_metrics_table({"zero-shot test": metrics["zero_shot_test"], "finetuned test": metrics["test"]}))
+        table = {"zero-shot test": metrics["zero_shot_test"], "finetuned test": metrics["test"]}
+        print(format_metrics_table(table))
         print(f"outputs: {finetuner.out_dir}")
     return 0
 
