@@ -6,7 +6,8 @@ scaling efficiency, on a synthetic catalogue (100,000 items by default) with rea
 
 Each case is a `torchrun --standalone` run of this file (gloo on CPU, NCCL on GPUs, one GPU per
 process). On CPU the cores are shared fairly: 1 process x T threads against N processes x T/N
-threads (T: --threads, default every core torch sees). The tables of both cases are compared.
+threads (T: --threads, default every core torch sees); a third run, 1 process x T/N threads, shows
+how one process does on its share of the cores. The tables of the first two runs are compared.
 Efficiency = (N-process items/s) / (N x 1-process items/s).
 """
 
@@ -96,6 +97,10 @@ def main() -> None:
     p.add_argument(
         "--threads", type=int, default=torch.get_num_threads(), help="CPU threads shared by the processes"
     )
+    p.add_argument(
+        "--no_share_baseline", dest="share_baseline", action="store_false",
+        help="on CPU, skip the third run: 1 process on threads / processes threads",
+    )  # fmt: skip
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     a = p.parse_args()
@@ -109,6 +114,9 @@ def main() -> None:
         one = run_case(a, 1, a.threads, f"{tmp}/one.pt")
         many = run_case(a, n, a.threads // n if a.device == "cpu" else a.threads, f"{tmp}/many.pt")
         diff = (torch.load(f"{tmp}/one.pt") - torch.load(f"{tmp}/many.pt")).abs().max().item()
+        share = None
+        if a.device == "cpu" and a.threads // n != a.threads and a.share_baseline:
+            share = run_case(a, 1, a.threads // n, f"{tmp}/share.pt")
     hardware = (torch.cuda.get_device_name(0) if a.device.startswith("cuda")
                 else f"CPU, {os.cpu_count()} cores visible")  # fmt: skip
     rate1, rate_n = a.items / one["seconds"], a.items / many["seconds"]
@@ -118,6 +126,10 @@ def main() -> None:
     print(f"  {n} processes x {many['threads']} threads: {many['seconds']:8.2f} s  {rate_n:9.0f} items/s")
     print(f"  speed-up {rate_n / rate1:.2f}x, scaling efficiency {rate_n / (n * rate1):.0%}, "
           f"max |table difference| {diff:.2e}")  # fmt: skip
+    if share is not None:  # how one process does on one process's share of the threads
+        rate_share = a.items / share["seconds"]
+        print(f"  (1 process  x {share['threads']} threads: {share['seconds']:8.2f} s  {rate_share:9.0f} items/s; "
+              f"{n} processes = {rate_n / rate_share:.2f}x that, {rate_n / (n * rate_share):.0%} of {n}x)")  # fmt: skip
 
 
 if __name__ == "__main__":

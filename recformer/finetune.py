@@ -249,11 +249,21 @@ class Finetuner:
             scaler=self.scaler, args={**asdict(self.args), **layout}, fingerprint=self.fingerprint,
         ))  # fmt: skip
 
-    def load_state(self) -> bool:
-        """Continue from `training_state.pt` (False when there is none yet)."""
-        if not self.state_path.is_file():
+    def load_state(self, exists: bool | None = None) -> bool:
+        """Continue from `training_state.pt` (False when there is none yet).
+
+        `exists`: whether rank 0 sees the file (default: whether this process does); every rank of a
+        distributed run must decide alike, so a rank that cannot see rank 0's file is an error.
+        """
+        exists = self.state_path.is_file() if exists is None else exists
+        if not exists:
             logger.info("--resume: no %s yet, starting from the beginning", self.state_path)
             return False
+        if not self.state_path.is_file():
+            raise FileNotFoundError(
+                f"{self.state_path}: rank 0 resumes from it but rank {distributed.rank()} cannot read it; the "
+                "output folder must be shared by every process"
+            )
         self.state, _ = TrainingState.load(
             self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             fingerprint=self.fingerprint,
@@ -414,8 +424,9 @@ class Finetuner:
     def run(self) -> dict:
         """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json."""
         args = self.args
+        exists = args.resume and distributed.broadcast_object(self.state_path.is_file())  # rank 0's view
         with distributed.fail_together():  # an unreadable or refused resume file stops every rank
-            resumed = args.resume and self.load_state()  # a refused resumption leaves the folder as it was
+            resumed = args.resume and self.load_state(exists)  # a refused resumption leaves the folder as it was
         distributed.on_main(lambda: atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True))
         if not resumed:
             self.log.start_fresh()
