@@ -156,6 +156,13 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     meta_file: str = flag("meta_data.json")
     num_train_epochs: int = flag(16, "epochs per stage (at most)")
     gradient_accumulation_steps: int = flag(8, type=positive_int)
+    global_batch_size: int | None = flag(
+        None,
+        "sequences per optimizer step over all processes, whatever their number: each process's batch "
+        "(at most --batch_size) and gradient accumulation are derived from it (default: batch_size x "
+        "gradient_accumulation_steps x processes)",
+        type=positive_int,
+    )
     finetune_negative_sample_size: int = flag(1000, "sampled negatives per user; <= 0 = full softmax over all items")
     metric_ks: list[int] = flag([10, 50])
     batch_size: int = flag(16, type=positive_int)
@@ -183,7 +190,7 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     def validate(self) -> None:
         """Raise a ValueError naming the flag for a value that cannot work."""
         self._at_least(1, "batch_size", "gradient_accumulation_steps", "verbose", "eval_batch_size",
-                       "preprocessing_num_workers")  # fmt: skip
+                       "preprocessing_num_workers", "global_batch_size")  # fmt: skip
         self._at_least(0, "num_train_epochs", "warmup_steps", "weight_decay", "dataloader_num_workers")
         self._above(0, "learning_rate", "temp")
         if self.fp16 and self.bf16:
@@ -192,6 +199,30 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
             raise ValueError(f"--metric_ks must be positive integers, got {self.metric_ks}")
         if TARGET_METRIC not in [f"NDCG@{k}" for k in self.metric_ks]:
             raise ValueError(f"--metric_ks must include 10: model selection uses {TARGET_METRIC}")
+
+    def batch_layout(self, world_size: int) -> tuple[int, int, int]:
+        """(per-process micro-batch, gradient accumulation steps, global batch) on `world_size` processes.
+
+        Without --global_batch_size: --batch_size, --gradient_accumulation_steps and their product
+        times the world size. With it, each process takes global / world sequences per step in the
+        fewest equal micro-batches of at most --batch_size.
+
+        Raises:
+            ValueError: --global_batch_size is not divisible by the world size (both named).
+        """
+        if self.global_batch_size is None:
+            accum = self.gradient_accumulation_steps
+            return self.batch_size, accum, self.batch_size * accum * world_size
+        if self.global_batch_size % world_size:
+            raise ValueError(
+                f"--global_batch_size {self.global_batch_size} is not divisible by the world size "
+                f"{world_size}"
+            )
+        per_process = self.global_batch_size // world_size
+        accum = -(-per_process // self.batch_size)
+        while per_process % accum:
+            accum += 1
+        return per_process // accum, accum, self.global_batch_size
 
 
 @dataclass(kw_only=True)

@@ -99,22 +99,32 @@ def cached(
     load: Callable[[Path], T],
     save: Callable[[T, Path], None],
     what: str,
+    write: bool = True,
+    agree: Callable[[bool], bool] | None = None,
 ) -> T:
     """`load(path)` when the cache file exists, else `build()` and `save` it there (no cache: `path` None).
 
     A file that `load` cannot read (it raises) is rebuilt and replaced, with a warning naming it;
     `load` raises for content that does not fit as well (a table of the wrong size).
+
+    Args:
+        write: False: read the cache but never write it (the ranks other than 0 of a distributed run).
+        agree: for a collective `build`: maps "this process read the file" to "every process did"
+            (`distributed.all_true`), so that either all processes use the file or all call `build`.
     """
+    value, hit = None, False
     if path is not None and path.is_file():
         try:
-            value = load(path)
+            value, hit = load(path), True
         except Exception as e:  # noqa: BLE001 - whatever damaged the file, the cure is to rebuild it
             logger.warning("%s: cache file %s cannot be read (%s); rebuilding it", what, path, type(e).__name__)
-        else:
-            logger.info("%s: reusing %s", what, path)
-            return value
+    if agree is not None:
+        hit = agree(hit)
+    if hit:
+        logger.info("%s: reusing %s", what, path)
+        return value  # type: ignore[return-value]
     value = build()
-    if path is not None:
+    if path is not None and write:
         save(value, path)
         logger.info("%s: wrote %s", what, path)
     return value

@@ -5,6 +5,9 @@ same metrics and the same `evaluation.evaluate`. The item table is the checkpoin
 one (a finetuned `best_model.bin` or a finetuned `save_pretrained` folder), unless re-encoding is asked
 for; otherwise every item is encoded by the checkpoint's encoder, as finetune.py's zero-shot
 evaluation does (`evaluation.encode_items`, with the same item-table cache key).
+
+Under torchrun the items are encoded and the users ranked in shards across the processes
+(`evaluation.encode_items_sharded`, `evaluation.evaluate`): the same metrics as one process.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from . import distributed
 from .args import EvaluateArgs
 from .cache import file_fingerprint, item_table_path
 from .checkpoint import ITEM_TABLE_KEY, CheckpointError
 from .configuration import field_values
 from .data.finetune_reader import load_finetune_data
-from .devices import autocast_context, resolve_device
-from .evaluation import cached_item_vectors, encode_items, evaluate
+from .devices import autocast_context
+from .evaluation import cached_item_vectors, encode_items_sharded, evaluate
 from .item_tokens import tokenize_catalogue
 from .recommender import load_model_parts
 
@@ -54,14 +58,16 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
     """
     args.validate()
     data = load_finetune_data(args.data_path)
-    device = resolve_device(args.device)
+    device = distributed.rank_device(args.device)
+    progress = args.progress and distributed.is_main()
 
     def amp():
         return autocast_context(device, args.fp16, args.bf16)
 
     model, tokenizer, report = load_model_parts(args.ckpt, args.model_name_or_path, field_values(args), args.temp)
     model.to(device)
-    items = tokenize_catalogue(tokenizer, data.items, cache_dir=args.cache_dir, progress=args.progress)
+    items = tokenize_catalogue(tokenizer, data.items, cache_dir=args.cache_dir, progress=progress,
+                               write_cache=distributed.is_main())  # fmt: skip
     if ITEM_TABLE_KEY in report.loaded and not args.reencode_items:
         n = model.item_embedding.num_embeddings
         if n != data.num_items:
@@ -76,17 +82,20 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
             path = item_table_path(args.cache_dir, file_fingerprint(args.ckpt), tokenizer, model.config, data.items)
         vectors = cached_item_vectors(
             path,
-            lambda: encode_items(model.longformer, tokenizer, items, args.batch_size, device, amp, args.progress),
+            lambda: encode_items_sharded(
+                model.longformer, tokenizer, items, args.batch_size, device, amp, progress
+            ),
             shape=(data.num_items, model.config.hidden_size),
         )
         model.init_item_embedding(vectors)
         source = "encoded"
     pairs = getattr(data, SPLITS[args.split])()
+    distributed.check_world_size(len(pairs), f"the {args.split} split of {args.data_path}")
     logger.info("evaluating %s on %s %s: %d users, %d items, item table %s", args.ckpt, data.name, args.split,
                 len(pairs), data.num_items, source)  # fmt: skip
     metrics = evaluate(
         model, pairs, tokenizer, items, args.batch_size, device, args.metric_ks, args.exclude_history, amp,
-        args.progress, desc=f"evaluate {args.split}",
+        progress, desc=f"evaluate {args.split}",
     )  # fmt: skip
     return CheckpointEvaluation(
         metrics, str(args.ckpt), data.name, args.split, source, len(pairs), data.num_items, args.exclude_history

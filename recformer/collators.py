@@ -11,10 +11,12 @@ from __future__ import annotations
 import random
 import unicodedata
 from collections.abc import Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
+from .distributed import shard_bounds
+from .modeling import draw_candidates
 from .tokenization import RecformerTokenizer, TokenizedItem
 
 ItemTable = Sequence[TokenizedItem] | Mapping[Hashable, TokenizedItem]
@@ -49,27 +51,105 @@ def encode_item_sequences(
 class FinetuneCollator:
     """Training batches: for each user one random target position in [0, L-1]; history = items before it.
 
+    With `num_negatives` K > 0 the batch also holds `candidates` [B, 1 + K]: each target first, then K
+    negatives drawn uniformly from the other items of the table (`modeling.draw_candidates`), for
+    `RecformerForSeqRec`'s sampled softmax.
+
     Example (targets drawn at positions 2 and 0):
         >>> collator([[5, 9, 2, 4], [8, 1]])
         {input_ids: encoding of [[5, 9], []], ..., 'labels': tensor([2, 8])}
     """
 
-    def __init__(self, tokenizer: RecformerTokenizer, item_table: ItemTable, rng: random.Random | None = None):
+    def __init__(
+        self,
+        tokenizer: RecformerTokenizer,
+        item_table: ItemTable,
+        rng: random.Random | None = None,
+        num_negatives: int = 0,
+    ):
         self.tokenizer = tokenizer
         self.item_table = item_table
         self.rng = rng if rng is not None else random.Random(0)
+        self.num_negatives = num_negatives
 
-    def __call__(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+    def sample(
+        self, batch: Sequence[Sequence[int]], rng: random.Random | None = None
+    ) -> tuple[list[Sequence[int]], torch.Tensor, torch.Tensor | None]:
+        """(histories, labels [B], candidates [B, 1 + K] or None), drawn from `rng` (default: `self.rng`)."""
+        rng = self.rng if rng is None else rng
         histories, labels = [], []
         for seq in batch:
             if len(seq) == 0:
                 raise ValueError("a training sequence is empty")
-            t = self.rng.randint(0, len(seq) - 1)
+            t = rng.randint(0, len(seq) - 1)
             histories.append(seq[:t])
             labels.append(seq[t])
+        targets = torch.tensor(labels, dtype=torch.long)
+        candidates = None
+        if self.num_negatives > 0:
+            generator = torch.Generator().manual_seed(rng.getrandbits(63))
+            candidates = draw_candidates(targets, len(self.item_table), self.num_negatives, generator)
+        return histories, targets, candidates
+
+    def encode(
+        self, histories: Sequence[Sequence[int]], labels: torch.Tensor, candidates: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """The model inputs of sampled rows: encoded histories, `labels` and `candidates` when given."""
         out = encode_item_sequences(self.tokenizer, self.item_table, histories)
-        out["labels"] = torch.tensor(labels, dtype=torch.long)
+        out["labels"] = labels
+        if candidates is not None:
+            out["candidates"] = candidates
         return out
+
+    def __call__(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        return self.encode(*self.sample(batch))
+
+
+class StepBatch(NamedTuple):
+    """One optimizer step of one rank: `size` users in the global batch, this rank's micro-batches and
+    how many users each counts (0 for a stand-in batch of a rank with no user in this step)."""
+
+    size: int
+    micro: list[tuple[dict[str, torch.Tensor], int]]
+
+
+class GlobalBatchCollator:
+    """Training steps for one rank of `world`: a global batch of user sequences -> this rank's micro-batches.
+
+    Targets and negatives of the whole global batch are drawn from one generator seeded by
+    (`seed`, step), in global order, before the batch is split into contiguous per-rank slices
+    (`distributed.shard_bounds`) and each slice into micro-batches of
+    at most `micro_batch` users. So the rows of a step are the same whatever the world size, and
+    concatenating every rank's micro-batches gives the one-process batch. A rank left without a user
+    (a last step smaller than the world) gets the step's first user as a stand-in counted 0 times, so
+    it still takes part in the gradient all-reduce.
+
+    Input: (step index, the step's user sequences); output: `StepBatch`.
+    """
+
+    def __init__(
+        self, collator: FinetuneCollator, seed: int, micro_batch: int, rank: int = 0, world: int = 1
+    ) -> None:
+        self.collator = collator
+        self.seed = seed
+        self.micro_batch = micro_batch
+        self.rank, self.world = rank, world
+
+    def __call__(self, step: tuple[int, Sequence[Sequence[int]]]) -> StepBatch:
+        index, sequences = step
+        histories, labels, candidates = self.collator.sample(sequences, random.Random(f"{self.seed}/{index}"))
+        n = len(sequences)
+        start, end = shard_bounds(n, self.rank, self.world)
+        counted = 1
+        if start == end:
+            start, end, counted = 0, 1, 0
+        micro = []
+        for a in range(start, end, self.micro_batch):
+            b = min(a + self.micro_batch, end)
+            drawn = None if candidates is None else candidates[a:b]
+            rows = self.collator.encode(histories[a:b], labels[a:b], drawn)
+            micro.append((rows, (b - a) * counted))
+        return StepBatch(n, micro)
 
 
 class EvalCollator:

@@ -13,6 +13,11 @@ over users, ties count against the target, and the run can resume from its last 
 identical results (the data order and targets of an epoch are a function of the seed, the stage and
 the epoch; RNG states are saved).
 
+Under torchrun (`distributed.py`) every step's global batch is split across the ranks and trained
+with DistributedDataParallel, item tables are encoded and evaluation users ranked in shards, and
+only rank 0 writes files and logs. The global batches do not depend on the world size, and each
+rank's loss is weighted by its share of the global batch, so the gradients are those of one process.
+
 The reusable parts live elsewhere: arguments in `args.py`, item vectors and evaluation in
 `evaluation.py`, caches in `cache.py`, the run log in `run_log.py`, the resume file in
 `training_state.py`. This module is the recipe only; no library module imports it.
@@ -20,6 +25,7 @@ The reusable parts live elsewhere: arguments in `args.py`, item vectors and eval
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -27,6 +33,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -37,14 +44,15 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from . import distributed
 from .args import TARGET_METRIC, FinetuneArgs
 from .cache import file_fingerprint, item_table_path, tokenizer_fingerprint
 from .checkpoint import load_checkpoint
-from .collators import FinetuneCollator
+from .collators import FinetuneCollator, GlobalBatchCollator
 from .configuration import build_config, field_values
 from .data.finetune_reader import FinetuneData, load_finetune_data
-from .devices import autocast_context, resolve_device
-from .evaluation import cached_item_vectors, encode_items, evaluate, to_device
+from .devices import autocast_context
+from .evaluation import cached_item_vectors, encode_items_sharded, evaluate, to_device
 from .fileio import atomic_torch_save, atomic_write_json
 from .item_tokens import tokenize_catalogue
 from .metrics import NonFiniteScores, format_metrics
@@ -53,7 +61,7 @@ from .optimization import parameter_groups
 from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
 from .run_log import RunLog
 from .tokenization import RecformerTokenizer
-from .training_state import STATE_FILE, TrainingState
+from .training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +70,9 @@ BEST_MODEL_FOLDER = "best_model"  # save_pretrained folder of the best model and
 # Flags that cannot change a run's numbers, so they may differ between a run and its resumption: display,
 # tokenizer threads (same tokens), where caches live (keyed by content), the output folder (the resume file
 # is found in it) and the device index (the device *type* is part of the fingerprint).
-RESUME_FREE_FLAGS = ("progress", "preprocessing_num_workers", "cache_dir", "resume", "output_dir", "device")
+# --global_batch_size is free too: the global batch it gives is fingerprinted (see `fingerprint`).
+RESUME_FREE_FLAGS = ("progress", "preprocessing_num_workers", "cache_dir", "resume", "output_dir", "device",
+                     "global_batch_size")  # fmt: skip
 # Flags naming inputs: the fingerprint holds their content, so a moved folder with the same files resumes.
 INPUT_FLAGS = (
     "data_path", "pretrain_ckpt", "model_name_or_path", "train_file", "dev_file", "test_file", "item2id_file", "meta_file",
@@ -79,6 +89,25 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
+def check_resume_layout(
+    saved_args: Mapping[str, Any], args: FinetuneArgs, world_size: int, path: Path
+) -> None:
+    """Refuse a resume file saved by a run on another number of processes unless --global_batch_size is
+    given: without it the global batch (batch x accumulation x processes), and so every step, would change.
+    The global batch itself is part of the run's fingerprint.
+
+    Raises:
+        ResumeError: naming both world sizes.
+    """
+    saved_world = saved_args.get("world_size", 1)  # files written before distributed runs: one process
+    if saved_world != world_size and args.global_batch_size is None:
+        raise ResumeError(
+            f"{path} was saved by a run on {saved_world} processes and this run has {world_size}; pass "
+            f"--global_batch_size {saved_args.get('global_batch')} to continue it with the same global batch; "
+            f"{START_FRESH}"
+        )
+
+
 class Finetuner:
     """Runs the whole two-stage procedure for one dataset; see the module docstring."""
 
@@ -86,17 +115,20 @@ class Finetuner:
         args.validate()
         self.args = args
         torch.manual_seed(args.seed)
-        self._setup_device()
-        self._setup_data()
-        self._setup_model()
-        self._setup_optimization()
-        self.log = RunLog(self.out_dir)
+        with distributed.fail_together():  # a setup error on any rank stops every rank
+            self._setup_device()
+            self._setup_data()
+            self._setup_model()
+            self._setup_optimization()
+        self._setup_ddp()
+        self.log = RunLog(self.out_dir, enabled=distributed.is_main())
         self.state = TrainingState(patience=STAGE_PATIENCE[1])
 
     # -- setup ---------------------------------------------------------------------------------
     def _setup_device(self) -> None:
         args = self.args
-        self.device = resolve_device(args.device)
+        self.device = distributed.rank_device(args.device)
+        self.progress = args.progress and distributed.is_main()
         if args.fp16 and self.device.type != "cuda":
             logger.warning("--fp16 needs a CUDA device; running in float32 on %s", self.device)
         self.use_scaler = args.fp16 and self.device.type == "cuda"
@@ -105,16 +137,20 @@ class Finetuner:
 
     def _setup_data(self) -> None:
         args = self.args
-        # the output folder is named after the data folder; checked before any input is read
-        self.out_dir = check_output_dir(Path(args.output_dir) / Path(args.data_path).name)
-        self.cache_dir = check_output_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
-        self.ckpt_path = check_output_file(self.out_dir / args.ckpt)
-        self.state_path = check_output_file(self.out_dir / STATE_FILE)
-        check_output_dir(self.out_dir / BEST_MODEL_FOLDER)
+        # the output folder is named after the data folder; checked before any input is read, by rank 0,
+        # the only writer (`fail_together` in __init__ stops the others when it fails)
+        main = distributed.is_main()
+        check_dir, check_file = (check_output_dir, check_output_file) if main else (Path, Path)
+        self.out_dir = check_dir(Path(args.output_dir) / Path(args.data_path).name)
+        self.cache_dir = check_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
+        self.ckpt_path = check_file(self.out_dir / args.ckpt)
+        self.state_path = check_file(self.out_dir / STATE_FILE)
+        check_dir(self.out_dir / BEST_MODEL_FOLDER)
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if distributed.is_main():
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         self.data_files = [
             Path(args.data_path) / name
             for name in (args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file)
@@ -135,26 +171,44 @@ class Finetuner:
             self.model.longformer.embeddings.word_embeddings.weight.requires_grad_(False)
         self.model.to(self.device)
         self.items = tokenize_catalogue(
-            self.tokenizer, self.data.items, cache_dir=self.cache_dir, progress=args.progress
-        )
+            self.tokenizer, self.data.items, cache_dir=self.cache_dir, progress=self.progress,
+            write_cache=distributed.is_main(),
+        )  # fmt: skip
         self.train_sequences = self.data.train_sequences()
 
     def _setup_optimization(self) -> None:
         args = self.args
-        batches = math.ceil(len(self.train_sequences) / args.batch_size)
-        self.steps_per_epoch = math.ceil(batches / args.gradient_accumulation_steps)
+        world = distributed.world_size()
+        distributed.check_world_size(len(self.train_sequences), str(Path(args.data_path) / args.train_file))
+        self.micro_batch, accumulation, self.global_batch = args.batch_layout(world)
+        logger.info("global batch %d = %d sequences x %d accumulation steps x %d processes", self.global_batch,
+                    self.micro_batch, accumulation, world)  # fmt: skip
+        self.steps_per_epoch = math.ceil(len(self.train_sequences) / self.global_batch)
         total_steps = self.steps_per_epoch * args.num_train_epochs
         # AdamW without weight decay on biases and LayerNorm weights.
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, args.weight_decay), lr=args.learning_rate)
         self.scheduler = get_linear_schedule_with_warmup(self.optimizer, args.warmup_steps, max(total_steps, 1))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
 
+    def _setup_ddp(self) -> None:
+        """`train_model`, what training calls: the model in DistributedDataParallel on several processes
+        (its constructor is collective: rank 0's weights go to every rank), else the model itself."""
+        self.train_model: torch.nn.Module = self.model
+        if distributed.world_size() > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # The only buffer (position ids) is constant: synced at construction, not before every forward.
+            self.train_model = DistributedDataParallel(
+                self.model, device_ids=device_ids, forward_sync_buffers=False
+            )
+
     # -- item table ----------------------------------------------------------------------------
     def item_vectors(self) -> torch.Tensor:
         """Every item encoded by the current encoder [N, H]."""
-        return encode_items(
+        return encode_items_sharded(
             self.model.longformer, self.tokenizer, self.items, self.eval_batch_size, self.device, self.amp,
-            self.args.progress,
+            self.progress,
         )  # fmt: skip
 
     @functools.cached_property
@@ -166,14 +220,15 @@ class Finetuner:
     def fingerprint(self) -> dict[str, dict[str, Any]]:
         """What produced this run's numbers (`training_state.fingerprint_differences`): every flag but
         `RESUME_FREE_FLAGS` and `INPUT_FLAGS`, the content of every input file, the tokenizer, the
-        config and the device type. Files are hashed once per run."""
+        config, the device type and the global batch. Files are hashed once per run."""
         flags = {k: v for k, v in asdict(self.args).items() if k not in RESUME_FREE_FLAGS + INPUT_FLAGS}
         files = {f"data file {path.name}": file_fingerprint(path) for path in self.data_files}
         files["checkpoint --pretrain_ckpt"] = self.checkpoint_fingerprint
         files["tokenizer of --model_name_or_path"] = tokenizer_fingerprint(self.tokenizer)
         config = json.loads(self.config.to_json_string(use_diff=False))
         config = {k: v for k, v in config.items() if k not in CONFIG_NOT_FINGERPRINTED}
-        return {"flags": flags, "files": files, "config": config, "device": {"type": self.device.type}}
+        return {"flags": flags, "files": files, "config": config, "device": {"type": self.device.type},
+                "layout": {"global batch": self.global_batch}}  # fmt: skip
 
     def initial_item_table(self) -> torch.Tensor:
         """Item vectors of the pretrained encoder, cached (`cache.item_table_path`)."""
@@ -186,20 +241,35 @@ class Finetuner:
 
     # -- saving --------------------------------------------------------------------------------
     def save_state(self) -> None:
-        """Everything needed to continue from this point (`training_state.pt`)."""
-        self.state.save(
+        """Everything needed to continue from this point (`training_state.pt`), with the world size and
+        global batch it was trained with (written by rank 0)."""
+        layout = {"world_size": distributed.world_size(), "global_batch": self.global_batch}
+        distributed.on_main(lambda: self.state.save(
             self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-            scaler=self.scaler, args=asdict(self.args), fingerprint=self.fingerprint,
-        )  # fmt: skip
+            scaler=self.scaler, args={**asdict(self.args), **layout}, fingerprint=self.fingerprint,
+        ))  # fmt: skip
 
-    def load_state(self) -> bool:
-        """Continue from `training_state.pt` (False when there is none yet)."""
-        if not self.state_path.is_file():
+    def load_state(self, exists: bool | None = None) -> bool:
+        """Continue from `training_state.pt` (False when there is none yet).
+
+        `exists`: whether rank 0 sees the file (default: whether this process does); every rank of a
+        distributed run must decide alike, so a rank that cannot see rank 0's file is an error.
+        """
+        exists = self.state_path.is_file() if exists is None else exists
+        if not exists:
             logger.info("--resume: no %s yet, starting from the beginning", self.state_path)
             return False
+        if not self.state_path.is_file():
+            raise FileNotFoundError(
+                f"{self.state_path}: rank 0 resumes from it but rank {distributed.rank()} cannot read it; the "
+                "output folder must be shared by every process"
+            )
         self.state, _ = TrainingState.load(
             self.state_path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler, scaler=self.scaler,
             fingerprint=self.fingerprint,
+            check_args=lambda saved: check_resume_layout(
+                saved, self.args, distributed.world_size(), self.state_path
+            ),
         )  # fmt: skip
         self.model.to(self.device)
         self.log.trim(self.state.global_step)
@@ -208,89 +278,107 @@ class Finetuner:
         return True
 
     def save_best(self) -> None:
-        atomic_torch_save(self.model.state_dict(), self.ckpt_path)
+        distributed.on_main(lambda: atomic_torch_save(self.model.state_dict(), self.ckpt_path))
 
     def load_best(self) -> None:
         load_checkpoint(self.model, self.ckpt_path)
         self.model.to(self.device)
 
     def export_best(self) -> None:
-        """`save_pretrained` folder of the best model, with the tokenizer files."""
-        save_pretrained_folder(self.out_dir / BEST_MODEL_FOLDER, self.model, self.tokenizer)
+        """`save_pretrained` folder of the best model, with the tokenizer files (written by rank 0)."""
+        folder = self.out_dir / BEST_MODEL_FOLDER
+        distributed.on_main(lambda: save_pretrained_folder(folder, self.model, self.tokenizer))
 
     # -- training ------------------------------------------------------------------------------
     def train_loader(self, stage: int, epoch: int) -> DataLoader:
-        """Order and targets are a function of (seed, stage, epoch), so a resumed run sees the same data."""
+        """This rank's optimizer steps of one epoch (`collators.GlobalBatchCollator`).
+
+        The user order, targets and negatives are a function of (seed, stage, epoch, step) and the
+        global batch, whatever the world size: a resumed run, or a run on another number of
+        processes with the same global batch, sees the same global batches.
+        """
         seed = _mix_seed(self.args.seed, stage, epoch)
-        collator = FinetuneCollator(self.tokenizer, self.items, random.Random(seed))
-
-        def reseed_worker(worker_id: int) -> None:
-            collator.rng.seed(_mix_seed(seed, worker_id))
-
+        n, g = len(self.train_sequences), self.global_batch
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+        steps = [(i, [self.train_sequences[u] for u in order[a : a + g]]) for i, a in enumerate(range(0, n, g))]
+        negatives = max(self.config.finetune_negative_sample_size, 0)
+        collator = GlobalBatchCollator(
+            FinetuneCollator(self.tokenizer, self.items, num_negatives=negatives), seed, self.micro_batch,
+            distributed.rank(), distributed.world_size(),
+        )  # fmt: skip
         return DataLoader(
-            self.train_sequences,
-            batch_size=self.args.batch_size,
-            shuffle=True,
+            steps,
+            batch_size=None,  # each element is one whole step
             collate_fn=collator,
             num_workers=self.args.dataloader_num_workers,
-            worker_init_fn=reseed_worker if self.args.dataloader_num_workers > 0 else None,
-            generator=torch.Generator().manual_seed(seed),
             pin_memory=self.device.type == "cuda",
         )
 
     def train_one_epoch(self, stage: int, epoch: int) -> None:
         args = self.args
         self.model.train()
-        loader = self.train_loader(stage, epoch)
-        accum = args.gradient_accumulation_steps
-        n_batches = len(loader)
-        window_loss, window_seqs, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
-        bar = tqdm(loader, desc=f"stage {stage} epoch {epoch}", disable=not args.progress, unit="batch")
-        for i, batch in enumerate(bar):
-            batch = to_device(batch, self.device)
-            # the last window of an epoch may hold fewer than `accum` batches
-            group = accum if (i // accum) < (n_batches // accum) else n_batches % accum
-            with self.amp():
-                loss = self.model(**batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at stage {stage} epoch {epoch} step {self.state.global_step} "
-                    f"(batch {i}); the last good checkpoint is {self.ckpt_path}"
-                )
-            self.scaler.scale(loss / group).backward()
-            window_loss += loss.item() / group
-            window_seqs += batch["input_ids"].size(0)
-            window_tokens += int(batch["attention_mask"].sum())
-            if (i + 1) % accum == 0 or i + 1 == n_batches:
-                if args.max_grad_norm:
-                    self.scaler.unscale_(self.optimizer)
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
-                scale = self.scaler.get_scale()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.scaler.get_scale() >= scale:  # fp16 skips the step when gradients overflow
-                    self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.state.global_step += 1
-                elapsed = max(time.perf_counter() - t0, 1e-9)
-                record = {
-                    "stage": stage,
-                    "epoch": epoch,
-                    "step": self.state.global_step,
-                    "loss": window_loss,
-                    "lr": self.scheduler.get_last_lr()[0],
-                    "seqs_per_s": window_seqs / elapsed,
-                    "tokens_per_s": window_tokens / elapsed,
-                }
-                self.log.log_step(record)
-                bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{record['lr']:.2e}")
-                window_loss, window_seqs, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+        # Dropout masks are a function of (seed, stage, epoch, rank), so a resumed run draws the same ones.
+        torch.manual_seed(_mix_seed(args.seed, stage, epoch, "dropout", distributed.rank()))
+        world = distributed.world_size()
+        t0 = time.perf_counter()
+        bar = tqdm(self.train_loader(stage, epoch), desc=f"stage {stage} epoch {epoch}", disable=not self.progress,
+                   unit="step")  # fmt: skip
+        for step in bar:
+            # -- distributed: each micro-batch's mean loss is weighted by its share of the global batch times
+            # the world size (DDP averages gradients over the ranks), so the gradient is the one-process
+            # gradient of the global batch's mean loss, an uneven last step included; DDP synchronises
+            # gradients on the last micro-batch of the step only.
+            # this rank's loss sum, sequences, tokens
+            totals = torch.zeros(3, dtype=torch.float64, device=self.device)
+            for j, (batch, rows) in enumerate(step.micro):
+                batch = to_device(batch, self.device)
+                sync = self.train_model is self.model or j == len(step.micro) - 1
+                with contextlib.nullcontext() if sync else self.train_model.no_sync():
+                    with self.amp():
+                        loss = self.train_model(**batch)  # mean over the micro-batch
+                    self.scaler.scale(loss * (rows * world / step.size)).backward()
+                if rows:
+                    totals[0] += loss.detach().double() * rows
+                    totals[1] += rows
+                    totals[2] += batch["attention_mask"].sum()
+            loss_sum, seqs, tokens = distributed.all_reduce_sum(totals).tolist()
+            step_loss = loss_sum / step.size  # the mean over the global batch
+            if not math.isfinite(step_loss):
+                distributed.raise_everywhere(TrainingDiverged(
+                    f"loss is {step_loss} at stage {stage} epoch {epoch} step {self.state.global_step}; "
+                    f"the last good checkpoint is {self.ckpt_path}"
+                ))  # fmt: skip
+            # -- end distributed
+            if args.max_grad_norm:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
+            scale = self.scaler.get_scale()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scaler.get_scale() >= scale:  # fp16 skips the step when gradients overflow
+                self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.state.global_step += 1
+            elapsed = max(time.perf_counter() - t0, 1e-9)
+            record = {
+                "stage": stage,
+                "epoch": epoch,
+                "step": self.state.global_step,
+                "loss": step_loss,
+                "sequences": step.size,
+                "lr": self.scheduler.get_last_lr()[0],
+                "seqs_per_s": seqs / elapsed,
+                "tokens_per_s": tokens / elapsed,
+            }
+            self.log.log_step(record)
+            bar.set_postfix(loss=f"{step_loss:.4f}", lr=f"{record['lr']:.2e}")
+            t0 = time.perf_counter()
 
     def evaluate_split(self, split: str) -> dict[str, float]:
         pairs = self.data.dev_pairs() if split == "dev" else self.data.test_pairs()
         return evaluate(
             self.model, pairs, self.tokenizer, self.items, self.eval_batch_size, self.device, self.args.metric_ks,
-            self.args.exclude_history, self.amp, self.args.progress, desc=f"evaluate {split}",
+            self.args.exclude_history, self.amp, self.progress, desc=f"evaluate {split}",
         )  # fmt: skip
 
     def checked_evaluation(self, split: str, what: str) -> dict[str, float]:
@@ -336,8 +424,10 @@ class Finetuner:
     def run(self) -> dict:
         """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json."""
         args = self.args
-        resumed = args.resume and self.load_state()  # a refused resumption leaves the folder as it was
-        atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True)
+        exists = args.resume and distributed.broadcast_object(self.state_path.is_file())  # rank 0's view
+        with distributed.fail_together():  # an unreadable or refused resume file stops every rank
+            resumed = args.resume and self.load_state(exists)  # a refused resumption leaves the folder as it was
+        distributed.on_main(lambda: atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True))
         if not resumed:
             self.log.start_fresh()
             random.seed(args.seed)

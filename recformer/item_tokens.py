@@ -64,6 +64,16 @@ class TokenizedItems(Sequence):
             return False
         return True
 
+    def take(self, rows: Sequence[int] | np.ndarray) -> TokenizedItems:
+        """The given rows, in that order, as a table of their own (row j is row `rows[j]`)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, lengths = self.offsets[rows], self.lengths()[rows]
+        offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        flat = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])  # [T] positions in self.ids
+        keys = [self.keys[i] for i in rows] if self.keys is not None else None
+        return TokenizedItems(self.ids[flat], self.types[flat], offsets, keys)
+
     def lengths(self) -> np.ndarray:
         """Tokens per item [N]."""
         return np.diff(self.offsets)
@@ -94,6 +104,7 @@ def tokenize_catalogue(
     cache_dir: str | os.PathLike | None = None,
     chunk_size: int = 8192,
     progress: bool = True,
+    write_cache: bool = True,
 ) -> TokenizedItems:
     """Tokenize every item once (cached on disk under `cache_dir` when given).
 
@@ -102,6 +113,7 @@ def tokenize_catalogue(
         items: attribute dicts, one per row.
         keys: optional key per row (e.g. asins) so the table can be indexed by key.
         cache_dir: folder for `items-<fingerprint>.npz`; None disables the disk cache.
+        write_cache: False: read the cache file when it exists, never write it (a rank other than 0).
     """
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
@@ -121,4 +133,4 @@ def tokenize_catalogue(
         return table
 
     path = tokenized_items_path(cache_dir, tokenizer, items, keys) if cache_dir is not None else None
-    return cached(path, build, load, TokenizedItems.save, "tokenized items")
+    return cached(path, build, load, TokenizedItems.save, "tokenized items", write=write_cache)

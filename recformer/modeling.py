@@ -570,13 +570,27 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         )
 
 
+def draw_candidates(
+    labels: torch.Tensor, num_items: int, num_negatives: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """[B, 1 + K] item ids: each row's positive `labels[b]` first, then K negatives drawn uniformly from
+    the other `num_items - 1` items (never the positive), on `labels`' device."""
+    if num_items < 2:
+        raise ValueError("sampled softmax needs at least 2 items")
+    shape = (labels.size(0), num_negatives)
+    neg = torch.randint(0, num_items - 1, shape, device=labels.device, generator=generator)
+    neg = neg + (neg >= labels.unsqueeze(-1)).long()  # skip the positive
+    return torch.cat([labels.unsqueeze(-1), neg], dim=-1)
+
+
 class RecformerForSeqRec(RecformerPreTrainedModel):
     """Sequential recommendation: score a user's history against a frozen table of item vectors.
 
     `init_item_embedding(tensor [N, H])` sets the table (and `config.item_num`). Without labels,
     `forward` returns scores [B, N] (cosine / temp); with labels it returns the loss: full softmax
     over all N items when `finetune_negative_sample_size <= 0`, else the positive plus K sampled
-    negatives (never the positive itself) with target index 0.
+    negatives (never the positive itself) with target index 0. `candidates` [B, 1 + K] given with
+    the labels (the positive first, as `draw_candidates` makes them) are used instead of drawing.
     """
 
     def __init__(self, config: RecformerConfig):
@@ -646,13 +660,9 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
         return scores / (cand.norm(dim=-1).to(scores.dtype).clamp(min=Similarity.eps) * self.sim.temp)
 
     def sample_candidates(self, labels: torch.Tensor, num_negatives: int) -> torch.Tensor:
-        """[B, 1 + K]: the positive first, then K uniform negatives drawn from the other items."""
-        num_items = self._require_items().num_embeddings
-        if num_items < 2:
-            raise ValueError("sampled softmax needs at least 2 items")
-        neg = torch.randint(0, num_items - 1, (labels.size(0), num_negatives), device=labels.device)
-        neg = neg + (neg >= labels.unsqueeze(-1)).long()  # skip the positive
-        return torch.cat([labels.unsqueeze(-1), neg], dim=-1)
+        """[B, 1 + K]: the positive first, then K uniform negatives drawn from the other items
+        (`draw_candidates` with torch's global generator)."""
+        return draw_candidates(labels, self._require_items().num_embeddings, num_negatives)
 
     def forward(
         self,
@@ -686,6 +696,9 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
         if labels is None:
             return self.similarity_score(pooled, candidates)
         labels = labels.reshape(-1)
+        if candidates is not None:  # drawn by the caller (`collators.FinetuneCollator`), the positive first
+            logits = self.similarity_score(pooled, candidates).float()  # [B, 1 + K]
+            return F.cross_entropy(logits, torch.zeros_like(labels))
         k = self.config.finetune_negative_sample_size
         if k <= 0:
             logits = self.similarity_score(pooled)  # [B, N]

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from . import distributed
 from .cache import file_fingerprint, item_table_path, item_vector_fields, tokenizer_fingerprint
 from .checkpoint import (
     CheckpointError,
@@ -42,7 +43,7 @@ from .checkpoint import (
 from .collators import encode_item_sequences
 from .configuration import DEFAULT_MODEL, RecformerConfig, build_config
 from .devices import resolve_device
-from .evaluation import cached_item_vectors, encode_items, to_device
+from .evaluation import cached_item_vectors, encode_items, encode_items_sharded, to_device
 from .fileio import atomic_directory, dumps_json, read_json
 from .inputs import ItemsSource, item_id, read_items
 from .item_tokens import TokenizedItems, tokenize_catalogue
@@ -226,6 +227,9 @@ class Recommender:
     ) -> Recommender:
         """Encode every item of `items` with the checkpoint's encoder into a new index.
 
+        Under torchrun (process group started, e.g. `distributed.init_from_env`) every rank calls it:
+        the items are encoded in shards and every rank gets the whole index.
+
         Args:
             checkpoint: any form `load_checkpoint` takes (released RecformerModel or SeqRec file,
                 finetuned `best_model.bin`, `save_pretrained` folder), as a path.
@@ -233,7 +237,7 @@ class Recommender:
                 id -> attributes (`inputs.read_items`).
             model_name_or_path: config + tokenizer; default: the checkpoint when it is a
                 `save_pretrained` folder, else allenai/longformer-base-4096.
-            device: auto, cpu, cuda, cuda:N or a GPU index.
+            device: auto, cpu, cuda, cuda:N or a GPU index (under torchrun: auto, cuda or cpu).
             batch_size: items or histories encoded per batch.
             attn_implementation: "auto" or "eager" (the encoder's attention has one implementation).
             cache_dir: disk cache of the tokenized items and the vectors, keyed by checkpoint,
@@ -242,15 +246,19 @@ class Recommender:
         """
         check_attn_implementation(attn_implementation)
         model, tokenizer, _ = load_model_parts(checkpoint, model_name_or_path, fields)
-        device = resolve_device(device)
+        device = distributed.rank_device(device)
         model.to(device)
         ids, attrs = read_items(items)
-        table = tokenize_catalogue(tokenizer, attrs, keys=ids, cache_dir=cache_dir, progress=progress)
+        progress = progress and distributed.is_main()
+        table = tokenize_catalogue(tokenizer, attrs, keys=ids, cache_dir=cache_dir, progress=progress,
+                                   write_cache=distributed.is_main())  # fmt: skip
         checkpoint_hash = file_fingerprint(checkpoint)
         path = item_table_path(cache_dir, checkpoint_hash, tokenizer, model.config, attrs) if cache_dir else None
         vectors = cached_item_vectors(
             path,
-            lambda: encode_items(model.longformer, tokenizer, table, batch_size, device, progress=progress),
+            lambda: encode_items_sharded(
+                model.longformer, tokenizer, table, batch_size, device, progress=progress
+            ),
             shape=(len(ids), model.config.hidden_size),
         )
         model.init_item_embedding(vectors)

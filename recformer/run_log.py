@@ -29,8 +29,10 @@ TENSORBOARD_STEP_FIELDS = ("loss", "lr", "seqs_per_s")
 class RunLog:
     """The step log, TensorBoard events and metrics file of one run folder."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, enabled: bool = True):
+        """`enabled` False: a run log that records nothing (the ranks other than 0 of a distributed run)."""
         self.folder = Path(folder)
+        self.enabled = enabled
         self._writer: Any = None  # None: not opened yet; False: TensorBoard unavailable
         self._purge_step: int | None = None
 
@@ -40,11 +42,15 @@ class RunLog:
 
     def start_fresh(self) -> None:
         """Forget the step records of an earlier run in this folder."""
+        if not self.enabled:
+            return
         self.step_log.unlink(missing_ok=True)
 
     def trim(self, last_step: int) -> None:
         """Drop the step records (and, once TensorBoard opens, the events) after `last_step`: a resumed
         run trains those steps again."""
+        if not self.enabled:
+            return
         if self.step_log.is_file():
             lines = self.step_log.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= last_step]
@@ -64,6 +70,8 @@ class RunLog:
 
     def log_step(self, record: dict[str, Any]) -> None:
         """Append one optimizer step's record (it has `step`) to the step log and TensorBoard."""
+        if not self.enabled:
+            return
         with open(self.step_log, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if (tb := self._tensorboard()) is not None:
@@ -72,12 +80,16 @@ class RunLog:
 
     def log_dev(self, metrics: dict[str, float], step: int) -> None:
         """One dev evaluation's metrics, to TensorBoard (as dev/<metric>)."""
+        if not self.enabled:
+            return
         if (tb := self._tensorboard()) is not None:
             for name, value in metrics.items():
                 tb.add_scalar(f"dev/{name}", value, step)
 
     def write_metrics(self, metrics: dict[str, Any]) -> None:
         """Replace metrics.json (atomically)."""
+        if not self.enabled:
+            return
         atomic_write_json(self.folder / METRICS_FILE, metrics, indent=True)
 
     def close(self) -> None:

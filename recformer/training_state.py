@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,11 +120,13 @@ class TrainingState:
         scheduler: Any,
         scaler: torch.amp.GradScaler,
         fingerprint: Mapping[str, Any],
+        check_args: Callable[[Mapping[str, Any]], None] | None = None,
     ) -> tuple[TrainingState, dict[str, Any]]:
         """Restore the model, optimizer, scheduler, scaler and random generators from `path`.
 
         Nothing is restored unless the file is a complete resume file whose fingerprint equals
-        `fingerprint` (the current run's).
+        `fingerprint` (the current run's). `check_args`, when given, sees the saved run's arguments
+        first and raises to refuse them (e.g. another world size).
 
         Returns:
             The saved state and the arguments of the run that saved it.
@@ -143,6 +145,8 @@ class TrainingState:
                 f"{path}: not a finetuning resume file of this version (expected the keys {', '.join(PAYLOAD_KEYS)}; "
                 f"found {found}); {START_FRESH}"
             )
+        if check_args is not None:
+            check_args(payload["args"])
         changed = fingerprint_differences(payload["fingerprint"], fingerprint)
         if changed:
             raise ResumeError(f"{path} was saved by a run with other inputs or flags: {'; '.join(changed)}; {START_FRESH}")

@@ -27,7 +27,7 @@ FINETUNE_DEFAULTS = {
     "pretrain_ckpt": "c.bin", "data_path": "data", "model_name_or_path": "allenai/longformer-base-4096",
     "output_dir": "checkpoints", "ckpt": "best_model.bin", "train_file": "train.json", "dev_file": "val.json",
     "test_file": "test.json", "item2id_file": "smap.json", "meta_file": "meta_data.json", "num_train_epochs": 16,
-    "gradient_accumulation_steps": 8, "finetune_negative_sample_size": 1000, "metric_ks": [10, 50], "batch_size": 16,
+    "gradient_accumulation_steps": 8, "global_batch_size": None, "finetune_negative_sample_size": 1000, "metric_ks": [10, 50], "batch_size": 16,
     "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "device": "auto",
     "fp16": False, "bf16": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": 8,
     "dataloader_num_workers": 0, "seed": 42, "max_grad_norm": None, "exclude_history": False, "resume": False,
@@ -118,6 +118,7 @@ def test_valid_pretrain_arguments_pass():
         ({"fp16": True, "bf16": True}, "--fp16 and --bf16 are exclusive"),
         ({"metric_ks": [5, 50]}, "--metric_ks must include 10: model selection uses NDCG@10"),
         ({"metric_ks": [0, 10]}, "--metric_ks must be positive integers, got [0, 10]"),
+        ({"global_batch_size": 0}, "--global_batch_size must be >= 1, got 0"),
     ],
 )
 def test_finetune_validation_names_the_flag(changes, message):
@@ -125,3 +126,30 @@ def test_finetune_validation_names_the_flag(changes, message):
     args.validate()
     with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         replace(args, **changes).validate()
+
+
+@pytest.mark.parametrize(
+    "batch_size, accumulation, global_batch, world, layout",
+    [
+        (16, 8, None, 1, (16, 8, 128)),  # the reference: batch x accumulation x processes
+        (16, 8, None, 4, (16, 8, 512)),
+        (16, 8, 128, 1, (16, 8, 128)),  # --global_batch_size keeps 128 whatever the number of processes
+        (16, 8, 128, 2, (16, 4, 128)),
+        (16, 8, 128, 8, (16, 1, 128)),
+        (16, 8, 128, 64, (2, 1, 128)),
+        (20, 1, 96, 2, (16, 3, 96)),  # 48 per process in the fewest equal micro-batches of <= 20
+        (7, 1, 22, 2, (1, 11, 22)),  # 11 per process: prime, so micro-batches of 1
+    ],
+)
+def test_batch_layout(batch_size, accumulation, global_batch, world, layout):
+    args = FinetuneArgs(pretrain_ckpt="c.bin", data_path="data", batch_size=batch_size,
+                        gradient_accumulation_steps=accumulation, global_batch_size=global_batch)  # fmt: skip
+    micro, accum, total = args.batch_layout(world)
+    assert (micro, accum, total) == layout
+    assert micro * accum * world == total and micro <= batch_size
+
+
+def test_global_batch_not_divisible_by_the_world_size_is_refused():
+    args = FinetuneArgs(pretrain_ckpt="c.bin", data_path="data", global_batch_size=128)
+    with pytest.raises(ValueError, match=r"^--global_batch_size 128 is not divisible by the world size 3$"):
+        args.batch_layout(3)

@@ -7,6 +7,7 @@ import torch
 from recformer.collators import (
     EvalCollator,
     FinetuneCollator,
+    GlobalBatchCollator,
     PretrainCollator,
     WholeWordMasker,
     encode_item_sequences,
@@ -127,3 +128,32 @@ def test_pretrain_collator_pairs(tokenizer, table):
 def test_pretrain_collator_rejects_single_item_sequences(tokenizer, table):
     with pytest.raises(ValueError, match="at least 2 items"):
         PretrainCollator(tokenizer, table)([[0]])
+
+
+@pytest.mark.parametrize("world, micro", [(2, 2), (3, 1), (4, 8)])
+def test_a_global_batch_split_over_ranks_is_the_one_process_batch(tokenizer, table, world, micro):
+    """Targets and negatives are drawn for the whole step, so the ranks' rows put together in rank order
+    are the one-process rows; a rank without a user gets a stand-in row counted 0 times."""
+    sequences = [[0, 1, 2], [3, 1], [2, 0, 3, 1], [1]]
+    collator = FinetuneCollator(tokenizer, table, num_negatives=2)
+    (whole, rows), = GlobalBatchCollator(collator, seed=5, micro_batch=8)((3, sequences)).micro
+    assert rows == 4 and whole["candidates"].shape == (4, 3)
+    assert (whole["candidates"][:, 0] == whole["labels"]).all()
+    assert not (whole["candidates"][:, 1:] == whole["labels"][:, None]).any()
+    parts = [GlobalBatchCollator(collator, 5, micro, r, world)((3, sequences)) for r in range(world)]
+    assert all(step.size == 4 for step in parts)
+    counted = [(batch, rows) for step in parts for batch, rows in step.micro if rows]
+    assert all(len(batch["labels"]) <= micro for batch, _ in counted)
+    for name in ("labels", "candidates"):
+        assert torch.equal(torch.cat([batch[name] for batch, _ in counted]), whole[name])
+    assert sum(rows for _, rows in counted) == 4
+    if world == 4:  # 4 users on 4 ranks: one each, no stand-in
+        assert [len(step.micro) for step in parts] == [1, 1, 1, 1]
+    other_step = GlobalBatchCollator(collator, 5, 8)((4, sequences)).micro[0][0]
+    assert not torch.equal(other_step["candidates"], whole["candidates"])  # each step draws anew
+
+
+def test_a_rank_without_users_gets_a_stand_in_counted_zero_times(tokenizer, table):
+    step = GlobalBatchCollator(FinetuneCollator(tokenizer, table), seed=0, micro_batch=4, rank=0, world=2)((0, [[0, 1]]))  # rank 1 has it
+    ((batch, rows),) = step.micro
+    assert step.size == 1 and rows == 0 and len(batch["labels"]) == 1

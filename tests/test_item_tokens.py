@@ -32,3 +32,12 @@ def test_disk_cache_is_keyed_by_tokenizer_fields_and_items(tmp_path, tokenizer):
     assert short[0][0] == tokenizer.encode_item(ITEMS[0])[0] and len(short[0][0]) == 4
     tokenize_catalogue(tokenizer, ITEMS[:2], cache_dir=tmp_path, progress=False)
     assert len(list(tmp_path.glob("items-*.npz"))) == 3
+
+
+def test_take_gives_the_rows_in_the_given_order():
+    table = TokenizedItems.from_lists([([1, 2], [0, 1]), ([3], [1]), ([], []), ([4, 5, 6], [0, 0, 1])], keys="abcd")
+    part = table.take([3, 0, 2])
+    assert len(part) == 3 and part.keys == ["d", "a", "c"]
+    assert [part[i] for i in range(3)] == [([4, 5, 6], [0, 0, 1]), ([1, 2], [0, 1]), ([], [])]
+    assert part["a"] == table["a"] and part.lengths().tolist() == [3, 2, 0]
+    assert len(table.take([])) == 0

@@ -190,7 +190,10 @@ def test_seqrec_full_softmax_and_sampled_losses(tokenizer):
     assert candidates.min() >= 0 and candidates.max() <= 5
     with torch.no_grad():
         sampled_loss = model(**batch, labels=labels)
+        drawn = torch.tensor([[3, 0, 1], [5, 2, 2]])  # candidates drawn by the caller, the positive first
+        given_loss = model(**batch, labels=labels, candidates=drawn)
     assert torch.isfinite(sampled_loss)
+    torch.testing.assert_close(given_loss, F.cross_entropy(scores.gather(1, drawn), torch.zeros(2, dtype=torch.long)))
 
 
 def test_candidate_scores_equal_full_scores_at_those_items(tokenizer, config):

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import recformer.evaluation as evaluation_module
 import recformer.recommender as recommender_module
 from recformer import RecformerModel, RecformerTokenizer, Recommender, load_checkpoint
 from recformer.inputs import InputError, read_items
@@ -128,7 +129,7 @@ def test_bad_calls_are_refused_with_the_reason(rec, caplog):
 
 
 class EncodeSpy:
-    """Counts the items `encode_items` is asked to encode."""
+    """Counts the items `encode_items` is asked to encode (directly, or through `encode_items_sharded`)."""
 
     def __init__(self, monkeypatch):
         self.calls: list[int] = []
@@ -139,6 +140,7 @@ class EncodeSpy:
             return original(encoder, tokenizer, table, *args, **kwargs)
 
         monkeypatch.setattr(recommender_module, "encode_items", spy)
+        monkeypatch.setattr(evaluation_module, "encode_items", spy)
 
 
 def test_add_items_encodes_only_new_and_changed_items(assets, monkeypatch):

@@ -2,6 +2,7 @@
 
 The metrics and inputs are finetune.py's (dev input: the train sequence; test input: train + val).
 A finetuned best_model.bin is scored with its own item table unless --reencode_items is given.
+Several GPUs or nodes: start it with torchrun (`torchrun --nproc_per_node 4 evaluate.py ...`).
 Example (zero-shot transfer of the released checkpoint to a new domain):
     python evaluate.py --ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin --data_path finetune_data/Scientific \\
         --output zero_shot_scientific.json
@@ -13,13 +14,14 @@ import argparse
 import logging
 import sys
 
+from recformer import distributed
 from recformer.args import EvaluateArgs
 from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.checkpoint_eval import evaluate_checkpoint
 from recformer.data.finetune_reader import DataError
 from recformer.fileio import atomic_write_json
-from recformer.metrics import format_metrics_table
+from recformer.metrics import NonFiniteScores, format_metrics_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,14 +30,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = EvaluateArgs(**vars(build_parser().parse_args(argv)))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
+        distributed.init_from_env(args.device)
         result = evaluate_checkpoint(args)
         if args.output:
-            atomic_write_json(args.output, result.to_json(), indent=True)
-    except (DataError, CheckpointError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+            distributed.on_main(lambda: atomic_write_json(args.output, result.to_json(), indent=True))
+    except (DataError, CheckpointError, OSError, ValueError, NonFiniteScores, distributed.RankFailure) as e:
+        if line := distributed.error_line(e):
+            print(line, file=sys.stderr, flush=True)
         return 2
+    finally:
+        distributed.teardown()
+    if distributed.env_rank() != 0:
+        return 0
     print()
     print(format_metrics_table({f"{result.dataset} {result.split}": result.metrics}))
     print(f"{result.users} users, {result.items} items, item table: {result.item_table}"

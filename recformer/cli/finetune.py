@@ -1,6 +1,7 @@
 """Finetune a pretrained Recformer on one processed dataset (two stages) and evaluate it.
 
 Flags keep the reference script's names and defaults; see `python finetune.py --help`.
+Several GPUs or nodes: start it with torchrun (`torchrun --nproc_per_node 4 finetune.py ...`).
 Example:
     python finetune.py --pretrain_ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin \
         --data_path finetune_data/Scientific --num_train_epochs 128 --batch_size 16 --device 0 --fp16 \
@@ -15,6 +16,7 @@ import logging
 import sys
 from dataclasses import asdict
 
+from recformer import distributed
 from recformer.args import FinetuneArgs
 from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
@@ -30,18 +32,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = FinetuneArgs(**vars(build_parser().parse_args(argv)))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     set_tokenizer_threads(args.preprocessing_num_workers)
-    print("finetune arguments:", json.dumps(asdict(args), indent=1), flush=True)
+    if distributed.env_rank() == 0:
+        print("finetune arguments:", json.dumps(asdict(args), indent=1), flush=True)
     try:
+        distributed.init_from_env(args.device)
         finetuner = Finetuner(args)
         metrics = finetuner.run()
-    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores,
+            distributed.RankFailure) as e:  # fmt: skip
+        if line := distributed.error_line(e):
+            print(line, file=sys.stderr, flush=True)
         return 2
-    print()
-    print(format_metrics_table({"zero-shot test": metrics["zero_shot_test"], "finetuned test": metrics["test"]}))
-    print(f"outputs: {finetuner.out_dir}")
+    finally:
+        distributed.teardown()
+    if distributed.env_rank() == 0:
+        print()
+        table = {"zero-shot test": metrics["zero_shot_test"], "finetuned test": metrics["test"]}
+        print(format_metrics_table(table))
+        print(f"outputs: {finetuner.out_dir}")
     return 0
 
 
