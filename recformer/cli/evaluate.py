@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         result = evaluate_checkpoint(args)
         if args.output:
             distributed.on_main(lambda: atomic_write_json(args.output, result.to_json(), indent=True))
+        distributed.barrier()  # leave together: a rank that tears down while another still sends aborts
     except (DataError, CheckpointError, OSError, ValueError, NonFiniteScores, distributed.RankFailure) as e:
         if line := distributed.error_line(e):
             print(line, file=sys.stderr, flush=True)

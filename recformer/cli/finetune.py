@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.init_from_env(args.device)
         finetuner = Finetuner(args)
         metrics = finetuner.run()
+        distributed.barrier()  # leave together: a rank that tears down while another still sends aborts
     except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores,
             distributed.RankFailure) as e:  # fmt: skip
         if line := distributed.error_line(e):
