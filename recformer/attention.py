@@ -43,6 +43,12 @@ REFUSED_IMPLEMENTATIONS = {
 }
 
 
+class AttentionUnavailable(RuntimeError, ValueError):
+    """An attention implementation that cannot run on the device or for the work (one line saying what is missing).
+
+    A ValueError too, so that the commands report it as bad input, in one line."""
+
+
 def check_attn_implementation(name: str | None) -> str:
     """The implementation to store on the config for a requested name (None means "auto").
 
@@ -101,17 +107,17 @@ def resolve_attn_implementation(
         raise ValueError(f"output_attentions needs attn_implementation='eager' (or 'auto'), not {name!r}")
     if name == "flex_attention":
         if device.type == "cuda" and not flex_compiler_available(device):
-            raise RuntimeError(
+            raise AttentionUnavailable(
                 "attn_implementation='flex_attention' on CUDA needs triton (torch.compile's GPU compiler) and a "
                 "GPU of compute capability >= 7.0; triton is missing or the GPU is older: install triton or use 'sdpa'"
             )
         if dropout_active:
-            raise RuntimeError(
+            raise AttentionUnavailable(
                 "attn_implementation='flex_attention' has no attention-probability dropout: set "
                 "attention_probs_dropout_prob=0 or use 'sdpa' for training"
             )
         if needs_grad and device.type != "cuda":
-            raise RuntimeError(
+            raise AttentionUnavailable(
                 f"attn_implementation='flex_attention' cannot backpropagate on {device.type} (torch's FlexAttention "
                 "has no backward there); use 'sdpa' or 'auto'"
             )

@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from .args import EvaluateArgs
+from .attention import configure_attention, resolve_attn_implementation
 from .cache import file_fingerprint, item_table_path
 from .checkpoint import ITEM_TABLE_KEY, CheckpointError
 from .configuration import field_values
@@ -53,13 +54,15 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
             of items than the dataset (both named).
     """
     args.validate()
-    data = load_finetune_data(args.data_path)
     device = resolve_device(args.device)
+    resolve_attn_implementation(args.attn_implementation, device)  # one that cannot run here stops now
+    data = load_finetune_data(args.data_path)
 
     def amp():
         return autocast_context(device, args.fp16, args.bf16)
 
     model, tokenizer, report = load_model_parts(args.ckpt, args.model_name_or_path, field_values(args), args.temp)
+    configure_attention(model, args.attn_implementation, device)
     model.to(device)
     items = tokenize_catalogue(tokenizer, data.items, cache_dir=args.cache_dir, progress=args.progress)
     if ITEM_TABLE_KEY in report.loaded and not args.reencode_items:

@@ -11,13 +11,12 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .attention import resolve_attn_implementation
 from .cache import cached
 from .checkpoint import torch_load
-from .attention import resolve_attn_implementation
 from .collators import ItemTable, encode_item_sequences, pack_item_sequences
 from .fileio import atomic_torch_save
 from .item_tokens import TokenizedItems

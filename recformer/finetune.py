@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .args import TARGET_METRIC, FinetuneArgs
+from .attention import configure_attention, resolve_attn_implementation
 from .cache import file_fingerprint, item_table_path, tokenizer_fingerprint
 from .checkpoint import load_checkpoint
 from .collators import FinetuneCollator
@@ -101,7 +102,10 @@ class Finetuner:
             logger.warning("--fp16 needs a CUDA device; running in float32 on %s", self.device)
         self.use_scaler = args.fp16 and self.device.type == "cuda"
         self.amp = lambda: autocast_context(self.device, args.fp16, args.bf16)
-        self.eval_batch_size = args.eval_batch_size or args.batch_size * 4
+        # None: item encoding and evaluation batch by a token budget (`evaluation.pooled_batches`)
+        self.eval_batch_size = args.eval_batch_size
+        # an implementation that cannot train on this device stops here, before any data is read
+        resolve_attn_implementation(args.attn_implementation, self.device, needs_grad=True)
 
     def _setup_data(self) -> None:
         args = self.args
@@ -133,6 +137,9 @@ class Finetuner:
         logger.info("pretrained checkpoint %s: %s", args.pretrain_ckpt, report.summary())
         if args.fix_word_embedding:
             self.model.longformer.embeddings.word_embeddings.weight.requires_grad_(False)
+        configure_attention(self.model, args.attn_implementation, self.device, training=True)
+        if args.compile:
+            self.model.longformer.compile()  # in place: parameter names (and checkpoints) stay the same
         self.model.to(self.device)
         self.items = tokenize_catalogue(
             self.tokenizer, self.data.items, cache_dir=self.cache_dir, progress=args.progress
@@ -244,24 +251,28 @@ class Finetuner:
         loader = self.train_loader(stage, epoch)
         accum = args.gradient_accumulation_steps
         n_batches = len(loader)
-        window_loss, window_seqs, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+        # The step stays on the device: the loss is summed there and read once per optimizer step, where
+        # the NaN/inf check runs (before the optimizer touches the weights); token counts come from the CPU batch.
+        window_loss, window_seqs, window_tokens, first, t0 = 0.0, 0, 0, 0, time.perf_counter()
         bar = tqdm(loader, desc=f"stage {stage} epoch {epoch}", disable=not args.progress, unit="batch")
         for i, batch in enumerate(bar):
+            window_seqs += batch["input_ids"].size(0)
+            window_tokens += int(batch["attention_mask"].sum())  # a CPU tensor: no device sync
             batch = to_device(batch, self.device)
             # the last window of an epoch may hold fewer than `accum` batches
             group = accum if (i // accum) < (n_batches // accum) else n_batches % accum
             with self.amp():
                 loss = self.model(**batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} at stage {stage} epoch {epoch} step {self.state.global_step} "
-                    f"(batch {i}); the last good checkpoint is {self.ckpt_path}"
-                )
             self.scaler.scale(loss / group).backward()
-            window_loss += loss.item() / group
-            window_seqs += batch["input_ids"].size(0)
-            window_tokens += int(batch["attention_mask"].sum())
+            window_loss = window_loss + loss.detach().float() / group
             if (i + 1) % accum == 0 or i + 1 == n_batches:
+                window_loss = float(window_loss)  # the one host sync of an optimizer step
+                if not math.isfinite(window_loss):
+                    batches = f"batch {i}" if first == i else f"batches {first}-{i}"
+                    raise TrainingDiverged(
+                        f"loss is {window_loss} at stage {stage} epoch {epoch} step {self.state.global_step} "
+                        f"({batches}); the last good checkpoint is {self.ckpt_path}"
+                    )
                 if args.max_grad_norm:
                     self.scaler.unscale_(self.optimizer)
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
@@ -284,7 +295,7 @@ class Finetuner:
                 }
                 self.log.log_step(record)
                 bar.set_postfix(loss=f"{window_loss:.4f}", lr=f"{record['lr']:.2e}")
-                window_loss, window_seqs, window_tokens, t0 = 0.0, 0, 0, time.perf_counter()
+                window_loss, window_seqs, window_tokens, first, t0 = 0.0, 0, 0, i + 1, time.perf_counter()
 
     def evaluate_split(self, split: str) -> dict[str, float]:
         pairs = self.data.dev_pairs() if split == "dev" else self.data.test_pairs()
