@@ -52,11 +52,11 @@ def cached_item_vectors(
 
 # Real tokens per batch of item encoding and evaluation when no batch size is given, per device type: the
 # fastest measured within memory (bench/bench_throughput.py; the CPU figures are in bench/results/).
-TOKEN_BUDGET = {"cpu": 8192, "cuda": 65536}
+TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}
 # Shortest row of packed batches (a row holds at least the longest sequence).
 ROW_TOKENS = 256
 # Score elements ([histories, items]) per evaluation batch: bounds the score matrix of large catalogues.
-SCORE_BUDGET = 1 << 24
+SCORE_BUDGET = 1 << 22
 
 
 def token_budget(device: torch.device) -> int:
