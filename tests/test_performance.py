@@ -209,3 +209,13 @@ def test_fast_paths_run_under_bf16_autocast_close_to_fp32_eager(tokenizer, table
                 got = model.longformer(**batch).last_hidden_state[mask]
             torch.testing.assert_close(got.float(), expected, atol=0.1, rtol=0.05)
             assert torch.nn.functional.cosine_similarity(got.float(), expected, dim=-1).min() > 0.99
+
+
+def test_compiling_the_encoder_in_place_keeps_the_checkpoint_keys():
+    """What `--compile` does (`model.longformer.compile()`): the module is compiled in place, so the
+    state dict keeps its names (no `_orig_mod.` prefix) and checkpoints stay loadable."""
+    model = RecformerForSeqRec(tiny_config())
+    keys = list(model.state_dict())
+    model.longformer.compile()
+    assert model.longformer._compiled_call_impl is not None
+    assert list(model.state_dict()) == keys
