@@ -23,7 +23,7 @@ status=0
 echo "== CUDA tests"
 "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -n 15 | tee "$LOG_DIR/gpu_tests.log" || status=1
 echo "== throughput: eager vs sdpa vs flex_attention, longformer-base, bf16"
-timeout "${THROUGHPUT_TIMEOUT:-420}" "$PY" bench/bench_throughput.py --device cuda --size base --items 4000 --batch 16 \
+timeout "${THROUGHPUT_TIMEOUT:-420}" "$PY" bench/bench_throughput.py --device cuda --size base --items 4000 --batch 16 --parts items finetune pretrain budget \
     --lengths 1024 --steps 10 --repeats "${REPEATS:-2}" --output "$LOG_DIR/gpu_throughput.json" \
     2> "$LOG_DIR/gpu_throughput.log" | tail -n 80 || status=1
 tail -n 5 "$LOG_DIR/gpu_throughput.log"
