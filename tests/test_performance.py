@@ -26,12 +26,7 @@ ITEMS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def highest_precision():
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(previous)
+pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
 
 
 @pytest.fixture
