@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from .attention import ATTN_IMPLEMENTATIONS, check_attn_implementation
 from .checkpoint import TRUST_CHECKPOINT_HELP
 from .configuration import DEFAULT_MODEL, REFERENCE_SCRIPT_VALUES, add_recformer_field_args
 from .devices import PRECISIONS
@@ -27,6 +28,19 @@ TARGET_METRIC = "NDCG@10"
 DEFAULT_START = "longformer_ckpt/longformer-base-4096.bin"
 
 A = TypeVar("A")
+
+ATTN_HELP = (
+    f"attention implementation: {', '.join(ATTN_IMPLEMENTATIONS)}. auto = the fastest that runs on the device "
+    "(sdpa on CPU; on CUDA compiled flex_attention when triton works and attention dropout is off, else sdpa); "
+    "eager = transformers' Longformer attention (the reference). A name that cannot run here stops at start-up"
+)
+BF16_HELP = "bfloat16 autocast: use it on Ampere or newer GPUs (A100, H100, RTX 30xx and later) and CPUs with bf16"
+FP16_HELP = "float16 autocast + gradient scaling (CUDA): for GPUs without bf16 (V100, T4, RTX 20xx)"
+COMPILE_HELP = "torch.compile the encoder (off by default: compiling takes minutes, then steps run faster on GPUs)"
+EVAL_BATCH_HELP = (
+    "sequences per batch for item encoding and evaluation (default: batches of a token budget measured "
+    "fastest on the device, see recformer.evaluation.token_budget)"
+)
 
 
 def positive_int(text: str) -> int:
@@ -131,6 +145,13 @@ class _Validated:
             if value is not None and value < minimum:
                 raise ValueError(f"--{name} must be >= {minimum}, got {value}")
 
+    def _check_attention(self) -> None:
+        """--attn_implementation names an implementation (the error lists the valid names)."""
+        try:
+            check_attn_implementation(self.attn_implementation)
+        except (ValueError, ImportError) as e:
+            raise ValueError(f"--attn_implementation: {e}") from None
+
     def _above(self, minimum: float, *names: str) -> None:
         for name in names:
             value = getattr(self, name)
@@ -166,15 +187,15 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     finetune_negative_sample_size: int = flag(1000, "sampled negatives per user; <= 0 = full softmax over all items")
     metric_ks: list[int] = flag([10, 50])
     batch_size: int = flag(16, type=positive_int)
-    eval_batch_size: int | None = flag(
-        None, "for item encoding and evaluation (default 4 x batch_size)", type=positive_int
-    )
+    eval_batch_size: int | None = flag(None, EVAL_BATCH_HELP, type=positive_int)
     learning_rate: float = flag(5e-5)
     weight_decay: float = flag(0.0)
     warmup_steps: int = flag(100)
     device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
-    fp16: bool = flag(False, "float16 autocast + gradient scaling (CUDA)")
-    bf16: bool = flag(False, "bfloat16 autocast")
+    fp16: bool = flag(False, FP16_HELP)
+    bf16: bool = flag(False, BF16_HELP)
+    attn_implementation: str = flag("auto", ATTN_HELP)
+    compile: bool = flag(False, COMPILE_HELP)
     fix_word_embedding: bool = flag(False, "freeze the word embeddings")
     verbose: int = flag(3, "evaluate dev every N epochs", type=positive_int)
     preprocessing_num_workers: int = flag(8, "tokenizer threads", type=positive_int)
@@ -195,6 +216,7 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
         self._above(0, "learning_rate", "temp")
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16 are exclusive")
+        self._check_attention()
         if not self.metric_ks or any(k < 1 for k in self.metric_ks):
             raise ValueError(f"--metric_ks must be positive integers, got {self.metric_ks}")
         if TARGET_METRIC not in [f"NDCG@{k}" for k in self.metric_ks]:
@@ -265,8 +287,13 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
         "auto", "auto = DeepSpeed ZeRO-2 on CUDA GPUs, a plain strategy otherwise; or any Lightning strategy name"
     )
     num_nodes: int = flag(1)
-    fp16: bool = flag(False, "fp16 mixed precision (GPU; CPU runs fall back to fp32)")
-    precision: str | None = flag(None, "instead of --fp16 (not together with it, unless 16-mixed)", choices=PRECISIONS)
+    fp16: bool = flag(False, "fp16 mixed precision (GPU; CPU runs fall back to fp32): for GPUs without bf16 (V100, T4)")
+    precision: str | None = flag(
+        None, "instead of --fp16 (not together with it, unless 16-mixed); bf16-mixed on Ampere or newer GPUs "
+        "(A100, H100)", choices=PRECISIONS,
+    )
+    attn_implementation: str = flag("auto", ATTN_HELP)
+    compile: bool = flag(False, COMPILE_HELP)
     seed: int = flag(42)
     cache_dir: str | None = flag(None, "tokenized-item cache (default <output_dir>/cache)")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
@@ -287,6 +314,7 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
             raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.fp16 and self.precision not in (None, "16-mixed"):
             raise ValueError(f"--fp16 and --precision {self.precision} are exclusive")
+        self._check_attention()
 
 
 @dataclass(kw_only=True)
@@ -307,10 +335,11 @@ class EvaluateArgs(RecformerFieldArgs, _Validated):
     reencode_items: bool = flag(
         False, "encode the item table with the checkpoint's encoder even when the checkpoint holds one"
     )
-    batch_size: int = flag(64, "histories / items per batch (finetune.py evaluates with 4 x 16)", type=positive_int)
+    batch_size: int | None = flag(None, EVAL_BATCH_HELP, type=positive_int)
     device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
-    fp16: bool = flag(False, "float16 autocast (CUDA)")
-    bf16: bool = flag(False, "bfloat16 autocast")
+    fp16: bool = flag(False, "float16 autocast (CUDA): for GPUs without bf16 (V100, T4)")
+    bf16: bool = flag(False, BF16_HELP)
+    attn_implementation: str = flag("auto", ATTN_HELP)
     temp: float | None = flag(None, "similarity temperature (default: the config's, 0.05)")
     cache_dir: str | None = flag(None, "cache the tokenized items and the item table here")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
@@ -321,6 +350,7 @@ class EvaluateArgs(RecformerFieldArgs, _Validated):
         self._above(0, "temp")
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16 are exclusive")
+        self._check_attention()
         if not self.metric_ks or any(k < 1 for k in self.metric_ks):
             raise ValueError(f"--metric_ks must be positive integers, got {self.metric_ks}")
 
@@ -356,14 +386,15 @@ class RecommendArgs(RecformerFieldArgs, _Validated):
         choices=["error", "skip"],
     )
     device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
-    batch_size: int = flag(64, "items / histories encoded per batch", type=positive_int)
-    attn_implementation: str = flag("auto", "attention implementation of the encoder: auto or eager")
+    batch_size: int | None = flag(None, EVAL_BATCH_HELP.replace("evaluation", "histories"), type=positive_int)
+    attn_implementation: str = flag("auto", ATTN_HELP)
     cache_dir: str | None = flag(None, "cache the tokenized items and item vectors here")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
 
     def validate(self) -> None:
         """Raise a ValueError naming the flag for a value that cannot work."""
         self._at_least(1, "batch_size", "k")
+        self._check_attention()
         if self.ckpt is None and self.index_dir is None:
             raise ValueError("--ckpt is required (or --index_dir with a saved index)")
         if self.items is None and self.index_dir is None:

@@ -43,6 +43,12 @@ REFUSED_IMPLEMENTATIONS = {
 }
 
 
+class AttentionUnavailable(RuntimeError, ValueError):
+    """An attention implementation that cannot run on the device or for the work (one line saying what is missing).
+
+    A ValueError too, so that the commands report it as bad input, in one line."""
+
+
 def check_attn_implementation(name: str | None) -> str:
     """The implementation to store on the config for a requested name (None means "auto").
 
@@ -101,21 +107,42 @@ def resolve_attn_implementation(
         raise ValueError(f"output_attentions needs attn_implementation='eager' (or 'auto'), not {name!r}")
     if name == "flex_attention":
         if device.type == "cuda" and not flex_compiler_available(device):
-            raise RuntimeError(
+            raise AttentionUnavailable(
                 "attn_implementation='flex_attention' on CUDA needs triton (torch.compile's GPU compiler) and a "
                 "GPU of compute capability >= 7.0; triton is missing or the GPU is older: install triton or use 'sdpa'"
             )
         if dropout_active:
-            raise RuntimeError(
+            raise AttentionUnavailable(
                 "attn_implementation='flex_attention' has no attention-probability dropout: set "
                 "attention_probs_dropout_prob=0 or use 'sdpa' for training"
             )
         if needs_grad and device.type != "cuda":
-            raise RuntimeError(
+            raise AttentionUnavailable(
                 f"attn_implementation='flex_attention' cannot backpropagate on {device.type} (torch's FlexAttention "
                 "has no backward there); use 'sdpa' or 'auto'"
             )
     return name
+
+
+def configure_attention(model: nn.Module, requested: str | None, device: torch.device, training: bool = False) -> str:
+    """Set `requested` on `model` (a Recformer model) and check at start-up that it runs on `device`.
+
+    Fails before any data is read or any step runs, with the one line `resolve_attn_implementation`
+    raises (e.g. flex_attention without a GPU compiler, or with attention dropout in training).
+    Returns the implementation forward passes will run (what "auto" resolves to); logged once.
+    """
+    name = check_attn_implementation(requested)
+    model.set_attn_implementation(name)
+    dropout = training and model.config.attention_probs_dropout_prob > 0
+    chosen = resolve_attn_implementation(name, device, dropout_active=dropout, needs_grad=training)
+    if name != "auto":
+        _log_choice(name, device.type, chosen)
+    return chosen
+
+
+@functools.cache
+def _log_choice(requested: str, device_type: str, chosen: str) -> None:
+    logger.info("attn_implementation %r runs %r on %s", requested, chosen, device_type)
 
 
 @functools.cache
@@ -373,22 +400,29 @@ def local_attention(q, k, v, layout: AttentionLayout, w: int, dropout: float = 0
     return _dense_local(q, k, v, layout, w, dropout)
 
 
+def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...]:
+    """`layer(x)` for each layer, as one matrix product over the concatenated weights: [..., H] -> one
+    [..., out_i] per layer. The parameters stay the layers' own (gradients flow back through the concatenation),
+    so state-dict keys do not change."""
+    weight = torch.cat([layer.weight for layer in layers])  # [sum out_i, H]
+    biases = [layer.bias if layer.bias is not None else layer.weight.new_zeros(layer.out_features) for layer in layers]
+    bias = torch.cat(biases) if any(layer.bias is not None for layer in layers) else None
+    return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
+
+
 def longformer_self_attention(module: nn.Module, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
     """What `LongformerSelfAttention` computes, from its parameters, for [B, L, H] hidden states -> [B, L, H]."""
     batch, length, hidden = hidden_states.shape
     heads, w = module.num_heads, module.one_sided_attn_window_size
     dropout = module.dropout if module.training else 0.0
-    q = _heads(module.query(hidden_states), heads)  # [B, L, nh, d]
-    k = _heads(module.key(hidden_states), heads)
-    v = _heads(module.value(hidden_states), heads)
+    q, k, v = (_heads(x, heads) for x in fused_linear(hidden_states, module.query, module.key, module.value))
     out = local_attention(q, k, v, layout, w, dropout).reshape(batch, length, hidden)  # [B, L, H]
     if layout.global_positions is None:
         return out
     positions = layout.global_positions  # [B, G], L in empty slots
     index = positions.clamp(max=length - 1)[:, :, None].expand(-1, -1, hidden)
     q_glob = _heads(module.query_global(hidden_states.gather(1, index)), heads)  # [B, G, nh, d]
-    k_glob = _heads(module.key_global(hidden_states), heads)  # [B, L, nh, d]
-    v_glob = _heads(module.value_global(hidden_states), heads)
+    k_glob, v_glob = (_heads(x, heads) for x in fused_linear(hidden_states, module.key_global, module.value_global))
     mask = layout.cached(("global", q_glob.dtype), lambda: _additive(_global_row_mask(layout), q_glob.dtype))
     rows = F.scaled_dot_product_attention(
         q_glob.transpose(1, 2), k_glob.transpose(1, 2), v_glob.transpose(1, 2), attn_mask=mask, dropout_p=dropout

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from . import distributed
 from .args import EvaluateArgs
+from .attention import configure_attention, resolve_attn_implementation
 from .cache import file_fingerprint, item_table_path
 from .checkpoint import ITEM_TABLE_KEY, CheckpointError
 from .configuration import field_values
@@ -57,14 +58,16 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
             of items than the dataset (both named).
     """
     args.validate()
-    data = load_finetune_data(args.data_path)
     device = distributed.rank_device(args.device)
+    resolve_attn_implementation(args.attn_implementation, device)  # one that cannot run here stops now
+    data = load_finetune_data(args.data_path)
     progress = args.progress and distributed.is_main()
 
     def amp():
         return autocast_context(device, args.fp16, args.bf16)
 
     model, tokenizer, report = load_model_parts(args.ckpt, args.model_name_or_path, field_values(args), args.temp)
+    configure_attention(model, args.attn_implementation, device)
     model.to(device)
     items = tokenize_catalogue(tokenizer, data.items, cache_dir=args.cache_dir, progress=progress,
                                write_cache=distributed.is_main())  # fmt: skip

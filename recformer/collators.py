@@ -15,26 +15,19 @@ from typing import Any, NamedTuple
 
 import torch
 
+from .attention import global_positions_from_mask
 from .distributed import shard_bounds
 from .modeling import draw_candidates
+from .packing import pack_sequences
 from .tokenization import RecformerTokenizer, TokenizedItem
 
 ItemTable = Sequence[TokenizedItem] | Mapping[Hashable, TokenizedItem]
 
 
-def encode_item_sequences(
-    tokenizer: RecformerTokenizer,
-    item_table: ItemTable,
-    sequences: Sequence[Sequence[Hashable]],
-    pad_to_max: bool = False,
-) -> dict[str, torch.Tensor]:
-    """Padded LongTensors [B, L] for sequences of item ids (each oldest first).
-
-    Example:
-        >>> encode_item_sequences(tok, table, [[3, 7], []])
-        {'input_ids': [[0, <item 7>, <item 3>], [0, 1, 1, ...]], 'item_position_ids': [[0, 1, .., 2, ..], [0, 50, ..]],
-         'token_type_ids': ..., 'attention_mask': ..., 'global_attention_mask': [[1, 0, ...], [1, 0, ...]]}
-    """
+def encode_each(
+    tokenizer: RecformerTokenizer, item_table: ItemTable, sequences: Sequence[Sequence[Hashable]]
+) -> list[dict[str, list[int]]]:
+    """Each sequence of item ids (oldest first) as `tokenizer.encode` lays it out, unpadded."""
     encoded = []
     for seq in sequences:
         items = []
@@ -44,8 +37,53 @@ def encode_item_sequences(
             except (KeyError, IndexError):
                 raise KeyError(f"item {i!r} is not in the tokenized item table") from None
         encoded.append(tokenizer.encode(items, encode_item=False))
-    padded = tokenizer.padding(encoded, pad_to_max=pad_to_max)
-    return {name: torch.tensor(value, dtype=torch.long) for name, value in padded.items()}
+    return encoded
+
+
+def encode_item_sequences(
+    tokenizer: RecformerTokenizer,
+    item_table: ItemTable,
+    sequences: Sequence[Sequence[Hashable]],
+    pad_to_max: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Padded LongTensors [B, L] for sequences of item ids (each oldest first), plus `global_positions`
+    [B, G] (each row's global tokens, -1 in empty slots: the fast attention paths need no host sync).
+
+    Example:
+        >>> encode_item_sequences(tok, table, [[3, 7], []])
+        {'input_ids': [[0, <item 7>, <item 3>], [0, 1, 1, ...]], 'item_position_ids': [[0, 1, .., 2, ..], [0, 50, ..]],
+         'token_type_ids': ..., 'attention_mask': ..., 'global_attention_mask': [[1, 0, ...], [1, 0, ...]],
+         'global_positions': [[0], [0]]}
+    """
+    padded = tokenizer.padding(encode_each(tokenizer, item_table, sequences), pad_to_max=pad_to_max)
+    out = {name: torch.tensor(value, dtype=torch.long) for name, value in padded.items()}
+    out["global_positions"] = global_position_tensor(out["global_attention_mask"])
+    return out
+
+
+def global_position_tensor(global_attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, G] positions of each row's global tokens (-1 in empty slots) of a CPU [B, L] mask."""
+    positions = global_positions_from_mask(global_attention_mask != 0)
+    if positions is None:
+        return torch.empty(global_attention_mask.size(0), 0, dtype=torch.long)
+    return torch.where(positions < global_attention_mask.size(1), positions, -1)
+
+
+def pack_item_sequences(
+    tokenizer: RecformerTokenizer,
+    item_table: ItemTable,
+    sequences: Sequence[Sequence[Hashable]],
+    max_tokens: int,
+) -> dict[str, torch.Tensor]:
+    """Sequences of item ids packed into rows of at most `max_tokens` tokens (`packing.pack_sequences`),
+    as LongTensors: what `RecformerModel.forward` takes to return one pooled vector per sequence."""
+    packed = pack_sequences(
+        encode_each(tokenizer, item_table, sequences),
+        max_tokens,
+        tokenizer.pad_token_id,
+        tokenizer.config.max_item_embeddings - 1,
+    )
+    return {name: torch.tensor(value, dtype=torch.long) for name, value in packed.items()}
 
 
 class FinetuneCollator:
@@ -249,7 +287,8 @@ class PretrainCollator:
 
     For a sequence of length L, a target position t is drawn uniformly in [(L-1)//2, L-1]; side a is
     the items before t (possibly none: just `<s>`), side b is [item t]. Keys: `<field>_a`,
-    `<field>_b` for the five encoder fields, plus `mlm_input_ids_a/b` and `mlm_labels_a/b`.
+    `<field>_b` for the five encoder fields and `global_positions`, plus `mlm_input_ids_a/b`,
+    `mlm_labels_a/b` and `mlm_positions_a/b` (flat indices of the masked tokens).
 
     Example:
         >>> collator([["A", "B", "C"], ["D", "E"]])   # draws t = 2 and t = 1
@@ -283,4 +322,6 @@ class PretrainCollator:
             out.update({f"{name}_{side}": value for name, value in encoded.items()})
             out[f"mlm_input_ids_{side}"] = mlm_input_ids
             out[f"mlm_labels_{side}"] = mlm_labels
+            # flat indices of the masked tokens, found here on the CPU so the model's step needs no host sync
+            out[f"mlm_positions_{side}"] = (mlm_labels.reshape(-1) != -100).nonzero().squeeze(1)
         return out

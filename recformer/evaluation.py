@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .attention import resolve_attn_implementation
 from .cache import cached
 from .checkpoint import torch_load
-from .collators import EvalCollator, encode_item_sequences
+from .collators import ItemTable, encode_item_sequences, pack_item_sequences
 from .fileio import atomic_torch_save
 from .item_tokens import TokenizedItems
 from .metrics import check_finite_scores, compute_ranks, metrics_from_ranks
@@ -61,30 +61,132 @@ def cached_item_vectors(
                   agree=distributed.all_true)  # fmt: skip
 
 
+# Real tokens per batch of item encoding and evaluation when no batch size is given, per device type: the
+# fastest measured within memory (bench/bench_throughput.py; the CPU figures are in bench/results/).
+TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}
+# Shortest row of packed batches (a row holds at least the longest sequence).
+ROW_TOKENS = 256
+# Score elements ([histories, items]) per evaluation batch: bounds the score matrix of large catalogues.
+SCORE_BUDGET = 1 << 22
+
+
+def token_budget(device: torch.device) -> int:
+    """Real tokens per encoding / evaluation batch on `device` when no batch size is given (`TOKEN_BUDGET`)."""
+    return TOKEN_BUDGET.get(device.type, TOKEN_BUDGET["cuda"])
+
+
+def length_batches(
+    lengths: Sequence[int], batch_size: int | None, max_tokens: int, packed: bool, max_count: int | None = None
+) -> list[list[int]]:
+    """Indices of sequences in batches, longest first (similar lengths together; order does not matter).
+
+    `batch_size` sequences a batch when given; otherwise as many as fit `max_tokens` tokens: real tokens
+    for packed batches, count x longest for padded ones (a longer sequence is a batch of its own), and
+    at most `max_count` sequences.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    if batch_size is not None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    batches: list[list[int]] = []
+    current: list[int] = []
+    used = longest = 0
+    for i in order:
+        n = lengths[i]
+        if current:
+            cost = used + n if packed else (len(current) + 1) * longest
+            if cost > max_tokens or (max_count is not None and len(current) >= max_count):
+                batches.append(current)
+                current, used = [], 0
+        if not current:
+            longest = n
+        current.append(i)
+        used += n
+    if current:
+        batches.append(current)
+    return batches
+
+
+def sequence_lengths(tokenizer: RecformerTokenizer, item_table: ItemTable, sequences: Sequence[Sequence]) -> list[int]:
+    """Tokens of each encoded sequence of item keys (`<s>` + its newest items, cut at `max_token_num`)."""
+    config = tokenizer.config
+    if isinstance(item_table, TokenizedItems):
+        table_lengths = item_table.lengths()
+
+        def item_length(key) -> int:
+            return int(table_lengths[item_table.row(key)])
+    else:
+
+        def item_length(key) -> int:
+            return len(item_table[key][0])
+
+    kept = config.max_item_embeddings - 1
+    return [min(1 + sum(item_length(k) for k in seq[::-1][:kept]), config.max_token_num) for seq in sequences]
+
+
+def pooled_batches(
+    encoder: RecformerModel,
+    tokenizer: RecformerTokenizer,
+    item_table: ItemTable,
+    sequences: Sequence[Sequence],
+    device: torch.device,
+    amp: AmpContext = contextlib.nullcontext,
+    batch_size: int | None = None,
+    max_tokens: int | None = None,
+    max_count: int | None = None,
+    progress: bool = True,
+    desc: str = "encode",
+    shard: bool = False,
+) -> Iterator[tuple[list[int], torch.Tensor]]:
+    """Encode sequences of item keys; yields (indices, pooled vectors [n, H]) batch by batch, longest first.
+
+    On the fast attention paths the sequences of a batch are packed into rows (no padding, cost follows
+    real tokens); on "eager" they are padded to the longest of the batch. Batches are `batch_size`
+    sequences when given, else `max_tokens` tokens (default `token_budget(device)`; see `length_batches`).
+    With `shard`, only this rank's contiguous run of those batches (`distributed.shard_bounds`).
+    """
+    packed = resolve_attn_implementation(encoder.config._attn_implementation, device) != "eager"
+    lengths = sequence_lengths(tokenizer, item_table, sequences)
+    budget = max_tokens or token_budget(device)
+    row_tokens = max(max(lengths, default=1), ROW_TOKENS)
+    batches = length_batches(lengths, batch_size, max(budget, row_tokens), packed, max_count)
+    if shard:
+        first, last = distributed.shard_bounds(len(batches))
+        batches = batches[first:last]
+    for rows in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+        chosen = [sequences[i] for i in rows]
+        if packed:
+            inputs = pack_item_sequences(tokenizer, item_table, chosen, row_tokens)
+        else:
+            inputs = encode_item_sequences(tokenizer, item_table, chosen)
+        with amp():
+            pooled = encoder(**to_device(inputs, device)).pooler_output  # [n, H]
+        yield rows, pooled
+
+
 @torch.no_grad()
 def encode_items(
     encoder: RecformerModel,
     tokenizer: RecformerTokenizer,
     table: TokenizedItems,
-    batch_size: int,
+    batch_size: int | None,
     device: torch.device,
     amp: AmpContext = contextlib.nullcontext,
     progress: bool = True,
+    max_tokens: int | None = None,
 ) -> torch.Tensor:
     """Pooled vector of every item encoded alone (`<s>` + item) [N, H], float32 on CPU, in id order.
 
-    Items are batched in order of length (less padding) and put back in id order.
+    Items are packed (fast attention paths) or padded to similar lengths (eager), `batch_size` items
+    a batch, or `max_tokens` tokens a batch when `batch_size` is None (`pooled_batches`).
     """
     was_training = encoder.training
     encoder.eval()
-    order = np.argsort(-table.lengths(), kind="stable")
     out = torch.empty(len(table), encoder.config.hidden_size, dtype=torch.float32)
-    for start in tqdm(range(0, len(order), batch_size), desc="encode items", disable=not progress, unit="batch"):
-        ids = order[start : start + batch_size].tolist()
-        batch = to_device(encode_item_sequences(tokenizer, table, [[i] for i in ids]), device)
-        with amp():
-            pooled = encoder(**batch).pooler_output
-        out[ids] = pooled.float().cpu()
+    items = [[i] for i in range(len(table))]
+    for rows, pooled in pooled_batches(
+        encoder, tokenizer, table, items, device, amp, batch_size, max_tokens, progress=progress, desc="encode items"
+    ):
+        out[rows] = pooled.float().cpu()
     encoder.train(was_training)
     return out
 
@@ -108,17 +210,19 @@ def target_ranks(
     pairs: Sequence[tuple[list[int], int]],
     tokenizer: RecformerTokenizer,
     table: TokenizedItems,
-    batch_size: int,
+    batch_size: int | None,
     device: torch.device,
     exclude_history: bool = False,
     amp: AmpContext = contextlib.nullcontext,
     progress: bool = True,
     desc: str = "evaluate",
+    max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-ranking rank of each pair's target among all items [P] and its number of unmasked items [P],
     in pair order (`metrics.compute_ranks`).
 
-    Histories are batched in order of length; with `exclude_history`, items already in a history
+    Histories are batched by length (`pooled_batches`: `batch_size` histories a batch, or a token
+    budget when it is None; the score matrix of a batch stays under `SCORE_BUDGET`); with `exclude_history`, items already in a history
     are never ranked for it (`mask_history`).
 
     Raises:
@@ -126,27 +230,24 @@ def target_ranks(
     """
     was_training = model.training
     model.eval()
-    collator = EvalCollator(tokenizer, table)
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
-    ranks, n_valid = [torch.empty(0, dtype=torch.long)], [torch.empty(0, dtype=torch.long)]
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, unit="batch"):
-        chunk = [pairs[i] for i in order[start : start + batch_size]]
-        batch = to_device(collator(chunk), device)
-        labels = batch.pop("labels")
-        with amp():
-            pooled = model.longformer(**batch).pooler_output  # [B, H]
+    num_items = model._require_items().num_embeddings
+    out_ranks = torch.empty(len(pairs), dtype=torch.long)
+    out_valid = torch.empty(len(pairs), dtype=torch.long)
+    histories = [history for history, _ in pairs]
+    for rows, pooled in pooled_batches(
+        model.longformer, tokenizer, table, histories, device, amp, batch_size, max_tokens,
+        max_count=max(1, SCORE_BUDGET // max(num_items, 1)), progress=progress, desc=desc,
+    ):  # fmt: skip
+        chunk = [pairs[i] for i in rows]
+        labels = torch.tensor([target for _, target in chunk], dtype=torch.long, device=device)
         scores = model.similarity_score(pooled.float(), chunk_size=SCORE_CHUNK)  # [B, N] float32
         check_finite_scores(scores)
         if exclude_history:
             mask_history(scores, chunk)
         r, v = compute_ranks(scores, labels)
-        ranks.append(r.cpu())
-        n_valid.append(v.cpu())
+        index = torch.as_tensor(rows, dtype=torch.long)
+        out_ranks[index], out_valid[index] = r.cpu(), v.cpu()
     model.train(was_training)
-    in_order = torch.as_tensor(order, dtype=torch.long)
-    out_ranks = torch.empty(len(pairs), dtype=torch.long)
-    out_valid = torch.empty(len(pairs), dtype=torch.long)
-    out_ranks[in_order], out_valid[in_order] = torch.cat(ranks), torch.cat(n_valid)
     return out_ranks, out_valid
 
 
@@ -155,13 +256,14 @@ def evaluate(
     pairs: Sequence[tuple[list[int], int]],
     tokenizer: RecformerTokenizer,
     table: TokenizedItems,
-    batch_size: int,
+    batch_size: int | None,
     device: torch.device,
     ks: Sequence[int],
     exclude_history: bool = False,
     amp: AmpContext = contextlib.nullcontext,
     progress: bool = True,
     desc: str = "evaluate",
+    max_tokens: int | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics over all items for (history, target) pairs, averaged over users (`target_ranks`).
 
@@ -171,12 +273,13 @@ def evaluate(
     """
     if distributed.world_size() == 1:
         ranks, n_valid = target_ranks(model, pairs, tokenizer, table, batch_size, device, exclude_history, amp,
-                                      progress, desc)  # fmt: skip
+                                      progress, desc, max_tokens)  # fmt: skip
         return metrics_from_ranks(ranks, n_valid, ks)
     start, end = distributed.shard_bounds(len(pairs))
     with distributed.fail_together():  # e.g. non-finite scores in one rank's slice stop every rank
         ranks, n_valid = target_ranks(model, pairs[start:end], tokenizer, table, batch_size, device,
-                                      exclude_history, amp, progress and distributed.is_main(), desc)  # fmt: skip
+                                      exclude_history, amp, progress and distributed.is_main(), desc,
+                                      max_tokens)  # fmt: skip
     gathered = distributed.all_gather_rows(torch.stack([ranks, n_valid], dim=1))  # [P, 2]
     return metrics_from_ranks(gathered[:, 0], gathered[:, 1], ks)
 
@@ -186,28 +289,35 @@ def encode_items_sharded(
     encoder: RecformerModel,
     tokenizer: RecformerTokenizer,
     table: TokenizedItems,
-    batch_size: int,
+    batch_size: int | None,
     device: torch.device,
     amp: AmpContext = contextlib.nullcontext,
     progress: bool = True,
+    max_tokens: int | None = None,
 ) -> torch.Tensor:
     """`encode_items` over the whole catalogue, split across the ranks of a distributed run [N, H].
 
-    The catalogue in `encode_items`' length order is cut into its batches of `batch_size`, and each
-    rank encodes a contiguous run of those batches (`distributed.shard_bounds`); an all-gather then
-    assembles the table in catalogue order on every rank. Each batch is one that a single process
-    would encode, so the table equals the one-process table. With one process this is `encode_items`.
-    Every rank must call it.
+    Each rank encodes a contiguous run of the batches one process would encode (`pooled_batches` with
+    `shard=True`), and an all-gather assembles the table in catalogue order on every rank, so the table
+    equals the one-process table. With one process this is `encode_items`. Every rank must call it.
     """
     if distributed.world_size() == 1:
-        return encode_items(encoder, tokenizer, table, batch_size, device, amp, progress)
-    order = np.argsort(-table.lengths(), kind="stable")  # encode_items' order
-    first, last = distributed.shard_bounds(-(-len(table) // batch_size))  # this rank's batches
-    with distributed.fail_together():  # a rank failing alone must not leave the others in the all-gather
-        # already in length order, so encode_items keeps these rows in this order and batches
-        local = encode_items(encoder, tokenizer, table.take(order[first * batch_size : last * batch_size]),
-                             batch_size, device, amp, progress and distributed.is_main())  # fmt: skip
-    in_order = distributed.all_gather_rows(local)  # [N, H], rows in `order`
-    out = torch.empty_like(in_order)
-    out[torch.from_numpy(order)] = in_order
+        return encode_items(encoder, tokenizer, table, batch_size, device, amp, progress, max_tokens)
+    was_training = encoder.training
+    encoder.eval()
+    done_rows: list[int] = []
+    done: list[torch.Tensor] = [torch.empty(0, encoder.config.hidden_size)]
+    items = [[i] for i in range(len(table))]
+    with distributed.fail_together(), torch.no_grad():  # a rank failing alone must not leave the others waiting
+        for rows, pooled in pooled_batches(
+            encoder, tokenizer, table, items, device, amp, batch_size, max_tokens,
+            progress=progress and distributed.is_main(), desc="encode items", shard=True,
+        ):  # fmt: skip
+            done_rows += rows
+            done.append(pooled.float().cpu())
+    encoder.train(was_training)
+    rows = distributed.all_gather_rows(torch.as_tensor(done_rows, dtype=torch.long))  # [N]
+    vectors = distributed.all_gather_rows(torch.cat(done))  # [N, H], in `rows` order
+    out = torch.empty_like(vectors)
+    out[rows] = vectors
     return out

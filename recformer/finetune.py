@@ -46,6 +46,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from . import distributed
 from .args import TARGET_METRIC, FinetuneArgs
+from .attention import configure_attention, resolve_attn_implementation
 from .cache import file_fingerprint, item_table_path, tokenizer_fingerprint
 from .checkpoint import load_checkpoint
 from .collators import FinetuneCollator, GlobalBatchCollator
@@ -133,7 +134,10 @@ class Finetuner:
             logger.warning("--fp16 needs a CUDA device; running in float32 on %s", self.device)
         self.use_scaler = args.fp16 and self.device.type == "cuda"
         self.amp = lambda: autocast_context(self.device, args.fp16, args.bf16)
-        self.eval_batch_size = args.eval_batch_size or args.batch_size * 4
+        # None: item encoding and evaluation batch by a token budget (`evaluation.pooled_batches`)
+        self.eval_batch_size = args.eval_batch_size
+        # an implementation that cannot train on this device stops here, before any data is read
+        resolve_attn_implementation(args.attn_implementation, self.device, needs_grad=True)
 
     def _setup_data(self) -> None:
         args = self.args
@@ -169,6 +173,9 @@ class Finetuner:
         logger.info("pretrained checkpoint %s: %s", args.pretrain_ckpt, report.summary())
         if args.fix_word_embedding:
             self.model.longformer.embeddings.word_embeddings.weight.requires_grad_(False)
+        configure_attention(self.model, args.attn_implementation, self.device, training=True)
+        if args.compile:
+            self.model.longformer.compile()  # in place: parameter names (and checkpoints) stay the same
         self.model.to(self.device)
         self.items = tokenize_catalogue(
             self.tokenizer, self.data.items, cache_dir=self.cache_dir, progress=self.progress,

@@ -143,9 +143,40 @@ class PretrainDataModule(pl.LightningDataModule):
 # -- model ---------------------------------------------------------------------------------------
 
 
-def batch_tokens(batch: Mapping[str, torch.Tensor]) -> int:
-    """Real (non-pad) tokens of both sides of a pretraining batch."""
-    return int(sum(batch[k].sum() for k in ("attention_mask_a", "attention_mask_b") if k in batch))
+def batch_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """Real (non-pad) tokens of both sides of a pretraining batch, as a tensor on the batch's device (read
+    at logging steps only: reading it is a host sync)."""
+    return sum(batch[k].sum() for k in ("attention_mask_a", "attention_mask_b") if k in batch)
+
+
+class _Clock:
+    """Seconds of training, paused around validation; reading it waits for the GPU (a host sync), so it is
+    read at logging steps only."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.seconds = 0.0
+        self.started: float | None = None
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        if self.started is None:
+            self._sync()
+            self.started = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.started is not None:
+            self._sync()
+            self.seconds += time.perf_counter() - self.started
+            self.started = None
+
+    def read(self) -> float:
+        self.stop()
+        self.start()
+        return self.seconds
 
 
 class RecformerPretrainModule(pl.LightningModule):
@@ -189,8 +220,11 @@ class RecformerPretrainModule(pl.LightningModule):
             self.model.longformer.embeddings.word_embeddings.weight.requires_grad_(False)
         self._val_correct = 0
         self._val_total = 0
-        self._tick: float | None = None
-        self._window = [0, 0, 0.0]  # sequences, tokens, seconds since the last log
+        # Counted on the host (sequences) and on the device (tokens); the clocks run over whole windows of
+        # batches, so no step waits for the GPU except at logging steps.
+        self._window: dict[str, Any] = {"sequences": 0, "tokens": 0, "start": 0.0}
+        self._totals: dict[str, Any] = {"sequences": 0, "tokens": 0, "batches": 0}
+        self._clock: _Clock | None = None  # all training time since the warm-up batches
         self.throughput_totals = {"sequences": 0, "tokens": 0, "seconds": 0.0, "batches": 0}
         self.batches_trained = 0  # by this process in this run (a resumed run starts at 0)
 
@@ -198,9 +232,6 @@ class RecformerPretrainModule(pl.LightningModule):
         return self.model(**batch)
 
     # -- training ------------------------------------------------------------------------------
-    def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        self._tick = time.perf_counter()
-
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.model(**batch)
         bs = batch["input_ids_a"].size(0)
@@ -214,30 +245,58 @@ class RecformerPretrainModule(pl.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], batch_size=bs)
         return out.loss
 
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if not self._window["start"]:
+            self._window["start"] = time.perf_counter()
+        # The first batches pay for compilation and allocator warm-up; the totals start after them.
+        if self._clock is None and (self.global_step >= 2 or batch_idx >= 2 * self.trainer.accumulate_grad_batches):
+            self._clock = _Clock(self.device)
+            self._clock.start()
+
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if self._tick is None:
-            return
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - self._tick
         self.batches_trained += 1
         n_seq, n_tok = batch["input_ids_a"].size(0), batch_tokens(batch)
-        # The first batches pay for compilation and allocator warm-up; leave them out of the totals.
-        if self.global_step >= 2 or batch_idx >= 2 * self.trainer.accumulate_grad_batches:
-            totals = self.throughput_totals
-            totals["sequences"] += n_seq
-            totals["tokens"] += n_tok
-            totals["seconds"] += seconds
-            totals["batches"] += 1
-        self._window[0] += n_seq
-        self._window[1] += n_tok
-        self._window[2] += seconds
-        if self._window[2] > 0 and (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
-            self.log("train_seq_per_s", self._window[0] / self._window[2], batch_size=n_seq)
-            self.log("train_tokens_per_s", self._window[1] / self._window[2], batch_size=n_seq)
-            self._window = [0, 0, 0.0]
+        window = self._window
+        window["sequences"] += n_seq
+        window["tokens"] = window["tokens"] + n_tok
+        if self._clock is not None:
+            self._totals["sequences"] += n_seq
+            self._totals["tokens"] = self._totals["tokens"] + n_tok
+            self._totals["batches"] += 1
+        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            now = time.perf_counter()
+            seconds = now - window["start"] if window["start"] else 0.0
+            if seconds > 0:
+                self.log("train_seq_per_s", window["sequences"] / seconds, batch_size=n_seq)
+                self.log("train_tokens_per_s", float(window["tokens"]) / seconds, batch_size=n_seq)
+            self._window = {"sequences": 0, "tokens": 0, "start": now}
+
+    def on_train_end(self) -> None:
+        self._update_totals()
+
+    def _update_totals(self) -> None:
+        """`throughput_totals` from the counters (a host sync: called at the end of training)."""
+        if self._clock is None:
+            return
+        self.throughput_totals = {
+            "sequences": self._totals["sequences"],
+            "tokens": int(self._totals["tokens"]),
+            "seconds": self._clock.read(),
+            "batches": self._totals["batches"],
+        }
 
     # -- validation ----------------------------------------------------------------------------
+    def on_validation_start(self) -> None:
+        if self._clock is not None:
+            self._clock.stop()  # validation time is not training time
+        self._window = {"sequences": 0, "tokens": 0, "start": 0.0}
+
+    def on_validation_end(self) -> None:
+        if self._clock is not None:
+            self._clock.start()
+
     def on_validation_epoch_start(self) -> None:
         self._val_correct = 0
         self._val_total = 0

@@ -451,18 +451,24 @@ def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)
 
 
-def _mlm_loss(lm_head: nn.Module, hidden_states: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _mlm_loss(
+    lm_head: nn.Module, hidden_states: torch.Tensor, labels: torch.Tensor, positions: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean cross-entropy over the masked tokens of the batch.
 
     The LM head runs on the masked positions only ([M, H] -> [M, V] instead of [B, L, V]): the same
     loss as scoring every position, with a fraction of the memory and compute. A side with nothing
-    masked contributes 0 (the reference returns NaN), keeping the LM head in the graph.
+    masked contributes 0 (the reference returns NaN), keeping the LM head in the graph. `positions`
+    [M] (flat indices `row * L + column` of the masked tokens, as the pretraining collator gives
+    them) saves the host sync of finding them in `labels`.
     """
-    picked = labels != -100  # [B, L]
-    if not bool(picked.any()):
+    if positions is None:
+        positions = (labels.reshape(-1) != -100).nonzero().squeeze(1)  # [M]; one host sync
+    if positions.numel() == 0:  # a shape: known on the host
         return lm_head(hidden_states[:, :1]).sum() * 0.0
-    scores = lm_head(hidden_states[picked])  # [M, V]
-    return F.cross_entropy(scores.float(), labels[picked])
+    picked = hidden_states.reshape(-1, hidden_states.size(-1)).index_select(0, positions)  # [M, H]
+    scores = lm_head(picked)  # [M, V]
+    return F.cross_entropy(scores.float(), labels.reshape(-1).index_select(0, positions))
 
 
 class RecformerForPretraining(RecformerPreTrainedModel):
@@ -484,15 +490,24 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         # Independent of `tie_word_embeddings`: the word embeddings are never tied to the decoder.
         return dict(self._tied_weights_keys)
 
-    def _mlm(self, mlm_input_ids, attention_mask, global_attention_mask, token_type_ids, item_position_ids, labels):
-        outputs = self.longformer(
-            input_ids=mlm_input_ids,
-            attention_mask=attention_mask,
-            global_attention_mask=global_attention_mask,
-            token_type_ids=token_type_ids,
-            item_position_ids=item_position_ids,
-        )
-        return _mlm_loss(self.lm_head, outputs.last_hidden_state, labels)
+    # One encoder pass per side: each side's MLM copy rides in the same batch (same loss and gradients as
+    # four passes; dropout draws differ). False runs the four passes of the reference.
+    merge_passes = True
+
+    def _encode_side(
+        self, input_ids: torch.Tensor, mlm_input_ids: torch.Tensor | None, inputs: dict, **options
+    ) -> tuple[RecformerModelOutput, torch.Tensor | None]:
+        """(encoder output of the side, last hidden states of its MLM copy or None): [B, L] inputs each."""
+        if mlm_input_ids is None:
+            return self.longformer(input_ids=input_ids, **inputs, **options), None
+        if not self.merge_passes or any(options.values()):
+            mlm = self.longformer(input_ids=mlm_input_ids, **inputs)
+            return self.longformer(input_ids=input_ids, **inputs, **options), mlm.last_hidden_state
+        batch = input_ids.size(0)
+        doubled = {k: None if v is None else torch.cat([v, v]) for k, v in inputs.items()}
+        out = self.longformer(input_ids=torch.cat([input_ids, mlm_input_ids]), **doubled)  # [2B, L]
+        side = RecformerModelOutput(last_hidden_state=out.last_hidden_state[:batch], pooler_output=out.pooler_output[:batch])
+        return side, out.last_hidden_state[batch:]
 
     def forward(
         self,
@@ -515,29 +530,36 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        global_positions_a: torch.Tensor | None = None,
+        global_positions_b: torch.Tensor | None = None,
+        mlm_positions_a: torch.Tensor | None = None,
+        mlm_positions_b: torch.Tensor | None = None,
     ) -> RecformerPretrainingOutput:
+        """`global_positions_*` [B, G] and `mlm_positions_*` [M] (flat indices of the masked tokens), as
+        `PretrainCollator` gives them, spare the host syncs of finding them on the device."""
         if inputs_embeds is not None or return_dict is False:
             raise NotImplementedError("RecformerForPretraining takes input ids and always returns a RecformerPretrainingOutput")
+        if head_mask is not None:
+            raise NotImplementedError("head_mask is not supported by the Longformer encoder")
         side_a = dict(
             attention_mask=attention_mask_a,
             global_attention_mask=global_attention_mask_a,
             token_type_ids=token_type_ids_a,
             item_position_ids=item_position_ids_a,
+            global_positions=global_positions_a,
         )
         side_b = dict(
             attention_mask=attention_mask_b,
             global_attention_mask=global_attention_mask_b,
             token_type_ids=token_type_ids_b,
             item_position_ids=item_position_ids_b,
+            global_positions=global_positions_b,
         )
-        outputs_a = self.longformer(
-            input_ids=input_ids_a,
-            head_mask=head_mask,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-            **side_a,
-        )
-        outputs_b = self.longformer(input_ids=input_ids_b, head_mask=head_mask, **side_b)
+        outputs_a, mlm_hidden_a = self._encode_side(
+            input_ids_a, mlm_input_ids_a, side_a,
+            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+        )  # fmt: skip
+        outputs_b, mlm_hidden_b = self._encode_side(input_ids_b, mlm_input_ids_b, side_b)
         z1, z2 = outputs_a.pooler_output, outputs_b.pooler_output  # [B, H] each
         if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             z1, z2 = _gather_with_grad(z1), _gather_with_grad(z2)  # [B * world, H]
@@ -549,11 +571,11 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         loss = cl_loss
 
         mlm_loss_a = mlm_loss_b = None
-        if mlm_input_ids_a is not None:
-            mlm_loss_a = self._mlm(mlm_input_ids_a, labels=mlm_labels_a, **side_a)
+        if mlm_hidden_a is not None:
+            mlm_loss_a = _mlm_loss(self.lm_head, mlm_hidden_a, mlm_labels_a, mlm_positions_a)
             loss = loss + self.config.mlm_weight * mlm_loss_a
-        if mlm_input_ids_b is not None:
-            mlm_loss_b = self._mlm(mlm_input_ids_b, labels=mlm_labels_b, **side_b)
+        if mlm_hidden_b is not None:
+            mlm_loss_b = _mlm_loss(self.lm_head, mlm_hidden_b, mlm_labels_b, mlm_positions_b)
             loss = loss + self.config.mlm_weight * mlm_loss_b
 
         return RecformerPretrainingOutput(
@@ -679,8 +701,10 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
         return_dict: bool | None = None,
         candidates: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        global_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         outputs = self.longformer(
+            global_positions=global_positions,
             input_ids=input_ids,
             attention_mask=attention_mask,
             global_attention_mask=global_attention_mask,

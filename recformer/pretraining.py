@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from .args import DEFAULT_START, PretrainArgs
+from .attention import configure_attention, resolve_attn_implementation
 from .checkpoint import (
     load_checkpoint,
     refuse_unsafe_objects,
@@ -90,6 +91,10 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
         )
         if torch.cuda.is_available():
             torch.set_float32_matmul_precision("high")
+        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+        device = torch.device("cuda" if on_gpu else "cpu")
+        # an implementation that cannot train on this device stops here, before any data is read
+        resolve_attn_implementation(args.attn_implementation, device, needs_grad=True)
         config = build_config(args.model_name_or_path, field_values(args), temp=args.temp, mlm_weight=args.mlm_weight)
         tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, config)
         data = PretrainDataModule(
@@ -106,6 +111,9 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
         )
         data.load()  # fail on bad input before anything is built
         model = build_pretraining_model(args, config)
+        configure_attention(model, args.attn_implementation, device, training=True)
+        if args.compile:
+            model.longformer.compile()  # in place: parameter names (and checkpoints) stay the same
         allowed = training_checkpoint_types(args.ckpt) if args.ckpt else []
         if args.ckpt and not args.trust_checkpoint:
             refuse_unsafe_objects(args.ckpt, allowed)

@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import distributed
+from .attention import check_attn_implementation, configure_attention
 from .cache import file_fingerprint, item_table_path, item_vector_fields, tokenizer_fingerprint
 from .checkpoint import (
     CheckpointError,
@@ -40,10 +41,9 @@ from .checkpoint import (
     split_encoder,
     strip_wrapper_prefixes,
 )
-from .collators import encode_item_sequences
 from .configuration import DEFAULT_MODEL, RecformerConfig, build_config
 from .devices import resolve_device
-from .evaluation import cached_item_vectors, encode_items, encode_items_sharded, to_device
+from .evaluation import cached_item_vectors, encode_items, encode_items_sharded, pooled_batches
 from .fileio import atomic_directory, dumps_json, read_json
 from .inputs import ItemsSource, item_id, read_items
 from .item_tokens import TokenizedItems, tokenize_catalogue
@@ -60,8 +60,6 @@ INDEX_FORMAT = 1
 SCORE_BATCH = 256
 DIGEST_BYTES = 8
 VECTOR_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
-# The encoder is Longformer's, whose sliding-window attention has one implementation.
-ATTN_IMPLEMENTATIONS = ("auto", "eager")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 
 History = Sequence[str | int | Mapping[str, Any]]
@@ -105,12 +103,6 @@ class Fingerprint:
 def _plain(obj: Any) -> Any:
     """`obj` as JSON gives it back (tuples become lists), so saved and live values compare equal."""
     return json.loads(dumps_json(obj))
-
-
-def check_attn_implementation(name: str) -> None:
-    """Only "auto" and "eager" exist today: the Longformer encoder runs its own sliding-window attention."""
-    if name not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation {name!r} is not available; expected one of {', '.join(ATTN_IMPLEMENTATIONS)}")
 
 
 def model_sources(checkpoint: str | os.PathLike, model_name_or_path: str | os.PathLike | None) -> tuple[str, str]:
@@ -196,7 +188,7 @@ class Recommender:
         digests: np.ndarray,
         fingerprint: Fingerprint,
         device: torch.device,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         progress: bool = True,
     ):
         if items.keys is None or model.item_embedding is None or len(items) != model.item_embedding.num_embeddings:
@@ -219,7 +211,7 @@ class Recommender:
         items: ItemsSource,
         model_name_or_path: str | os.PathLike | None = None,
         device: str | int = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         attn_implementation: str = "auto",
         cache_dir: str | os.PathLike | None = None,
         fields: Mapping[str, Any] | None = None,
@@ -238,8 +230,10 @@ class Recommender:
             model_name_or_path: config + tokenizer; default: the checkpoint when it is a
                 `save_pretrained` folder, else allenai/longformer-base-4096.
             device: auto, cpu, cuda, cuda:N or a GPU index (under torchrun: auto, cuda or cpu).
-            batch_size: items or histories encoded per batch.
-            attn_implementation: "auto" or "eager" (the encoder's attention has one implementation).
+            batch_size: items or histories encoded per batch; None: batches of a token budget
+                (`evaluation.pooled_batches`).
+            attn_implementation: one of `recformer.attention.ATTN_IMPLEMENTATIONS` (an unknown name, or
+                one that cannot run on the device, fails here).
             cache_dir: disk cache of the tokenized items and the vectors, keyed by checkpoint,
                 tokenizer, Recformer fields and items (`cache.item_table_path`).
             fields: Recformer field values (`configuration.build_config`); None = the config's own.
@@ -247,6 +241,7 @@ class Recommender:
         check_attn_implementation(attn_implementation)
         model, tokenizer, _ = load_model_parts(checkpoint, model_name_or_path, fields)
         device = distributed.rank_device(device)
+        configure_attention(model, attn_implementation, device)
         model.to(device)
         ids, attrs = read_items(items)
         progress = progress and distributed.is_main()
@@ -274,7 +269,7 @@ class Recommender:
         model_name_or_path: str | os.PathLike | None = None,
         fields: Mapping[str, Any] | None = None,
         device: str | int = "auto",
-        batch_size: int = 64,
+        batch_size: int | None = None,
         attn_implementation: str = "auto",
         progress: bool = True,
     ) -> Recommender:
@@ -327,6 +322,7 @@ class Recommender:
         model = RecformerForSeqRec(config)
         load_checkpoint(model.longformer, path)
         device = resolve_device(device)
+        configure_attention(model, attn_implementation, device)
         model.to(device)
         model.init_item_embedding(vectors)
         items = TokenizedItems(
@@ -450,15 +446,15 @@ class Recommender:
         sequences: list[list[TokenizedItem]] = [
             [self.items[e] if isinstance(e, int) else next(tokenized) for e in h] for h in resolved
         ]
-        order = sorted(range(len(sequences)), key=lambda i: -sum(len(ids) for ids, _ in sequences[i]))
+        table = [item for seq in sequences for item in seq]
+        bounds = np.cumsum([0] + [len(seq) for seq in sequences]).tolist()
+        keys = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
         out = torch.empty(len(sequences), self.model.config.hidden_size, dtype=torch.float32, device=self.device)
-        bar = tqdm(range(0, len(order), self.batch_size), desc="encode histories", disable=not self.progress, unit="batch")
-        for start in bar:
-            rows = order[start : start + self.batch_size]
-            table = [item for i in rows for item in sequences[i]]
-            bounds = np.cumsum([0] + [len(sequences[i]) for i in rows])
-            batch = encode_item_sequences(self.tokenizer, table, [range(a, b) for a, b in zip(bounds[:-1], bounds[1:])])
-            out[rows] = self.model.longformer(**to_device(batch, self.device)).pooler_output.float()
+        for rows, pooled in pooled_batches(
+            self.model.longformer, self.tokenizer, table, keys, self.device, batch_size=self.batch_size,
+            progress=self.progress, desc="encode histories",
+        ):  # fmt: skip
+            out[rows] = pooled.float()
         return out
 
     def encode_histories(self, histories: Sequence[History]) -> torch.Tensor:

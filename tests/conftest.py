@@ -54,6 +54,15 @@ def seed():
 
 
 @pytest.fixture
+def highest_matmul_precision():
+    """Full fp32 matrix products (no TF32) for the exactness comparisons."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(previous)
+
+
+@pytest.fixture
 def config() -> RecformerConfig:
     return tiny_config()
 

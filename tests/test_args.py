@@ -19,7 +19,7 @@ PRETRAIN_DEFAULTS = {
     "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "mlm_probability": 0.15, "mlm_weight": None,
     "temp": None, "fix_word_embedding": False, "valid_step": 2000, "log_step": 2000, "preprocessing_num_workers": 8,
     "dataloader_num_workers": 2, "device": "auto", "accelerator": "auto", "strategy": "auto", "num_nodes": 1,
-    "fp16": False, "precision": None, "seed": 42, "cache_dir": None, "progress": True, "trust_checkpoint": False,
+    "fp16": False, "precision": None, "attn_implementation": "auto", "compile": False, "seed": 42, "cache_dir": None, "progress": True, "trust_checkpoint": False,
     **RECFORMER_FIELDS,
 }  # fmt: skip
 FINETUNE_REQUIRED = ["--pretrain_ckpt", "c.bin", "--data_path", "data"]
@@ -29,7 +29,7 @@ FINETUNE_DEFAULTS = {
     "test_file": "test.json", "item2id_file": "smap.json", "meta_file": "meta_data.json", "num_train_epochs": 16,
     "gradient_accumulation_steps": 8, "global_batch_size": None, "finetune_negative_sample_size": 1000, "metric_ks": [10, 50], "batch_size": 16,
     "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "device": "auto",
-    "fp16": False, "bf16": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": 8,
+    "fp16": False, "bf16": False, "attn_implementation": "auto", "compile": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": 8,
     "dataloader_num_workers": 0, "seed": 42, "max_grad_norm": None, "exclude_history": False, "resume": False,
     "temp": None, "cache_dir": None, "progress": True, **RECFORMER_FIELDS,
 }  # fmt: skip
@@ -153,3 +153,23 @@ def test_global_batch_not_divisible_by_the_world_size_is_refused():
     args = FinetuneArgs(pretrain_ckpt="c.bin", data_path="data", global_batch_size=128)
     with pytest.raises(ValueError, match=r"^--global_batch_size 128 is not divisible by the world size 3$"):
         args.batch_layout(3)
+
+
+@pytest.mark.parametrize("cls", ["FinetuneArgs", "PretrainArgs", "EvaluateArgs", "RecommendArgs"])
+def test_every_model_command_takes_attn_implementation_and_refuses_unknown_names(cls):
+    import recformer.args as args_module
+
+    cls = getattr(args_module, cls)
+    assert "--attn_implementation" in flags(cls)
+    help_text = build_parser(cls).format_help()
+    assert "auto, eager, sdpa, flex_attention" in " ".join(help_text.split())
+    required = {"FinetuneArgs": dict(pretrain_ckpt="c", data_path="d"), "EvaluateArgs": dict(ckpt="c", data_path="d"),
+                "RecommendArgs": dict(ckpt="c", items="i", input="in", output="out"),
+                "PretrainArgs": dict(train_file="t", dev_file="d", item_attr_file="m", output_dir="o")}[cls.__name__]
+    for name in ("eager", "sdpa", "flex_attention", "auto"):
+        cls(**required, attn_implementation=name).validate()
+    message = "--attn_implementation: unknown attn_implementation 'fast'; valid names: auto, eager, sdpa, flex_attention"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        cls(**required, attn_implementation="fast").validate()
+    with pytest.raises(ValueError, match="flash_attention_2' cannot run Recformer: flash-attn has no global tokens"):
+        cls(**required, attn_implementation="flash_attention_2").validate()

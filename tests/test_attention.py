@@ -37,12 +37,7 @@ CPU_IMPLEMENTATIONS = ["sdpa", "flex_attention"]
 LONG = dict(max_position_embeddings=1100, max_token_num=1024, attention_window=[64, 32])
 
 
-@pytest.fixture(autouse=True)
-def highest_precision():
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(previous)
+pytestmark = pytest.mark.usefixtures("highest_matmul_precision")
 
 
 def random_batch(config: RecformerConfig, lengths: list[int], extra_globals=(), seed: int = 0) -> dict:

@@ -27,9 +27,24 @@ def test_shared_encoder_equals_tokenizer_on_item_dicts(tokenizer, table):
     seqs = [[0, 1, 2], [], [3]]
     got = encode_item_sequences(tokenizer, table, seqs)
     want = tokenizer([[ITEMS[i] for i in s] for s in seqs], return_tensor=True)
-    assert got.keys() == want.keys()
-    for k in got:
+    assert got.keys() == want.keys() | {"global_positions"}
+    for k in want:
         assert torch.equal(got[k], want[k])
+    # the <s> of every row is its one global token, listed so the model needs no host sync to find it
+    assert got["global_positions"].tolist() == [[0], [0], [0]]
+
+
+def test_packed_sequences_hold_every_sequence_once(tokenizer, table):
+    from recformer.collators import pack_item_sequences
+
+    seqs = [[0, 1, 2], [], [3], [2, 0]]
+    packed = pack_item_sequences(tokenizer, table, seqs, max_tokens=12)
+    padded = encode_item_sequences(tokenizer, table, seqs)
+    assert packed["input_ids"].size(1) <= 12 and len(packed["sequence_starts"]) == 4
+    for n in range(4):
+        real = packed["segment_ids"] == n
+        assert torch.equal(packed["input_ids"][real], padded["input_ids"][n][padded["attention_mask"][n].bool()])
+        assert packed["input_ids"].view(-1)[packed["sequence_starts"][n]] == tokenizer.bos_token_id
 
 
 def test_unknown_item_id_is_named(tokenizer, table):
@@ -115,8 +130,12 @@ def test_pretrain_collator_pairs(tokenizer, table):
         batch = collator([["A", "B", "C", "D"], ["C", "A"]])
         assert set(batch) == {
             f"{n}_{s}" for s in "ab" for n in ("input_ids", "item_position_ids", "token_type_ids", "attention_mask",
-                                                "global_attention_mask", "mlm_input_ids", "mlm_labels")
+                                                "global_attention_mask", "global_positions", "mlm_input_ids",
+                                                "mlm_labels", "mlm_positions")
         }
+        for s in "ab":  # the masked tokens, listed as flat indices
+            labels = batch[f"mlm_labels_{s}"].reshape(-1)
+            assert batch[f"mlm_positions_{s}"].tolist() == [i for i, v in enumerate(labels.tolist()) if v != -100]
         # side b is always exactly one item: item positions are 0 and 1 only
         assert set(batch["item_position_ids_b"][batch["attention_mask_b"].bool()].tolist()) <= {0, 1}
         n_items_a = batch["item_position_ids_a"][0][batch["attention_mask_a"][0].bool()].max().item()

@@ -99,3 +99,64 @@ def test_recommender_on_gpu_matches_cpu(tmp_path):
     gpu = Recommender.from_pretrained(*args, device="cuda", progress=False).recommend(histories, k=5)
     assert [[i for i, _ in row] for row in gpu] == [[i for i, _ in row] for row in cpu]
     assert [s for row in gpu for _, s in row] == pytest.approx([s for row in cpu for _, s in row], abs=1e-3)
+
+
+def _fast_path_batch(tokenizer, config):
+    import random as _random
+
+    from recformer.collators import FinetuneCollator
+
+    items = tokenizer.tokenize_items([{"title": f"item {i} red shoe", "brand": "acme"} for i in range(30)])
+    rng = _random.Random(0)
+    histories = [[rng.randrange(30) for _ in range(rng.randrange(1, 25))] for _ in range(8)]
+    return FinetuneCollator(tokenizer, items, _random.Random(0))(histories)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "flex_attention"])
+def test_bf16_fast_paths_stay_close_to_fp32_eager(tokenizer, implementation):
+    from .conftest import tiny_config
+
+    config = tiny_config(attn_implementation="eager")
+    model = RecformerModel(config).eval().cuda()
+    batch = {k: v.cuda() for k, v in _fast_path_batch(tokenizer, config).items() if k != "labels"}
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        expected = model(**batch).last_hidden_state[mask]
+        model.set_attn_implementation(implementation)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            got = model(**batch).last_hidden_state[mask].float()
+    torch.testing.assert_close(got, expected, atol=0.1, rtol=0.05)
+    assert torch.nn.functional.cosine_similarity(got, expected, dim=-1).min() > 0.99
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "flex_attention"])
+def test_training_step_on_gpu_matches_eager_and_never_syncs(tokenizer, implementation):
+    """A finetuning step (compiled FlexAttention for flex) gives eager's loss and gradients, and runs
+    under `torch.cuda.set_sync_debug_mode("error")`: nothing waits for the GPU inside the step."""
+    from .conftest import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config(attn_implementation="eager", finetune_negative_sample_size=5)
+    model = RecformerForSeqRec(config).train().cuda()
+    model.init_item_embedding(torch.randn(30, config.hidden_size))
+    batch = {k: v.cuda() for k, v in _fast_path_batch(tokenizer, config).items()}
+    results = {}
+    for name in ("eager", implementation):
+        model.set_attn_implementation(name)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same sampled negatives
+        model(**batch).backward()  # warm-up (compilation), then the checked step
+        model.zero_grad()
+        torch.manual_seed(1)
+        if name != "eager":
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = model(**batch)
+            loss.backward()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        results[name] = (loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    (loss_e, grads_e), (loss_f, grads_f) = results["eager"], results[implementation]
+    torch.testing.assert_close(loss_f, loss_e, atol=1e-4, rtol=1e-4)
+    for n in grads_e:
+        torch.testing.assert_close(grads_f[n], grads_e[n], atol=1e-3, rtol=1e-3, msg=n)

@@ -16,7 +16,7 @@ import recformer.evaluation as evaluation_module
 import recformer.recommender as recommender_module
 from recformer import RecformerModel, RecformerTokenizer, Recommender, load_checkpoint
 from recformer.inputs import InputError, read_items
-from recformer.recommender import IndexMismatch, UnknownItemError, check_attn_implementation
+from recformer.recommender import IndexMismatch, UnknownItemError
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
 
@@ -124,8 +124,24 @@ def test_bad_calls_are_refused_with_the_reason(rec, caplog):
         got = rec.recommend([["B000000001", "B000000002"]], k=100)
     assert "k=100 is larger than the catalogue (30 items): returning at most 30 per history" in caplog.text
     assert len(got[0]) == 28 and len(set(ids(got)[0])) == 28
-    with pytest.raises(ValueError, match=r"attn_implementation 'sdpa' is not available; expected one of auto, eager"):
-        check_attn_implementation("sdpa")
+
+
+def test_unknown_attention_is_refused_with_the_valid_names(assets):
+    with pytest.raises(ValueError, match=r"^unknown attn_implementation 'fast'; valid names: auto, eager, sdpa, flex_attention$"):
+        build(assets, attn_implementation="fast")
+
+
+def test_every_attention_implementation_gives_the_same_recommendations(assets):
+    histories = [["B000000001", "B000000002"], ["B000000003"], ["B000000004", "B000000001", "B000000007"]]
+    eager = build(assets, attn_implementation="eager", batch_size=2)
+    assert eager.model.config._attn_implementation == "eager"
+    expected = eager.encode_histories(histories)
+    for name in ("sdpa", "flex_attention", "auto"):
+        rec = build(assets, attn_implementation=name)
+        assert rec.model.config._attn_implementation == name
+        torch.testing.assert_close(rec.vectors, eager.vectors, atol=1e-5, rtol=0)
+        torch.testing.assert_close(rec.encode_histories(histories), expected, atol=1e-5, rtol=0)
+        assert ids(rec.recommend(histories, k=5)) == ids(eager.recommend(histories, k=5))
 
 
 class EncodeSpy:
