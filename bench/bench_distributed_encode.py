@@ -1,4 +1,4 @@
-"""Sharded item-table encoding (`evaluation.encode_items_sharded`) on 1 and on N processes: items/s and
+"""Sharded item-table encoding (`evaluation.encode_items` with `shard=True`) on 1 and on N processes: items/s and
 scaling efficiency, on a synthetic catalogue (100,000 items by default) with realistic item lengths.
 
     python bench/bench_distributed_encode.py [--items 100000] [--processes 2] [--size tiny|base]
@@ -48,7 +48,7 @@ def catalogue(n: int, vocab: int, seed: int = 0):
 def worker(a: argparse.Namespace) -> None:
     """One rank: encode the catalogue in shards; rank 0 reports the time and saves the table."""
     from recformer import RecformerConfig, RecformerModel, RecformerTokenizer, distributed
-    from recformer.evaluation import encode_items_sharded
+    from recformer.evaluation import encode_items
 
     device = distributed.init_from_env(a.device)
     config = RecformerConfig(
@@ -62,7 +62,7 @@ def worker(a: argparse.Namespace) -> None:
     table = catalogue(a.items, 275)
 
     def encode(rows):
-        return encode_items_sharded(model, tokenizer, rows, a.batch_size, device, progress=False)
+        return encode_items(model, tokenizer, rows, a.batch_size, device, progress=False, shard=True)
 
     encode(table.take(np.arange(min(len(table), a.batch_size * distributed.world_size()))))  # warm-up
     distributed.barrier()

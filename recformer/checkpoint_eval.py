@@ -7,7 +7,7 @@ for; otherwise every item is encoded by the checkpoint's encoder, as finetune.py
 evaluation does (`evaluation.encode_items`, with the same item-table cache key).
 
 Under torchrun the items are encoded and the users ranked in shards across the processes
-(`evaluation.encode_items_sharded`, `evaluation.evaluate`): the same metrics as one process.
+(`evaluation.encode_items(..., shard=True)`, `evaluation.evaluate`): the same metrics as one process.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from .checkpoint import ITEM_TABLE_KEY, CheckpointError
 from .configuration import field_values
 from .data.finetune_reader import load_finetune_data
 from .devices import autocast_context
-from .evaluation import cached_item_vectors, encode_items_sharded, evaluate
+from .evaluation import cached_item_vectors, encode_items, evaluate
 from .item_tokens import tokenize_catalogue
 from .recommender import load_model_parts
 
@@ -85,9 +85,7 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
             path = item_table_path(args.cache_dir, file_fingerprint(args.ckpt), tokenizer, model.config, data.items)
         vectors = cached_item_vectors(
             path,
-            lambda: encode_items_sharded(
-                model.longformer, tokenizer, items, args.batch_size, device, amp, progress
-            ),
+            lambda: encode_items(model.longformer, tokenizer, items, args.batch_size, device, amp, progress, shard=True),
             shape=(data.num_items, model.config.hidden_size),
         )
         model.init_item_embedding(vectors)

@@ -3,8 +3,8 @@
 `encode_items` turns the tokenized catalogue into the item table (each item encoded alone as a
 one-item sequence); `evaluate` scores (history, target) pairs against every item with
 `RecformerForSeqRec.similarity_score` and averages the ranking metrics (`metrics.py`) over users.
-`encode_items_sharded` is `encode_items` over the ranks of a distributed run (`distributed.py`), and
-`evaluate` splits the users across them; results are gathered, so every rank gets the one-process numbers.
+`encode_items(..., shard=True)` splits the catalogue across the ranks of a distributed run (`distributed.py`),
+and `evaluate` the users; results are gathered, so every rank gets the one-process numbers.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def cached_item_vectors(
     write it there (no cache: `path` None). A cached file that is not a tensor of `shape` is rebuilt.
 
     In a distributed run every rank calls it: either every rank reads the file or every rank calls
-    `build` (which may be collective, e.g. `encode_items_sharded`); only rank 0 writes.
+    `build` (which may be collective, e.g. `encode_items(..., shard=True)`); only rank 0 writes.
     """
 
     def load(p: Path) -> torch.Tensor:
@@ -173,21 +173,37 @@ def encode_items(
     amp: AmpContext = contextlib.nullcontext,
     progress: bool = True,
     max_tokens: int | None = None,
+    shard: bool = False,
 ) -> torch.Tensor:
     """Pooled vector of every item encoded alone (`<s>` + item) [N, H], float32 on CPU, in id order.
 
     Items are packed (fast attention paths) or padded to similar lengths (eager), `batch_size` items
     a batch, or `max_tokens` tokens a batch when `batch_size` is None (`pooled_batches`).
+
+    With `shard` in a distributed run (`distributed.py`), each rank encodes a contiguous run of the batches
+    one process would encode and an all-gather assembles the table in catalogue order on every rank, so
+    the table equals the one-process table; every rank must then call it.
     """
+    sharded = shard and distributed.world_size() > 1
     was_training = encoder.training
     encoder.eval()
-    out = torch.empty(len(table), encoder.config.hidden_size, dtype=torch.float32)
+    done_rows: list[int] = []
+    done = [torch.empty(0, encoder.config.hidden_size)]
     items = [[i] for i in range(len(table))]
-    for rows, pooled in pooled_batches(
-        encoder, tokenizer, table, items, device, amp, batch_size, max_tokens, progress=progress, desc="encode items"
-    ):
-        out[rows] = pooled.float().cpu()
+    # a rank failing alone must not leave the others waiting in the all-gather
+    with distributed.fail_together() if sharded else contextlib.nullcontext():
+        for rows, pooled in pooled_batches(
+            encoder, tokenizer, table, items, device, amp, batch_size, max_tokens,
+            progress=progress and (not sharded or distributed.is_main()), desc="encode items", shard=sharded,
+        ):  # fmt: skip
+            done_rows += rows
+            done.append(pooled.float().cpu())
     encoder.train(was_training)
+    rows, vectors = torch.as_tensor(done_rows, dtype=torch.long), torch.cat(done)  # [n], [n, H]
+    if sharded:
+        rows, vectors = distributed.all_gather_rows(rows), distributed.all_gather_rows(vectors)
+    out = torch.empty(len(table), encoder.config.hidden_size, dtype=torch.float32)
+    out[rows] = vectors
     return out
 
 
@@ -282,42 +298,3 @@ def evaluate(
                                       max_tokens)  # fmt: skip
     gathered = distributed.all_gather_rows(torch.stack([ranks, n_valid], dim=1))  # [P, 2]
     return metrics_from_ranks(gathered[:, 0], gathered[:, 1], ks)
-
-
-# -- several processes (`distributed.py`) -------------------------------------------------------
-def encode_items_sharded(
-    encoder: RecformerModel,
-    tokenizer: RecformerTokenizer,
-    table: TokenizedItems,
-    batch_size: int | None,
-    device: torch.device,
-    amp: AmpContext = contextlib.nullcontext,
-    progress: bool = True,
-    max_tokens: int | None = None,
-) -> torch.Tensor:
-    """`encode_items` over the whole catalogue, split across the ranks of a distributed run [N, H].
-
-    Each rank encodes a contiguous run of the batches one process would encode (`pooled_batches` with
-    `shard=True`), and an all-gather assembles the table in catalogue order on every rank, so the table
-    equals the one-process table. With one process this is `encode_items`. Every rank must call it.
-    """
-    if distributed.world_size() == 1:
-        return encode_items(encoder, tokenizer, table, batch_size, device, amp, progress, max_tokens)
-    was_training = encoder.training
-    encoder.eval()
-    done_rows: list[int] = []
-    done: list[torch.Tensor] = [torch.empty(0, encoder.config.hidden_size)]
-    items = [[i] for i in range(len(table))]
-    with distributed.fail_together(), torch.no_grad():  # a rank failing alone must not leave the others waiting
-        for rows, pooled in pooled_batches(
-            encoder, tokenizer, table, items, device, amp, batch_size, max_tokens,
-            progress=progress and distributed.is_main(), desc="encode items", shard=True,
-        ):  # fmt: skip
-            done_rows += rows
-            done.append(pooled.float().cpu())
-    encoder.train(was_training)
-    rows = distributed.all_gather_rows(torch.as_tensor(done_rows, dtype=torch.long))  # [N]
-    vectors = distributed.all_gather_rows(torch.cat(done))  # [N, H], in `rows` order
-    out = torch.empty_like(vectors)
-    out[rows] = vectors
-    return out

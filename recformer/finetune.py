@@ -53,7 +53,7 @@ from .collators import FinetuneCollator, GlobalBatchCollator
 from .configuration import build_config, field_values
 from .data.finetune_reader import FinetuneData, load_finetune_data
 from .devices import autocast_context
-from .evaluation import cached_item_vectors, encode_items_sharded, evaluate, to_device
+from .evaluation import cached_item_vectors, encode_items, evaluate, to_device
 from .fileio import atomic_torch_save, atomic_write_json
 from .item_tokens import tokenize_catalogue
 from .metrics import NonFiniteScores, format_metrics
@@ -213,9 +213,9 @@ class Finetuner:
     # -- item table ----------------------------------------------------------------------------
     def item_vectors(self) -> torch.Tensor:
         """Every item encoded by the current encoder [N, H]."""
-        return encode_items_sharded(
+        return encode_items(
             self.model.longformer, self.tokenizer, self.items, self.eval_batch_size, self.device, self.amp,
-            self.progress,
+            self.progress, shard=True,
         )  # fmt: skip
 
     @functools.cached_property

@@ -43,7 +43,7 @@ from .checkpoint import (
 )
 from .configuration import DEFAULT_MODEL, RecformerConfig, build_config
 from .devices import resolve_device
-from .evaluation import cached_item_vectors, encode_items, encode_items_sharded, pooled_batches
+from .evaluation import cached_item_vectors, encode_items, pooled_batches
 from .fileio import atomic_directory, dumps_json, read_json
 from .inputs import ItemsSource, item_id, read_items
 from .item_tokens import TokenizedItems, tokenize_catalogue
@@ -251,9 +251,7 @@ class Recommender:
         path = item_table_path(cache_dir, checkpoint_hash, tokenizer, model.config, attrs) if cache_dir else None
         vectors = cached_item_vectors(
             path,
-            lambda: encode_items_sharded(
-                model.longformer, tokenizer, table, batch_size, device, progress=progress
-            ),
+            lambda: encode_items(model.longformer, tokenizer, table, batch_size, device, progress=progress, shard=True),
             shape=(len(ids), model.config.hidden_size),
         )
         model.init_item_embedding(vectors)

@@ -145,7 +145,7 @@ def test_every_attention_implementation_gives_the_same_recommendations(assets):
 
 
 class EncodeSpy:
-    """Counts the items `encode_items` is asked to encode (directly, or through `encode_items_sharded`)."""
+    """Counts the items `encode_items` is asked to encode (directly, or sharded)."""
 
     def __init__(self, monkeypatch):
         self.calls: list[int] = []
