@@ -89,7 +89,7 @@ def resolve_attn_implementation(
 
     "auto" picks per input device: on CUDA, compiled FlexAttention when triton works and no
     attention dropout is active (FlexAttention has none), else SDPA; on CPU, SDPA (measured faster
-    than eager at every length, see `bench/bench_attention.py`); with `output_attentions`, eager
+    than eager at every length, see `bench/bench_throughput.py`); with `output_attentions`, eager
     (the only one that returns attention probabilities). An explicit name that cannot run here fails
     with one line naming what is missing; nothing falls back silently.
     """
