@@ -146,7 +146,8 @@ def process_finetune(
 
     Raises:
         FileNotFoundError, IsADirectoryError: an input file is missing or a folder (checked first).
-        OSError: the output folder cannot be written (checked before any input is read), or a write failed.
+        OutputPathError: the output folder cannot be written (checked before any input is read).
+        OSError: a write failed (the path is named).
         ValueError: an input file is unusable, or no user qualifies (the message names the input files).
     """
     file_path, meta_file_path = resolve_input(file_path), resolve_input(meta_file_path)

@@ -96,7 +96,8 @@ def process_pretrain_meta(
 
     Raises:
         FileNotFoundError, IsADirectoryError: an input file is missing or a folder (checked first).
-        OSError: the output folder cannot be written (checked before any input is read), or a write failed.
+        OutputPathError: the output folder cannot be written (checked before any input is read).
+        OSError: a write failed (the path is named).
         ValueError: an input file is unusable, or no reviewed item has a title (the message names the files).
     """
     meta_paths = category_paths(meta_root, categories, META_FILE)
@@ -224,7 +225,8 @@ def process_pretrain_interactions(
 
     Raises:
         FileNotFoundError, IsADirectoryError: an input file is missing or a folder (checked first).
-        OSError: the output folder cannot be written (checked before any input is read), or a write failed.
+        OutputPathError: the output folder cannot be written (checked before any input is read).
+        OSError: a write failed (the path is named).
         ValueError: `meta_file` is unusable (or its meta step did not finish), a review file is unusable or
             gives no sequence (the message names the file).
     """
