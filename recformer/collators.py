@@ -17,8 +17,9 @@ import torch
 
 from .attention import global_positions_from_mask
 from .distributed import shard_bounds
+from .item_tokens import TokenizedItems
 from .modeling import draw_candidates
-from .packing import pack_sequences
+from .packing import flatten_sequences, pack_flat
 from .tokenization import RecformerTokenizer, TokenizedItem
 
 ItemTable = Sequence[TokenizedItem] | Mapping[Hashable, TokenizedItem]
@@ -77,13 +78,12 @@ def pack_item_sequences(
 ) -> dict[str, torch.Tensor]:
     """Sequences of item ids packed into rows of at most `max_tokens` tokens (`packing.pack_sequences`),
     as LongTensors: what `RecformerModel.forward` takes to return one pooled vector per sequence."""
-    packed = pack_sequences(
-        encode_each(tokenizer, item_table, sequences),
-        max_tokens,
-        tokenizer.pad_token_id,
-        tokenizer.config.max_item_embeddings - 1,
-    )
-    return {name: torch.tensor(value, dtype=torch.long) for name, value in packed.items()}
+    if isinstance(item_table, TokenizedItems):  # vectorised: no Python work per token
+        fields, lengths = item_table.encode_sequences(tokenizer, sequences)
+    else:
+        fields, lengths = flatten_sequences(encode_each(tokenizer, item_table, sequences))
+    packed = pack_flat(fields, lengths, max_tokens, tokenizer.pad_token_id, tokenizer.config.max_item_embeddings - 1)
+    return {name: torch.from_numpy(value) for name, value in packed.items()}
 
 
 class FinetuneCollator:

@@ -10,6 +10,7 @@ disk (`cache.py`: keyed by the tokenizer, the Recformer fields that shape an ite
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from .cache import cached, tokenized_items_path
 from .fileio import atomic_open, dumps_json
-from .tokenization import RecformerTokenizer, check_item
+from .tokenization import TOKEN_TYPE_BOS, RecformerTokenizer, check_item
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,50 @@ class TokenizedItems(Sequence):
     def lengths(self) -> np.ndarray:
         """Tokens per item [N]."""
         return np.diff(self.offsets)
+
+    def encode_sequences(
+        self, tokenizer: RecformerTokenizer, sequences: Sequence[Sequence[Hashable]]
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Sequences of item keys (each oldest first) laid out as `tokenizer.encode` lays them out, back to
+        back: ({field: [T] int64 values of every sequence in turn}, lengths [N]), what `packing.pack_flat`
+        takes. Vectorised over tokens (Python work per item, not per token).
+        """
+        config = tokenizer.config
+        kept = config.max_item_embeddings - 1
+        rows: list[list[int]] = []
+        for seq in sequences:
+            newest = list(seq)[::-1][:kept]
+            try:
+                rows.append([self.row(key) for key in newest])
+            except KeyError as error:
+                raise KeyError(f"item {error.args[0]!r} is not in the tokenized item table") from None
+        # Pieces: each sequence's <s>, then its items newest first; cut at max_token_num tokens.
+        pieces = np.array([len(r) + 1 for r in rows], dtype=np.int64)  # [N]
+        first = np.cumsum(pieces) - pieces  # [N] index of each sequence's <s> piece
+        item_rows = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(pieces.sum()) - len(rows))
+        is_bos = np.zeros(int(pieces.sum()), dtype=bool)
+        is_bos[first] = True
+        size = np.ones(len(is_bos), dtype=np.int64)
+        size[~is_bos] = self.lengths()[item_rows]
+        source = np.zeros(len(is_bos), dtype=np.int64)
+        source[~is_bos] = self.offsets[item_rows]
+        sequence_of = np.repeat(np.arange(len(rows), dtype=np.int64), pieces)  # [P]
+        position = np.arange(len(is_bos), dtype=np.int64) - first[sequence_of]  # item position: <s> 0, items 1..
+        ends = np.cumsum(size)
+        offset = ends - size - (ends - size)[first][sequence_of]  # first token of each piece within its sequence
+        size = np.clip(config.max_token_num - offset, 0, size)
+        piece_of = np.repeat(np.arange(len(is_bos), dtype=np.int64), size)  # [T]
+        within = np.arange(int(size.sum()), dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
+        bos = is_bos[piece_of]
+        token = source[piece_of] + within
+        fields = {
+            "input_ids": np.where(bos, tokenizer.bos_token_id, self.ids[token]).astype(np.int64),
+            "item_position_ids": position[piece_of],
+            "token_type_ids": np.where(bos, TOKEN_TYPE_BOS, self.types[token]).astype(np.int64),
+            "attention_mask": np.ones(len(token), dtype=np.int64),
+            "global_attention_mask": bos.astype(np.int64),
+        }
+        return fields, np.bincount(sequence_of[piece_of], minlength=len(rows)).astype(np.int64)
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_open(path, "wb") as f:

@@ -4,12 +4,15 @@ A packed batch is what `RecformerModel.forward` takes with `segment_ids`: each r
 sequences back to back (first-fit decreasing under a per-row token budget), every sequence keeps its
 own token types, item positions, global token and RoBERTa position ids (restarting at
 `pad_token_id + 1`), and `segment_ids` tell the sequences apart. The model returns one pooled
-vector per sequence, in input order. Pure Python: no tensors here (the collators convert).
+vector per sequence, in input order. numpy arrays or lists here, no tensors (the collators convert).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 from .tokenization import SEQUENCE_FIELDS, TOKEN_TYPE_PAD
 
@@ -77,13 +80,54 @@ def pack_sequences(
         >>> packed = pack_sequences([tok.encode(items_a), tok.encode(items_b)], 1024, tok.pad_token_id, 50)
         >>> model(**{k: torch.tensor(v) for k, v in packed.items()}).pooler_output  # [2, H]
     """
-    lengths = [len(seq["input_ids"]) for seq in sequences]
+    packed = pack_flat(*flatten_sequences(sequences), max_tokens, pad_token_id, pad_item_position_id)
+    return {name: value.tolist() for name, value in packed.items()}
+
+
+def flatten_sequences(sequences: Sequence[Mapping[str, Sequence[int]]]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Encoded sequences back to back, as `pack_flat` takes them: ({field: [T] int64}, lengths [N])."""
+    lengths = np.array([len(seq["input_ids"]) for seq in sequences], dtype=np.int64)
     for index, seq in enumerate(sequences):
         for name in SEQUENCE_FIELDS:
             if len(seq[name]) != lengths[index]:
                 raise ValueError(f"sequence {index}: {name} has {len(seq[name])} values for {lengths[index]} input ids")
-    rows = pack_rows(lengths, max_tokens)
-    width = max((sum(lengths[i] for i in row) for row in rows), default=0)
+    total = int(lengths.sum())
+    fields = {
+        name: np.fromiter(itertools.chain.from_iterable(seq[name] for seq in sequences), dtype=np.int64, count=total)
+        for name in SEQUENCE_FIELDS
+    }
+    return fields, lengths
+
+
+def pack_flat(
+    fields: Mapping[str, np.ndarray],
+    lengths: np.ndarray,
+    max_tokens: int,
+    pad_token_id: int,
+    pad_item_position_id: int,
+) -> dict[str, np.ndarray]:
+    """`pack_sequences` on sequences given back to back: `fields[name]` [T] holds every sequence's values of
+    a tokenizer field in turn, sequence i being the next `lengths[i]` of them. Returns int64 arrays.
+
+    Vectorised: the cost is a few numpy passes over the tokens, not Python work per token.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    count = len(lengths)
+    rows = pack_rows(lengths.tolist(), max_tokens)
+    order = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=count)  # sequences as placed
+    row_sizes = np.array([len(row) for row in rows], dtype=np.int64)
+    row_of = np.repeat(np.arange(len(rows), dtype=np.int64), row_sizes)  # [N] in placement order
+    placed = lengths[order]
+    ends = np.cumsum(placed)
+    row_base = (ends - placed)[np.cumsum(row_sizes) - row_sizes]  # [R] tokens placed before each row
+    column = ends - placed - row_base[row_of]  # [N] first column of each placed sequence
+    width = int(max((column + placed).max(initial=0), 0))
+    starts = np.zeros(count + 1, dtype=np.int64)  # where each sequence's tokens begin in `fields`
+    np.cumsum(lengths, out=starts[1:])
+    # Token j of placed sequence k: source starts[order[k]] + j, destination row_of[k] * width + column[k] + j.
+    within = np.arange(int(ends[-1]) if count else 0, dtype=np.int64) - np.repeat(ends - placed, placed)
+    source = np.repeat(starts[order], placed) + within
+    destination = np.repeat(row_of * width + column, placed) + within
     pad_values = {
         "input_ids": pad_token_id,
         "item_position_ids": pad_item_position_id,
@@ -93,24 +137,26 @@ def pack_sequences(
         "position_ids": pad_token_id,
         "segment_ids": -1,
     }
-    batch: dict[str, list] = {name: [] for name in (*SEQUENCE_FIELDS, *PACKED_ROW_FIELDS)}
-    sequence_starts = [0] * len(sequences)
-    global_positions: list[list[int]] = []
-    for r, row in enumerate(rows):
-        fields: dict[str, list[int]] = {name: [] for name in batch}
-        globals_of_row: list[int] = []
-        for index in row:
-            seq, start = sequences[index], len(fields["input_ids"])
-            sequence_starts[index] = r * width + start
-            for name in SEQUENCE_FIELDS:
-                fields[name].extend(seq[name])
-            fields["position_ids"].extend(roberta_position_ids(seq["input_ids"], pad_token_id))
-            fields["segment_ids"].extend([index] * lengths[index])
-            globals_of_row.extend(start + i for i, flag in enumerate(seq["global_attention_mask"]) if flag)
-        for name, values in fields.items():
-            batch[name].append(values + [pad_values[name]] * (width - len(values)))
-        global_positions.append(globals_of_row)
-    most = max((len(g) for g in global_positions), default=0)
-    batch["global_positions"] = [g + [-1] * (most - len(g)) for g in global_positions]
+    ids = np.asarray(fields["input_ids"], dtype=np.int64)
+    real = ids != pad_token_id
+    counted = np.cumsum(real)
+    before = counted[starts[:-1]] - real[starts[:-1]] if count else np.zeros(0, dtype=np.int64)  # [N]
+    sequence_of = np.repeat(np.arange(count, dtype=np.int64), lengths)  # [T]
+    flat = {name: np.asarray(fields[name], dtype=np.int64) for name in SEQUENCE_FIELDS}
+    flat["position_ids"] = np.where(real, pad_token_id + counted - before[sequence_of], pad_token_id)
+    flat["segment_ids"] = sequence_of
+    batch: dict[str, np.ndarray] = {}
+    for name, values in flat.items():
+        out = np.full(len(rows) * width, pad_values[name], dtype=np.int64)
+        out[destination] = values[source]
+        batch[name] = out.reshape(len(rows), width)
+    sequence_starts = np.empty(count, dtype=np.int64)
+    sequence_starts[order] = row_of * width + column
+    row, col = np.nonzero(batch["global_attention_mask"])  # row-major: each row's globals in order
+    per_row = np.bincount(row, minlength=len(rows))
+    most = int(per_row.max(initial=0))
+    global_positions = np.full((len(rows), most), -1, dtype=np.int64)
+    global_positions[row, np.arange(len(row)) - np.repeat(np.cumsum(per_row) - per_row, per_row)] = col
+    batch["global_positions"] = global_positions
     batch["sequence_starts"] = sequence_starts
     return batch
