@@ -410,6 +410,46 @@ def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...
     return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
 
+def global_rows(module: nn.Module, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    """The self-attention output of the global tokens, [B, L, H] -> [B, G, H] (`layout.global_positions`
+    order; empty slots hold values that mean nothing): each global query, with `query_global`, over every
+    real key of its sequence with `key_global`/`value_global`.
+
+    With few global tokens per row (G x heads < H) the key and value projections are moved to the query
+    side instead of running over every token (the same sums, associated differently):
+    q . (W_k x + b_k) = (W_k^T q) . x + q . b_k and sum_j p_j (W_v x_j + b_v) = W_v (sum_j p_j x_j) + b_v sum_j p_j,
+    per head. That costs G x heads x L x H instead of 2 x L x H^2: for one global token per history, a
+    fraction heads / H of the projections it replaces.
+    """
+    batch, length, hidden = hidden_states.shape
+    heads = module.num_heads
+    dropout = module.dropout if module.training else 0.0
+    index = layout.global_positions.clamp(max=length - 1)[:, :, None].expand(-1, -1, hidden)
+    q_glob = _heads(module.query_global(hidden_states.gather(1, index)), heads)  # [B, G, nh, d]
+    mask = layout.cached(("global", q_glob.dtype), lambda: _additive(_global_row_mask(layout), q_glob.dtype))
+    count = q_glob.size(1)
+    if count * heads >= hidden:
+        k_glob, v_glob = (_heads(x, heads) for x in fused_linear(hidden_states, module.key_global, module.value_global))
+        rows = F.scaled_dot_product_attention(
+            q_glob.transpose(1, 2), k_glob.transpose(1, 2), v_glob.transpose(1, 2), attn_mask=mask, dropout_p=dropout
+        )  # [B, nh, G, d]
+        return rows.transpose(1, 2).reshape(batch, -1, hidden)  # [B, G, H]
+    dim = hidden // heads
+    key_w, value_w = (layer.weight.view(heads, dim, hidden) for layer in (module.key_global, module.value_global))
+    queries = torch.einsum("bgnd,ndh->bgnh", q_glob, key_w).reshape(batch, count * heads, hidden)  # [B, G * nh, H]
+    scores = torch.bmm(queries, hidden_states.transpose(1, 2)).view(batch, count, heads, length)  # [B, G, nh, L]
+    if module.key_global.bias is not None:
+        scores = scores + torch.einsum("bgnd,nd->bgn", q_glob, module.key_global.bias.view(heads, dim))[..., None]
+    scores = scores * dim**-0.5 + mask.transpose(1, 2)  # mask [B, 1, G, L] -> [B, G, 1, L]
+    softmax_dtype = torch.promote_types(scores.dtype, torch.float32)  # half precision: as SDPA, in float32
+    probs = F.dropout(torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(scores.dtype), dropout, module.training)
+    mixed = torch.bmm(probs.view(batch, count * heads, length), hidden_states).view(batch, count, heads, hidden)
+    rows = torch.einsum("bgnh,ndh->bgnd", mixed, value_w)  # [B, G, nh, d]
+    if module.value_global.bias is not None:
+        rows = rows + probs.sum(-1)[..., None] * module.value_global.bias.view(heads, dim).to(rows.dtype)
+    return rows.reshape(batch, count, hidden).to(q_glob.dtype)  # the dtype SDPA would give (autocast)
+
+
 def longformer_self_attention(module: nn.Module, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
     """What `LongformerSelfAttention` computes, from its parameters, for [B, L, H] hidden states -> [B, L, H]."""
     batch, length, hidden = hidden_states.shape
@@ -420,14 +460,7 @@ def longformer_self_attention(module: nn.Module, hidden_states: torch.Tensor, la
     if layout.global_positions is None:
         return out
     positions = layout.global_positions  # [B, G], L in empty slots
-    index = positions.clamp(max=length - 1)[:, :, None].expand(-1, -1, hidden)
-    q_glob = _heads(module.query_global(hidden_states.gather(1, index)), heads)  # [B, G, nh, d]
-    k_glob, v_glob = (_heads(x, heads) for x in fused_linear(hidden_states, module.key_global, module.value_global))
-    mask = layout.cached(("global", q_glob.dtype), lambda: _additive(_global_row_mask(layout), q_glob.dtype))
-    rows = F.scaled_dot_product_attention(
-        q_glob.transpose(1, 2), k_glob.transpose(1, 2), v_glob.transpose(1, 2), attn_mask=mask, dropout_p=dropout
-    )  # [B, nh, G, d]
-    rows = rows.transpose(1, 2).reshape(batch, -1, hidden)  # [B, G, H]
+    rows = global_rows(module, hidden_states, layout)  # [B, G, H]
     # Empty slots write into an extra row that is cut off (positions are unique within a row otherwise).
     out = torch.cat([out, out.new_zeros(batch, 1, hidden)], dim=1)
     return out.scatter(1, positions[:, :, None].expand(-1, -1, hidden), rows)[:, :length]

@@ -61,9 +61,11 @@ def cached_item_vectors(
                   agree=distributed.all_true)  # fmt: skip
 
 
-# Real tokens per batch of item encoding and evaluation when no batch size is given, per device type: the
-# fastest measured within memory (bench/bench_throughput.py; the CPU figures are in bench/results/).
-TOKEN_BUDGET = {"cpu": 2048, "cuda": 65536}
+# Real tokens per batch of item encoding and evaluation when no batch size is given, per device type. CPU: of
+# 4,096 / 8,192 / 16,384, the fastest whose peak memory stays under today's evaluation at batch 16
+# (bench/bench_throughput.py --parts evaluation; 16,384 was faster still but used more memory). CUDA: not
+# measured yet (the bench's `budget` part measures it on a GPU).
+TOKEN_BUDGET = {"cpu": 8192, "cuda": 65536}
 # Shortest row of packed batches (a row holds at least the longest sequence).
 ROW_TOKENS = 256
 # Score elements ([histories, items]) per evaluation batch: bounds the score matrix of large catalogues.
@@ -159,7 +161,7 @@ def pooled_batches(
         else:
             inputs = encode_item_sequences(tokenizer, item_table, chosen)
         with amp():
-            pooled = encoder(**to_device(inputs, device)).pooler_output  # [n, H]
+            pooled = encoder(**to_device(inputs, device), pooled_only=True).pooler_output  # [n, H]
         yield rows, pooled
 
 
@@ -174,8 +176,9 @@ def encode_items(
     progress: bool = True,
     max_tokens: int | None = None,
     shard: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Pooled vector of every item encoded alone (`<s>` + item) [N, H], float32 on CPU, in id order.
+    """Pooled vector of every item encoded alone (`<s>` + item) [N, H], `dtype` on CPU, in id order.
 
     Items are packed (fast attention paths) or padded to similar lengths (eager), `batch_size` items
     a batch, or `max_tokens` tokens a batch when `batch_size` is None (`pooled_batches`).
@@ -188,7 +191,7 @@ def encode_items(
     was_training = encoder.training
     encoder.eval()
     done_rows: list[int] = []
-    done = [torch.empty(0, encoder.config.hidden_size)]
+    done = [torch.empty(0, encoder.config.hidden_size, dtype=dtype)]
     items = [[i] for i in range(len(table))]
     # a rank failing alone must not leave the others waiting in the all-gather
     with distributed.fail_together() if sharded else contextlib.nullcontext():
@@ -197,12 +200,12 @@ def encode_items(
             progress=progress and (not sharded or distributed.is_main()), desc="encode items", shard=sharded,
         ):  # fmt: skip
             done_rows += rows
-            done.append(pooled.float().cpu())
+            done.append(pooled.to(dtype).cpu())
     encoder.train(was_training)
     rows, vectors = torch.as_tensor(done_rows, dtype=torch.long), torch.cat(done)  # [n], [n, H]
     if sharded:
         rows, vectors = distributed.all_gather_rows(rows), distributed.all_gather_rows(vectors)
-    out = torch.empty(len(table), encoder.config.hidden_size, dtype=torch.float32)
+    out = torch.empty(len(table), encoder.config.hidden_size, dtype=dtype)
     out[rows] = vectors
     return out
 
@@ -256,7 +259,8 @@ def target_ranks(
     ):  # fmt: skip
         chunk = [pairs[i] for i in rows]
         labels = torch.tensor([target for _, target in chunk], dtype=torch.long, device=device)
-        scores = model.similarity_score(pooled.float(), chunk_size=SCORE_CHUNK)  # [B, N] float32
+        pooled = pooled.to(torch.promote_types(pooled.dtype, torch.float32))  # half precision scored in float32
+        scores = model.similarity_score(pooled, chunk_size=SCORE_CHUNK)  # [B, N]
         check_finite_scores(scores)
         if exclude_history:
             mask_history(scores, chunk)

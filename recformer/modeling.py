@@ -27,6 +27,7 @@ from transformers.utils import ModelOutput
 from .attention import (
     AttentionLayout,
     check_attn_implementation,
+    global_rows,
     longformer_self_attention,
     resolve_attn_implementation,
 )
@@ -277,6 +278,7 @@ class RecformerModel(RecformerPreTrainedModel):
         global_positions: torch.Tensor | None = None,
         segment_ids: torch.Tensor | None = None,
         sequence_starts: torch.Tensor | None = None,
+        pooled_only: bool = False,
     ) -> RecformerModelOutput | tuple:
         """Encode a padded batch, or packed rows of several sequences each.
 
@@ -290,6 +292,11 @@ class RecformerModel(RecformerPreTrainedModel):
                 padding); attention never crosses sequences. Needs `position_ids` (restarting per
                 sequence) and `sequence_starts` [N] (flat index `row * L + column` of each
                 sequence's first token); `recformer.packing.pack_sequences` builds all of them.
+            pooled_only: the caller reads only `pooler_output`. With the `cls` pooler on the sdpa/flex paths,
+                and every pooled token global (as the tokenizer marks `<s>`), the last layer then runs only
+                for the global tokens: the same pooled vectors (float rounding aside), `last_hidden_state`
+                None. One host sync checks that the pooled tokens are global; otherwise, and with
+                `output_hidden_states`, the whole encoder runs as usual.
 
         Returns:
             hidden states [B, L, H] and pooled vectors: [B, H], or [N, H] for packed rows.
@@ -355,6 +362,14 @@ class RecformerModel(RecformerPreTrainedModel):
             layout = AttentionLayout.build(
                 implementation, attention_mask, global_attention_mask, global_positions, segment_ids
             )
+            slots = None
+            if pooled_only and self.pooler.pooler_type == "cls" and not output_hidden_states:
+                slots = _pooled_global_slots(layout, sequence_starts)
+            if slots is not None:
+                rows = self._encode_fast(embedding_output, layout, False, last_layer_rows=True)[0]  # [B, G, H]
+                pooled_output = rows.reshape(-1, rows.size(-1))[slots]  # [B or N, H]
+                out = RecformerModelOutput(pooler_output=pooled_output)
+                return out if return_dict else (pooled_output,)
             outputs = self._encode_fast(embedding_output, layout, output_hidden_states)
         sequence_output = outputs[0]  # [B, L, H]
         pooled_output = self.pooler(attention_mask, sequence_output, segment_ids, sequence_starts)  # [B or N, H]
@@ -420,16 +435,25 @@ class RecformerModel(RecformerPreTrainedModel):
         )  # hidden states un-padded to the input length
         return outputs.last_hidden_state, outputs.hidden_states, outputs.attentions, outputs.global_attentions
 
-    def _encode_fast(self, hidden_states: torch.Tensor, layout: AttentionLayout, output_hidden_states: bool) -> tuple:
-        """The Longformer layers, run with the SDPA/FlexAttention self-attention (same parameters)."""
+    def _encode_fast(
+        self, hidden_states: torch.Tensor, layout: AttentionLayout, output_hidden_states: bool,
+        last_layer_rows: bool = False,
+    ) -> tuple:
+        """The Longformer layers, run with the SDPA/FlexAttention self-attention (same parameters).
+
+        `last_layer_rows`: the last layer computes only the rows of the global tokens, [B, G, H] in
+        `layout.global_positions` order (`_global_rows_layer`), instead of [B, L, H].
+        """
         all_hidden_states = () if output_hidden_states else None
-        for layer in self.encoder.layer:
+        layers = list(self.encoder.layer)
+        for index, layer in enumerate(layers):
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
+            run = _global_rows_layer if last_layer_rows and index == len(layers) - 1 else _fast_layer
             if layer.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden_states = layer._gradient_checkpointing_func(_fast_layer, layer, hidden_states, layout)
+                hidden_states = layer._gradient_checkpointing_func(run, layer, hidden_states, layout)
             else:
-                hidden_states = _fast_layer(layer, hidden_states, layout)
+                hidden_states = run(layer, hidden_states, layout)
         if output_hidden_states:
             all_hidden_states += (hidden_states,)
         return hidden_states, all_hidden_states
@@ -439,7 +463,61 @@ def _fast_layer(layer: LongformerLayer, hidden_states: torch.Tensor, layout: Att
     """One `LongformerLayer` with its self-attention computed by `longformer_self_attention`: [B, L, H] -> same."""
     attention = layer.attention
     attn_output = attention.output(longformer_self_attention(attention.self, hidden_states, layout), hidden_states)
-    return apply_chunking_to_forward(layer.ff_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, attn_output)
+    return _feed_forward(layer, attn_output)
+
+
+def _global_rows_layer(layer: LongformerLayer, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    """The rows of the global tokens of `_fast_layer`'s output, [B, L, H] -> [B, G, H]: a global token's output
+    reads its own input row and the global keys/values of all tokens, never the other tokens' outputs, so the
+    regular Q/K/V, the band attention, the output projection and the feed-forward of the other rows are skipped."""
+    attention = layer.attention
+    length, hidden = hidden_states.shape[1:]
+    index = layout.global_positions.clamp(max=length - 1)[:, :, None].expand(-1, -1, hidden)
+    attn_output = attention.output(global_rows(attention.self, hidden_states, layout), hidden_states.gather(1, index))
+    return _feed_forward(layer, attn_output)
+
+
+# CPU inference runs the feed-forward on blocks of this many tokens, the last block padded to a multiple of
+# FEED_FORWARD_ROUND: a bounded working set, and a bounded number of shapes, whatever the batch. (oneDNN, which
+# computes the CPU GELU, compiles and caches a kernel per shape; with a shape per batch its cache grew and
+# pinned freed memory, so a run's resident memory kept growing.)
+FEED_FORWARD_TOKENS = 4096
+FEED_FORWARD_ROUND = 256
+
+
+def _feed_forward(layer: LongformerLayer, x: torch.Tensor) -> torch.Tensor:
+    """The layer's feed-forward block (intermediate + output) on [B, L, H] -> same; row by row, so blocks
+    of tokens give the same values as the whole."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or layer.chunk_size_feed_forward:
+        return apply_chunking_to_forward(layer.ff_chunk, layer.chunk_size_feed_forward, layer.seq_len_dim, x)
+    flat = x.reshape(-1, x.size(-1))  # [T, H]
+    out = None
+    for start in range(0, flat.size(0), FEED_FORWARD_TOKENS):
+        block = flat[start : start + FEED_FORWARD_TOKENS]
+        rows = block.size(0)
+        padded = -(-rows // FEED_FORWARD_ROUND) * FEED_FORWARD_ROUND
+        if padded != rows:
+            block = F.pad(block, (0, 0, 0, padded - rows))
+        done = layer.ff_chunk(block)[:rows]
+        if out is None:  # the block's dtype (autocast may change it)
+            out = done.new_empty(flat.shape)
+        out[start : start + rows] = done
+    return flat if out is None else out.view_as(x)
+
+
+def _pooled_global_slots(layout: AttentionLayout, sequence_starts: torch.Tensor | None) -> torch.Tensor | None:
+    """[B or N] flat index into the [B * G] global rows (`_global_rows_layer`) of each sequence's first token
+    (the `cls` pooler's), or None when one of them is not a global token (one host sync)."""
+    if layout.global_positions is None:
+        return None
+    batch, length = layout.key_valid.shape
+    if sequence_starts is None:
+        sequence_starts = torch.arange(batch, device=layout.key_valid.device) * length
+    row, column = sequence_starts // length, sequence_starts % length
+    match = layout.global_positions[row] == column[:, None]  # [N, G]
+    if not bool(match.any(dim=1).all()):
+        return None
+    return row * layout.global_positions.size(1) + match.int().argmax(dim=1)
 
 
 def _gather_with_grad(x: torch.Tensor) -> torch.Tensor:
@@ -715,6 +793,7 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            pooled_only=not torch.is_grad_enabled(),  # inference; under autograd the check's host sync would stall
         )
         pooled = outputs.pooler_output  # [B, H]
         if labels is None:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from recformer import RecformerConfig, RecformerForPretraining, RecformerForSeqRec, RecformerModel
 from recformer import attention as attention_module
+from recformer import modeling
 from recformer.attention import (
     ATTN_IMPLEMENTATIONS,
     AttentionLayout,
@@ -127,6 +128,92 @@ def test_outputs_equal_eager(tokenizer, implementation, case, pooler_type):
     for mine, theirs in zip(got.hidden_states, expected.hidden_states):
         torch.testing.assert_close(mine[mask], theirs[mask], atol=1e-5, rtol=1e-5)
     assert torch.isfinite(got.last_hidden_state).all()  # padding rows too
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("implementation", CPU_IMPLEMENTATIONS)
+def test_pooled_only_runs_the_last_layer_for_global_tokens_only(tokenizer, implementation, case, monkeypatch):
+    config, batch = batches(tokenizer)[case]
+    model = RecformerModel(config).eval()
+    rows = []  # the rows that reach each layer's global query projection and feed-forward
+    monkeypatch.setattr(modeling, "FEED_FORWARD_ROUND", 1)  # inference feeds [tokens, H] blocks, not rounded up here
+    for layer in model.encoder.layer:
+        for module in (layer.attention.self.query_global, layer.intermediate):
+            module.register_forward_hook(lambda m, i, o: rows.append(tuple(i[0].shape[:-1])))
+    local_calls = []
+    local_attention = attention_module.local_attention
+    monkeypatch.setattr(attention_module, "local_attention", lambda *a, **k: local_calls.append(1) or local_attention(*a, **k))
+    with torch.no_grad():
+        expected = forward(model, "eager", batch)
+        rows.clear()
+        got = forward(model, implementation, batch, pooled_only=True)
+    torch.testing.assert_close(got.pooler_output, expected.pooler_output, atol=1e-5, rtol=1e-5)
+    assert got.last_hidden_state is None
+    batch_size, length = batch["input_ids"].shape
+    globals_per_row = int(batch["global_attention_mask"].sum(1).max())
+    # every layer but the last in full; the last one: no band attention, the global rows only
+    assert len(local_calls) == config.num_hidden_layers - 1
+    assert rows == [(batch_size, globals_per_row), (batch_size * length,)] * (config.num_hidden_layers - 1) + [
+        (batch_size, globals_per_row), (batch_size * globals_per_row,)
+    ]
+
+
+@pytest.mark.parametrize("pooler_type", ["cls", "avg"])
+def test_pooled_only_on_packed_rows(tokenizer, pooler_type):
+    config = tiny_config(pooler_type=pooler_type)
+    tokenizer.config = config
+    table = tokenizer.tokenize_items(ITEMS)
+    histories = [[0, 1, 2], [3], [4, 0, 1, 2, 3, 4, 0], [1], [2, 2], [], [0, 4]]
+    encoded = [tokenizer.encode([table[i] for i in h], encode_item=False) for h in histories]
+    packed = packed_tensors(pack_sequences(encoded, 160, tokenizer.pad_token_id, config.max_item_embeddings - 1))
+    model = RecformerModel(config).eval()
+    with torch.no_grad():
+        expected = forward(model, "eager", batch_of(tokenizer, histories)).pooler_output
+        got = forward(model, "sdpa", packed, pooled_only=True)
+    torch.testing.assert_close(got.pooler_output, expected, atol=1e-5, rtol=1e-5)
+    # the avg pooler reads every token: the whole encoder runs
+    assert (got.last_hidden_state is None) == (pooler_type == "cls")
+
+
+def test_pooled_only_runs_everything_when_a_pooled_token_is_not_global(tokenizer):
+    config, batch = batches(tokenizer)["histories"]
+    model = RecformerModel(config).eval()
+    batch = {k: v for k, v in batch.items() if k != "global_positions"}
+    batch["global_attention_mask"] = batch["global_attention_mask"].clone()
+    batch["global_attention_mask"][1, 0] = 0  # row 1's <s> attends locally
+    with torch.no_grad():
+        expected = forward(model, "eager", batch).pooler_output
+        got = forward(model, "sdpa", batch, pooled_only=True)
+        eager = forward(model, "eager", batch, pooled_only=True)
+    torch.testing.assert_close(got.pooler_output, expected, atol=1e-5, rtol=1e-5)
+    assert got.last_hidden_state is not None and eager.last_hidden_state is not None
+    with torch.no_grad():  # a model's scores read the pooled vectors only
+        seqrec = RecformerForSeqRec(config).eval()
+        seqrec.longformer.load_state_dict(model.state_dict())
+        seqrec.init_item_embedding(torch.randn(6, config.hidden_size))
+        torch.testing.assert_close(forward(seqrec, "sdpa", batch), forward(seqrec, "eager", batch), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("extra_globals", [0, 9])
+def test_global_rows_projected_or_reassociated_equal_eager(extra_globals, monkeypatch):
+    """Few global tokens: the key/value projections move to the query side; many: they run over every token."""
+    config = tiny_config()
+    batch = random_batch(config, [60, 45], [(0, 3 + 5 * i) for i in range(extra_globals)] + [(1, 7)])
+    projected = []
+    fused = attention_module.fused_linear
+    monkeypatch.setattr(attention_module, "fused_linear", lambda x, *layers: projected.append(len(layers)) or fused(x, *layers))
+    model = RecformerModel(config)
+    with torch.no_grad():
+        expected = forward(model.eval(), "eager", batch)
+        projected.clear()
+        got = forward(model, "sdpa", batch)
+    assert_same_outputs(got, expected, batch["attention_mask"])
+    globals_per_row = 1 + extra_globals
+    reassociated = globals_per_row * config.num_attention_heads < config.hidden_size
+    assert reassociated == (extra_globals == 0)
+    # Q/K/V in every layer; key_global/value_global over every token only when not reassociated
+    assert projected == ([3] if reassociated else [3, 2]) * config.num_hidden_layers
+    assert_same_gradients(gradients(model.train(), "sdpa", batch), gradients(model, "eager", batch))
 
 
 def test_cases_cover_both_sdpa_paths_and_several_windows(tokenizer):
