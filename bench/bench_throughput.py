@@ -14,7 +14,10 @@ Parts (`--parts`):
 - evaluation (CPU goal): a full evaluation of the demo data at the demo model size (encode the
   catalogue, score every test user, compute the metrics): today's path (eager, batch 16 padded to the
   longest and to the window, reproduced here) against the library's (`--attn_implementation auto`,
-  token-budget batches), same metrics, wall time and peak RSS of a fresh process each.
+  token-budget batches), same metrics, wall time and peak RSS of a fresh process each. "today" runs with
+  glibc's default malloc policy, as the original code did; "library" (and every case of the other parts)
+  with `devices.keep_freed_memory`, as the commands run; "today_kept" is today's path with that setting
+  too, to show what the setting alone is worth.
 
 Each figure: items/s or sequences/s, real (non-pad) tokens/s, model FLOP utilisation and peak memory.
 FLOPs are counted from real tokens: 2 x P per token forward and 6 x P for a training step, P the
@@ -58,6 +61,7 @@ from recformer.collators import (  # noqa: E402
     PretrainCollator,
     encode_item_sequences,
 )
+from recformer.devices import keep_freed_memory  # noqa: E402
 from recformer.evaluation import encode_items, evaluate, to_device  # noqa: E402
 from recformer.metrics import compute_ranks, metrics_from_ranks  # noqa: E402
 from recformer.tokenization import RecformerTokenizer, build_bpe_tokenizer  # noqa: E402
@@ -196,6 +200,8 @@ def measure(a, part: str, implementation: str) -> dict:
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    if implementation != "today":  # every case as the commands run it; today's path as the original ran
+        keep_freed_memory()
     if part == "evaluation":
         return measure_evaluation(a, implementation, device)
     items = demo_catalogue()
@@ -276,13 +282,13 @@ def todays_evaluation(model, tokenizer, table, pairs, device, ks) -> dict[str, f
     padded to the longest (and, inside the model, to a multiple of the window)."""
     with torch.no_grad():
         order = sorted(range(len(table)), key=lambda i: -len(table[i][0]))
-        vectors = torch.empty(len(table), model.config.hidden_size)
+        vectors = torch.empty(len(table), model.config.hidden_size, dtype=model.dtype)
         for start in range(0, len(order), 16):
             ids = order[start : start + 16]
             batch = encode_item_sequences(tokenizer, table, [[i] for i in ids])
             batch.pop("global_positions")
-            vectors[ids] = model.longformer(**to_device(batch, device)).pooler_output.float().cpu()
-        model.init_item_embedding(vectors.to(model.dtype))
+            vectors[ids] = model.longformer(**to_device(batch, device)).pooler_output.cpu()
+        model.init_item_embedding(vectors)
         collator = EvalCollator(tokenizer, table)
         order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
         ranks, valid = [], []
@@ -290,7 +296,7 @@ def todays_evaluation(model, tokenizer, table, pairs, device, ks) -> dict[str, f
             batch = to_device(collator([pairs[i] for i in order[start : start + 16]]), device)
             batch.pop("global_positions")
             labels = batch.pop("labels")
-            scores = model.similarity_score(model.longformer(**batch).pooler_output.float())
+            scores = model.similarity_score(model.longformer(**batch).pooler_output)
             r, v = compute_ranks(scores, labels)
             ranks.append(r.cpu())
             valid.append(v.cpu())
@@ -298,7 +304,7 @@ def todays_evaluation(model, tokenizer, table, pairs, device, ks) -> dict[str, f
 
 
 def measure_evaluation(a, path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> dict:
-    """A full evaluation of the demo test split at the demo model size: "today" or "library" (`dtype`:
+    """A full evaluation of the demo test split at the demo model size: "today[_kept]" or "library" (`dtype`:
     float64 for the equality check, where rounding cannot reorder the near-ties of random weights)."""
     from recformer.data.finetune_reader import load_finetune_data
     from recformer.item_tokens import tokenize_catalogue
@@ -309,21 +315,24 @@ def measure_evaluation(a, path: str, device: torch.device, dtype: torch.dtype = 
         config = build_config("demo", 3000, 32, 256)
         tokenizer = demo_tokenizer(list(data.items), folder, config)
     config.vocab_size = len(tokenizer)
-    config._attn_implementation = "eager" if path == "today" else "auto"
+    config._attn_implementation = "eager" if path.startswith("today") else "auto"
     model = RecformerForSeqRec(config).to(device, dtype).eval()
     table = tokenize_catalogue(tokenizer, data.items, progress=False)
     pairs = data.test_pairs()[: a.check_users if dtype == torch.float64 else None]
     ks = [10, 50]
+    before = peak_memory(device)  # the set-up's high-water mark: the evaluation's own share is the difference
     t0, c0 = time.perf_counter(), time.process_time()
-    if path == "today":
+    if path.startswith("today"):
         metrics = todays_evaluation(model, tokenizer, table, pairs, device, ks)
     else:
-        vectors = encode_items(model.longformer, tokenizer, table, None, device, progress=False, max_tokens=a.eval_tokens)
-        model.init_item_embedding(vectors.to(dtype))
+        vectors = encode_items(model.longformer, tokenizer, table, None, device, progress=False, max_tokens=a.eval_tokens,
+                               dtype=dtype)
+        model.init_item_embedding(vectors)
         metrics = evaluate(model, pairs, tokenizer, table, None, device, ks, progress=False, max_tokens=a.eval_tokens)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     return {"part": "evaluation", "implementation": path, "seconds": seconds, "cpu_seconds": cpu_seconds, "users": len(pairs),
-            "items": data.num_items, "metrics": metrics, **peak_memory(device)}  # fmt: skip
+            "items": data.num_items, "metrics": metrics, **peak_memory(device),
+            **{key + "_before": value for key, value in before.items()}}  # fmt: skip
 
 
 # -- driver ----------------------------------------------------------------------------------------
@@ -339,7 +348,8 @@ def run_one(a, part: str, implementation: str) -> dict:
 
 def summarize(part: str, runs: dict[str, list[dict]], peak: float) -> dict:
     keys = [k for k in ("items_per_s", "sequences_per_s", "tokens_per_s", "flops_per_s", "seconds", "cpu_seconds",
-                        "peak_gpu_memory_gib", "peak_rss_gib") if k in next(iter(runs.values()))[0]]  # fmt: skip
+                        "peak_gpu_memory_gib", "peak_rss_gib", "peak_rss_gib_before")
+            if k in next(iter(runs.values()))[0]]  # fmt: skip
     out = {}
     for impl, results in runs.items():
         row = {k: statistics.median(r[k] for r in results) for k in keys}
@@ -369,6 +379,8 @@ def summarize(part: str, runs: dict[str, list[dict]], peak: float) -> dict:
                     out[reference]["per_length_cpu_seconds"][length] / row["per_length_cpu_seconds"][length]
                 )
     if part == "evaluation":
+        out["library"]["speedup_vs_today_kept"] = out["today_kept"]["seconds"] / out["library"]["seconds"]
+        out["library"]["cpu_time_speedup_vs_today_kept"] = out["today_kept"]["cpu_seconds"] / out["library"]["cpu_seconds"]
         today, library = out["today"]["metrics"], out["library"]["metrics"]
         out["max_metric_difference_float32"] = max(abs(today[k] - library[k]) for k in today)
     return out
@@ -445,7 +457,7 @@ def main() -> None:
         }  # fmt: skip
         for part in a.parts:
             if part == "evaluation":
-                impls = ["today", "library"]
+                impls = ["today", "today_kept", "library"]
             elif part == "budget":
                 impls = [str(b) for b in a.budgets]
             else:

@@ -95,6 +95,67 @@ def test_packed_item_table_equals_items_encoded_one_by_one(tokenizer, table):
     torch.testing.assert_close(packed, one_by_one, atol=1e-5, rtol=0)
 
 
+def test_vectorised_packing_equals_packing_the_tokenizer_layout(tokenizer, table):
+    from recformer.collators import pack_item_sequences
+
+    config = tiny_config(max_token_num=60, max_item_embeddings=9)
+    tokenizer.config = config
+    by_key = {row: table[row] for row in range(len(table))}  # a plain mapping: encoded one by one
+    rng = random.Random(0)
+    for _ in range(20):
+        histories = [[rng.randrange(len(ITEMS)) for _ in range(rng.randrange(0, 14))] for _ in range(rng.randint(1, 9))]
+        fast = pack_item_sequences(tokenizer, table, histories, 80)
+        plain = pack_item_sequences(tokenizer, by_key, histories, 80)
+        assert fast.keys() == plain.keys()
+        for name in fast:
+            assert torch.equal(fast[name], plain[name]), name
+        for n, history in enumerate(histories):  # every sequence as the tokenizer lays it out, cut where it cuts
+            encoded = tokenizer.encode([table[i] for i in history], encode_item=False)
+            real = fast["segment_ids"] == n
+            assert fast["input_ids"][real].tolist() == encoded["input_ids"]
+            assert fast["item_position_ids"][real].tolist() == encoded["item_position_ids"]
+            assert fast["token_type_ids"][real].tolist() == encoded["token_type_ids"]
+    assert any(len(h) > 8 for h in histories)  # the newest max_item_embeddings - 1 items kept
+    with pytest.raises(KeyError, match="item 99 is not in the tokenized item table"):
+        pack_item_sequences(tokenizer, table, [[0, 99]], 80)
+
+
+def test_packed_position_ids_skip_padding_ids_inside_a_sequence():
+    from recformer.packing import pack_sequences, roberta_position_ids
+
+    ids = [[0, 5, 1, 7], [0, 1, 1, 9, 4], [0, 3]]  # 1 is the pad id
+    sequences = [
+        {"input_ids": s, "item_position_ids": [0] * len(s), "token_type_ids": [0] * len(s),
+         "attention_mask": [1] * len(s), "global_attention_mask": [1] + [0] * (len(s) - 1)}
+        for s in ids
+    ]  # fmt: skip
+    packed = pack_sequences(sequences, 9, pad_token_id=1, pad_item_position_id=50)
+    flat_ids, flat_positions = sum(packed["input_ids"], []), sum(packed["position_ids"], [])
+    for n, s in enumerate(ids):
+        start = packed["sequence_starts"][n]
+        assert flat_ids[start : start + len(s)] == s
+        assert flat_positions[start : start + len(s)] == roberta_position_ids(s, 1)
+
+
+def test_inference_feed_forward_runs_in_blocks_of_a_few_shapes(tokenizer, table, monkeypatch):
+    from recformer import modeling
+
+    torch.manual_seed(0)
+    model = RecformerForSeqRec(tiny_config(attn_implementation="sdpa")).eval()
+    histories = [list(range(i, i + 1 + i % 7)) for i in range(30)]
+    inputs = encode_item_sequences(tokenizer, table, histories)
+    with torch.no_grad():
+        whole = model.longformer(**inputs).last_hidden_state
+        monkeypatch.setattr(modeling, "FEED_FORWARD_TOKENS", 64)
+        monkeypatch.setattr(modeling, "FEED_FORWARD_ROUND", 16)
+        shapes = set()
+        model.longformer.encoder.layer[0].intermediate.register_forward_hook(lambda m, i, o: shapes.add(i[0].shape))
+        blocks = model.longformer(**inputs).last_hidden_state
+    torch.testing.assert_close(blocks, whole, atol=1e-6, rtol=1e-6)
+    assert inputs["input_ids"].numel() > 64 and len(shapes) == 2  # full blocks, and the last one rounded up
+    assert all(rows % 16 == 0 and rows <= 64 for rows, _ in shapes)
+
+
 def test_length_batches_respect_the_token_budget():
     lengths = [5, 30, 7, 7, 12, 3, 30, 1]
     packed = length_batches(lengths, None, 40, packed=True)

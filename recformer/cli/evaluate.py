@@ -20,6 +20,7 @@ from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.checkpoint_eval import evaluate_checkpoint
 from recformer.data.finetune_reader import DataError
+from recformer.devices import keep_freed_memory
 from recformer.fileio import atomic_write_json
 from recformer.metrics import NonFiniteScores, format_metrics_table
 
@@ -33,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    keep_freed_memory()
     try:
         distributed.init_from_env(args.device)
         result = evaluate_checkpoint(args)

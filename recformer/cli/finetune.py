@@ -21,7 +21,7 @@ from recformer.args import FinetuneArgs
 from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.data.finetune_reader import DataError
-from recformer.devices import set_tokenizer_threads
+from recformer.devices import keep_freed_memory, set_tokenizer_threads
 from recformer.finetune import Finetuner, TrainingDiverged
 from recformer.metrics import NonFiniteScores, format_metrics_table
 
@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     set_tokenizer_threads(args.preprocessing_num_workers)
+    keep_freed_memory()
     if distributed.env_rank() == 0:
         print("finetune arguments:", json.dumps(asdict(args), indent=1), flush=True)
     try:

@@ -21,6 +21,7 @@ import sys
 
 from recformer.args import PretrainArgs
 from recformer.args import build_parser as build_args_parser
+from recformer.devices import keep_freed_memory
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     args = PretrainArgs(**vars(build_parser().parse_args(argv)))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recformer.pretraining import PretrainingSetupError, run_pretraining
+
+    keep_freed_memory()
 
     try:
         summary = run_pretraining(args)

@@ -26,6 +26,7 @@ from recformer.args import RecommendArgs
 from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.configuration import field_values
+from recformer.devices import keep_freed_memory
 from recformer.fileio import atomic_open, dumps_json
 from recformer.inputs import HistoryLine, InputError, read_histories
 from recformer.recommender import META_FILE, IndexMismatch, Recommender
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = RecommendArgs(**vars(build_parser().parse_args(argv)))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
+    keep_freed_memory()
     try:
         args.validate()
         lines = read_histories(args.input)  # every line checked before any work
