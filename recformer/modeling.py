@@ -587,6 +587,86 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         side = RecformerModelOutput(last_hidden_state=out.last_hidden_state[:batch], pooler_output=out.pooler_output[:batch])
         return side, out.last_hidden_state[batch:]
 
+    def _packs_sides(self, input_ids_a, mlm_input_ids_a, side_a, mlm_input_ids_b, side_b, output_attentions, output_hidden_states) -> bool:
+        """Whether both sides and their MLM copies run as one packed pass: merged passes, an sdpa/flex path (eager
+        cannot keep packed sequences apart), both MLM copies, global positions given, no extra outputs."""
+        if not self.merge_passes or output_attentions or output_hidden_states:
+            return False
+        if mlm_input_ids_a is None or mlm_input_ids_b is None:
+            return False
+        if side_a["global_positions"] is None or side_b["global_positions"] is None:
+            return False
+        dropout_active = self.training and self.config.attention_probs_dropout_prob > 0
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        implementation = resolve_attn_implementation(
+            self.config._attn_implementation, input_ids_a.device, dropout_active, needs_grad, False
+        )
+        return implementation != "eager"
+
+    def _encode_sides_packed(self, sides: list) -> list[tuple[RecformerModelOutput, torch.Tensor]]:
+        """Both sides, each with its MLM copy, in one encoder pass: [(side output, MLM copy's hidden states)].
+
+        The longer side's 2B sequences are rows of their own; the shorter side's 2B sequences are laid k to a
+        row (k = longer length // shorter length), as packed sequences (`segment_ids`): each keeps its own
+        positions and global tokens and attends only to itself, so the outputs are those of separate passes
+        (tested), with the shorter side's padding as its only cost. Shapes only: no host sync.
+        """
+        pad = self.config.pad_token_id
+        stacked = []
+        for input_ids, mlm_input_ids, inputs in sides:
+            ids = torch.cat([input_ids, mlm_input_ids])  # [2B, L]
+            mask = inputs["attention_mask"] if inputs["attention_mask"] is not None else torch.ones_like(input_ids)
+            types = inputs["token_type_ids"] if inputs["token_type_ids"] is not None else torch.zeros_like(input_ids)
+            stacked.append({
+                "input_ids": ids,
+                "attention_mask": torch.cat([mask, mask]),
+                "token_type_ids": torch.cat([types, types]),
+                "item_position_ids": torch.cat([inputs["item_position_ids"]] * 2),
+                "position_ids": create_position_ids_from_input_ids(ids, pad),
+                "global_positions": torch.cat([inputs["global_positions"]] * 2),
+            })  # fmt: skip
+        long_index = 0 if stacked[0]["input_ids"].size(1) >= stacked[1]["input_ids"].size(1) else 1
+        rows, short = stacked[long_index], stacked[1 - long_index]
+        count, width = rows["input_ids"].shape  # 2B sequences of each side
+        length = short["input_ids"].size(1)
+        per_row = width // length
+        short_rows = -(-count // per_row)
+        fill = short_rows * per_row - count  # empty sequences completing the last row
+        device = rows["input_ids"].device
+        fills = {"input_ids": pad, "attention_mask": 0, "token_type_ids": 0, "position_ids": pad,
+                 "item_position_ids": self.config.max_item_embeddings - 1}  # fmt: skip
+        packed = {}
+        for name, value in fills.items():
+            tiled = F.pad(short[name], (0, 0, 0, fill), value=value).reshape(short_rows, per_row * length)
+            packed[name] = torch.cat([rows[name], F.pad(tiled, (0, width - per_row * length), value=value)])
+        sequence = torch.arange(2 * count + fill, device=device)
+        real = packed["attention_mask"] != 0
+        segments = torch.cat([sequence[:count, None].expand(-1, width), torch.full((short_rows, width), -1, device=device)])
+        tiled_segments = (sequence[count:, None] + torch.zeros(1, length, dtype=torch.long, device=device)).reshape(short_rows, -1)
+        segments[count:, : per_row * length] = tiled_segments
+        packed["segment_ids"] = torch.where(real, segments, -1)
+        offsets = (torch.arange(count + fill, device=device) % per_row * length)[:, None]  # each short sequence's column
+        short_globals = F.pad(short["global_positions"], (0, 0, 0, fill), value=-1)
+        short_globals = torch.where(short_globals >= 0, short_globals + offsets, -1).reshape(short_rows, -1)
+        most = max(rows["global_positions"].size(1), short_globals.size(1))
+        packed["global_positions"] = torch.cat([
+            F.pad(rows["global_positions"], (0, most - rows["global_positions"].size(1)), value=-1),
+            F.pad(short_globals, (0, most - short_globals.size(1)), value=-1),
+        ])  # fmt: skip
+        short_starts = (count + torch.arange(count, device=device) // per_row) * width + offsets[:count, 0]
+        packed["sequence_starts"] = torch.cat([torch.arange(count, device=device) * width, short_starts])
+        out = self.longformer(**packed)
+        hidden, pooled = out.last_hidden_state, out.pooler_output  # [R, W, H], [4B, H]
+        batch = count // 2
+        long_hidden = hidden[:count]
+        short_hidden = hidden[count:, : per_row * length].reshape(short_rows * per_row, length, -1)[:count]
+        results = [None, None]
+        for index, side_hidden, side_pooled in ((long_index, long_hidden, pooled[:count]),
+                                                (1 - long_index, short_hidden, pooled[count:])):  # fmt: skip
+            side = RecformerModelOutput(last_hidden_state=side_hidden[:batch], pooler_output=side_pooled[:batch])
+            results[index] = (side, side_hidden[batch:])
+        return results
+
     def forward(
         self,
         input_ids_a: torch.Tensor | None = None,
@@ -633,11 +713,16 @@ class RecformerForPretraining(RecformerPreTrainedModel):
             item_position_ids=item_position_ids_b,
             global_positions=global_positions_b,
         )
-        outputs_a, mlm_hidden_a = self._encode_side(
-            input_ids_a, mlm_input_ids_a, side_a,
-            output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-        )  # fmt: skip
-        outputs_b, mlm_hidden_b = self._encode_side(input_ids_b, mlm_input_ids_b, side_b)
+        if self._packs_sides(input_ids_a, mlm_input_ids_a, side_a, mlm_input_ids_b, side_b, output_attentions, output_hidden_states):
+            (outputs_a, mlm_hidden_a), (outputs_b, mlm_hidden_b) = self._encode_sides_packed(
+                [(input_ids_a, mlm_input_ids_a, side_a), (input_ids_b, mlm_input_ids_b, side_b)]
+            )
+        else:
+            outputs_a, mlm_hidden_a = self._encode_side(
+                input_ids_a, mlm_input_ids_a, side_a,
+                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
+            )  # fmt: skip
+            outputs_b, mlm_hidden_b = self._encode_side(input_ids_b, mlm_input_ids_b, side_b)
         z1, z2 = outputs_a.pooler_output, outputs_b.pooler_output  # [B, H] each
         if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             z1, z2 = _gather_with_grad(z1), _gather_with_grad(z2)  # [B * world, H]

@@ -15,9 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recformer import RecformerConfig, RecformerForPretraining, RecformerForSeqRec, RecformerModel
+from recformer import RecformerConfig, RecformerForPretraining, RecformerForSeqRec, RecformerModel, modeling
 from recformer import attention as attention_module
-from recformer import modeling
 from recformer.attention import (
     ATTN_IMPLEMENTATIONS,
     AttentionLayout,

@@ -64,19 +64,29 @@ def test_fused_projections_equal_separate_ones_with_the_same_gradients():
     assert all(isinstance(p, nn.Parameter) for layer in layers for p in layer.parameters())  # keys unchanged
 
 
+@pytest.mark.parametrize("histories", ["long", "short"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
-def test_merged_pretraining_passes_give_the_loss_and_gradients_of_four_passes(tokenizer, implementation):
+def test_merged_pretraining_passes_give_the_loss_and_gradients_of_four_passes(tokenizer, implementation, histories):
+    """sdpa: both sides and both MLM copies in one packed pass (the shorter side laid several to a row, whichever
+    side it is); eager: one pass per side."""
     torch.manual_seed(0)
     model = RecformerForPretraining(tiny_config(attn_implementation=implementation)).train()
     collator = PretrainCollator(tokenizer, tokenizer.tokenize_items(ITEMS), rng=random.Random(3))
-    batch = collator([list(range(i, i + 2 + i % 5)) for i in range(0, 30, 5)])
+    sequences = [list(range(i, i + 12)) for i in range(0, 24, 4)] if histories == "long" else [[i, i + 1] for i in range(7)]
+    batch = collator(sequences)
+    length_a, length_b = batch["input_ids_a"].size(1), batch["input_ids_b"].size(1)
+    assert length_a >= 5 * length_b if histories == "long" else length_a < length_b  # several to a row; the sides swapped
+    passes = []
+    model.longformer.register_forward_hook(lambda m, i, o: passes.append(1))
     results = {}
     for merged in (False, True):
         model.merge_passes = merged
         model.zero_grad()
+        passes.clear()
         out = model(**batch)
         out.loss.backward()
         results[merged] = (out, gradients(model))
+        assert len(passes) == (4 if not merged else 2 if implementation == "eager" else 1)
     (separate, g_separate), (merged, g_merged) = results[False], results[True]
     for name in ("loss", "cl_loss", "mlm_loss_a", "mlm_loss_b"):
         torch.testing.assert_close(getattr(merged, name), getattr(separate, name), atol=1e-5, rtol=0)
