@@ -340,6 +340,7 @@ class EvaluateArgs(RecformerFieldArgs, _Validated):
     fp16: bool = flag(False, "float16 autocast (CUDA): for GPUs without bf16 (V100, T4)")
     bf16: bool = flag(False, BF16_HELP)
     attn_implementation: str = flag("auto", ATTN_HELP)
+    compile: bool = flag(False, COMPILE_HELP)
     temp: float | None = flag(None, "similarity temperature (default: the config's, 0.05)")
     cache_dir: str | None = flag(None, "cache the tokenized items and the item table here")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
@@ -388,6 +389,7 @@ class RecommendArgs(RecformerFieldArgs, _Validated):
     device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
     batch_size: int | None = flag(None, EVAL_BATCH_HELP.replace("evaluation", "histories"), type=positive_int)
     attn_implementation: str = flag("auto", ATTN_HELP)
+    compile: bool = flag(False, COMPILE_HELP)
     cache_dir: str | None = flag(None, "cache the tokenized items and item vectors here")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
 

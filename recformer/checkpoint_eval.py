@@ -69,6 +69,8 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
     model, tokenizer, report = load_model_parts(args.ckpt, args.model_name_or_path, field_values(args), args.temp)
     configure_attention(model, args.attn_implementation, device)
     model.to(device)
+    if args.compile:
+        model.longformer.compile()  # in place: parameter names stay the same
     items = tokenize_catalogue(tokenizer, data.items, cache_dir=args.cache_dir, progress=progress,
                                write_cache=distributed.is_main())  # fmt: skip
     if ITEM_TABLE_KEY in report.loaded and not args.reencode_items:

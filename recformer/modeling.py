@@ -505,6 +505,7 @@ def _feed_forward(layer: LongformerLayer, x: torch.Tensor) -> torch.Tensor:
     return flat if out is None else out.view_as(x)
 
 
+@torch.compiler.disable  # its host sync splits a compiled forward in two; run it as it is
 def _pooled_global_slots(layout: AttentionLayout, sequence_starts: torch.Tensor | None) -> torch.Tensor | None:
     """[B or N] flat index into the [B * G] global rows (`_global_rows_layer`) of each sequence's first token
     (the `cls` pooler's), or None when one of them is not a global token (one host sync)."""

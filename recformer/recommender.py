@@ -216,6 +216,7 @@ class Recommender:
         cache_dir: str | os.PathLike | None = None,
         fields: Mapping[str, Any] | None = None,
         progress: bool = True,
+        compile: bool = False,
     ) -> Recommender:
         """Encode every item of `items` with the checkpoint's encoder into a new index.
 
@@ -234,6 +235,7 @@ class Recommender:
                 (`evaluation.pooled_batches`).
             attn_implementation: one of `recformer.attention.ATTN_IMPLEMENTATIONS` (an unknown name, or
                 one that cannot run on the device, fails here).
+            compile: torch.compile the encoder first (in place; worth it for large catalogues on a GPU).
             cache_dir: disk cache of the tokenized items and the vectors, keyed by checkpoint,
                 tokenizer, Recformer fields and items (`cache.item_table_path`).
             fields: Recformer field values (`configuration.build_config`); None = the config's own.
@@ -241,8 +243,7 @@ class Recommender:
         check_attn_implementation(attn_implementation)
         model, tokenizer, _ = load_model_parts(checkpoint, model_name_or_path, fields)
         device = distributed.rank_device(device)
-        configure_attention(model, attn_implementation, device)
-        model.to(device)
+        _place(model, attn_implementation, device, compile)
         ids, attrs = read_items(items)
         progress = progress and distributed.is_main()
         table = tokenize_catalogue(tokenizer, attrs, keys=ids, cache_dir=cache_dir, progress=progress,
@@ -270,11 +271,13 @@ class Recommender:
         batch_size: int | None = None,
         attn_implementation: str = "auto",
         progress: bool = True,
+        compile: bool = False,
     ) -> Recommender:
         """A saved index (`save`), with the encoder saved beside it; scoring runs in float32.
 
         `checkpoint`, `model_name_or_path` and `fields`, when given, are what the caller means to
-        use; each must be what the index was built with.
+        use; each must be what the index was built with. `device`, `batch_size`,
+        `attn_implementation`, `progress` and `compile` as for `from_pretrained`.
 
         Raises:
             FileNotFoundError: `path` holds no saved index.
@@ -320,8 +323,7 @@ class Recommender:
         model = RecformerForSeqRec(config)
         load_checkpoint(model.longformer, path)
         device = resolve_device(device)
-        configure_attention(model, attn_implementation, device)
-        model.to(device)
+        _place(model, attn_implementation, device, compile)
         model.init_item_embedding(vectors)
         items = TokenizedItems(
             tensors["token_ids"].numpy(), tensors["token_types"].numpy(), tensors["token_offsets"].numpy(), meta["ids"]
@@ -516,3 +518,12 @@ class Recommender:
             for v, r in zip(values.tolist(), rows.tolist()):
                 out.append([(ids[i], s) for i, s in zip(r, v) if i >= 0])
         return out
+
+
+def _place(model: RecformerForSeqRec, attn_implementation: str, device: torch.device, compile: bool) -> None:
+    """Set the attention implementation, move the model to `device`, and torch.compile the encoder in place
+    (parameter names, hence saved indexes, stay the same) when asked."""
+    configure_attention(model, attn_implementation, device)
+    model.to(device)
+    if compile:
+        model.longformer.compile()

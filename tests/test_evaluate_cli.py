@@ -68,6 +68,17 @@ def test_a_finetuned_checkpoint_uses_its_item_table_and_gives_the_final_test(run
     assert result["metrics"] == pytest.approx(best_dev, abs=1e-6)
 
 
+def test_compile_compiles_the_encoder_and_keeps_the_numbers(run, capsys, tmp_path, monkeypatch):
+    from recformer.modeling import RecformerModel
+
+    compiled = []
+    original = RecformerModel.compile
+    monkeypatch.setattr(RecformerModel, "compile", lambda self, *a, **k: compiled.append(self) or original(self, *a, **k))
+    result, _ = evaluate_main(run, capsys, tmp_path, run["ckpt"], "--compile")
+    assert len(compiled) == 1 and compiled[0]._compiled_call_impl is not None
+    assert result["metrics"] == pytest.approx(run["metrics"]["zero_shot_test"], abs=1e-6)
+
+
 @pytest.mark.parametrize("exclude", [False, True])
 def test_reencode_items_rebuilds_the_table_with_the_checkpoint_encoder(run, capsys, tmp_path, exclude):
     best = run["folder"] / "best_model.bin"

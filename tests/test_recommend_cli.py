@@ -81,6 +81,18 @@ def test_end_to_end_output_in_input_order(assets, rec, tmp_path, capsys, keep):
     assert "3 users, 30 items, top 4" in stdout and f"output: {out}" in stdout
 
 
+def test_compile_reaches_the_encoder(assets, tmp_path, capsys, monkeypatch):
+    from recformer.modeling import RecformerModel
+
+    compiled = []
+    monkeypatch.setattr(RecformerModel, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))
+    inp, out, index = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl", tmp_path / "index"
+    for _ in range(2):  # a new index, then the saved one
+        code, _, err = run(argv(assets, inp, out, "--index_dir", str(index), "--compile"), capsys)
+        assert code == 0, err
+    assert compiled == ["RecformerModel", "RecformerModel"]
+
+
 def test_index_dir_is_written_then_reused_and_extended(assets, tmp_path, capsys, monkeypatch):
     inp, out, index = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl", tmp_path / "index"
     code, stdout, err = run(argv(assets, inp, out, "--index_dir", str(index), "--index_dtype", "float16"), capsys)

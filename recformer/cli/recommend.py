@@ -44,7 +44,7 @@ def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
     back), or a new index from --ckpt and --items (saved to --index_dir when given)."""
     index = Path(args.index_dir) if args.index_dir else None
     common = dict(device=args.device, batch_size=args.batch_size, attn_implementation=args.attn_implementation,
-                  progress=args.progress)  # fmt: skip
+                  progress=args.progress, compile=args.compile)  # fmt: skip
     if index is not None and (index / META_FILE).is_file():
         rec = Recommender.load(index, args.ckpt, args.model_name_or_path, field_values(args), **common)
         note = f"index {index}"
