@@ -8,13 +8,15 @@ Parts (`--parts`):
 - finetune: a finetuning step (forward, backward, AdamW) of RecformerForSeqRec at batch `--batch`, for
   histories of up to each of `--lengths` tokens (between half of it and all of it);
 - pretrain: a pretraining step of RecformerForPretraining at batch `--batch` (history side of up to the
-  largest of `--lengths` tokens, next-item side, whole-word MLM on both);
+  largest of `--lengths` tokens, next-item side, whole-word MLM on both); "sdpa:one_pass" runs both sides
+  in one packed pass (`RecformerForPretraining.pack_sides`) instead of one pass per side;
 - budget: item encoding with "auto" at each token budget of `--budgets` (what `evaluation.TOKEN_BUDGET`
   should be on the device: the fastest within memory);
 - evaluation (CPU goal): a full evaluation of the demo data at the demo model size (encode the
   catalogue, score every test user, compute the metrics): today's path (eager, batch 16 padded to the
   longest and to the window, reproduced here) against the library's (`--attn_implementation auto`,
-  token-budget batches), same metrics, wall time and peak RSS of a fresh process each. "today" runs with
+  token-budget batches), same metrics, wall time and peak RSS during the evaluation (the set-up's peak
+  is reset first, Linux), a fresh process each. "today" runs with
   glibc's default malloc policy, as the original code did; "library" (and every case of the other parts)
   with `devices.keep_freed_memory`, as the commands run; "today_kept" is today's path with that setting
   too, to show what the setting alone is worth.
@@ -168,9 +170,33 @@ def peak_flops(device: torch.device, dtype: torch.dtype) -> tuple[float, str]:
 
 
 def peak_memory(device: torch.device) -> dict[str, float]:
+    """CUDA peak allocated, or the process's peak RSS (since `reset_peak_rss`, where it worked)."""
     if device.type == "cuda":
         return {"peak_gpu_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30}
-    return {"peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+    try:
+        with open("/proc/self/status") as f:
+            peak_kib = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_gib": peak_kib / 2**20}
+
+
+def reset_peak_rss() -> bool:
+    """Reset the process's peak RSS to its current RSS (Linux: /proc/self/clear_refs, "5")."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_rss_gib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except OSError:
+        return float("nan")
 
 
 def timed(fn, steps: int, device: torch.device) -> tuple[float, float]:
@@ -209,6 +235,7 @@ def measure(a, part: str, implementation: str) -> dict:
         config = build_config(a.size, 3000, a.window, max(a.lengths))
         tokenizer = demo_tokenizer(items, folder, config)
     config.vocab_size = len(tokenizer)
+    implementation, _, variant = implementation.partition(":")  # "sdpa:one_pass": pretraining's packed pass
     config._attn_implementation = "auto" if part == "budget" else implementation
     rng = random.Random(0)
     table = tokenizer.tokenize_items(items)
@@ -231,6 +258,8 @@ def measure(a, part: str, implementation: str) -> dict:
     else:
         cls = RecformerForSeqRec if part == "finetune" else RecformerForPretraining
         model = cls(config).to(device).train()
+        if variant == "one_pass":
+            model.pack_sides = True
         if part == "finetune":
             model.init_item_embedding(torch.randn(len(catalogue), config.hidden_size))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -320,7 +349,9 @@ def measure_evaluation(a, path: str, device: torch.device, dtype: torch.dtype = 
     table = tokenize_catalogue(tokenizer, data.items, progress=False)
     pairs = data.test_pairs()[: a.check_users if dtype == torch.float64 else None]
     ks = [10, 50]
-    before = peak_memory(device)  # the set-up's high-water mark: the evaluation's own share is the difference
+    # The evaluation's own high-water mark: the set-up's (tokenizer training, data) is reset first.
+    peak_reset = device.type == "cpu" and reset_peak_rss()
+    start_rss = current_rss_gib()
     t0, c0 = time.perf_counter(), time.process_time()
     if path.startswith("today"):
         metrics = todays_evaluation(model, tokenizer, table, pairs, device, ks)
@@ -331,8 +362,8 @@ def measure_evaluation(a, path: str, device: torch.device, dtype: torch.dtype = 
         metrics = evaluate(model, pairs, tokenizer, table, None, device, ks, progress=False, max_tokens=a.eval_tokens)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     return {"part": "evaluation", "implementation": path, "seconds": seconds, "cpu_seconds": cpu_seconds, "users": len(pairs),
-            "items": data.num_items, "metrics": metrics, **peak_memory(device),
-            **{key + "_before": value for key, value in before.items()}}  # fmt: skip
+            "items": data.num_items, "metrics": metrics, **peak_memory(device), "rss_at_start_gib": start_rss,
+            "peak_rss_is_the_evaluation_s": peak_reset}  # fmt: skip
 
 
 # -- driver ----------------------------------------------------------------------------------------
@@ -348,7 +379,7 @@ def run_one(a, part: str, implementation: str) -> dict:
 
 def summarize(part: str, runs: dict[str, list[dict]], peak: float) -> dict:
     keys = [k for k in ("items_per_s", "sequences_per_s", "tokens_per_s", "flops_per_s", "seconds", "cpu_seconds",
-                        "peak_gpu_memory_gib", "peak_rss_gib", "peak_rss_gib_before")
+                        "peak_gpu_memory_gib", "peak_rss_gib", "rss_at_start_gib")
             if k in next(iter(runs.values()))[0]]  # fmt: skip
     out = {}
     for impl, results in runs.items():
@@ -464,6 +495,8 @@ def main() -> None:
                 impls = a.implementations or ["eager", "sdpa", "flex_attention"]
                 if part != "items" and device.type != "cuda":
                     impls = [i for i in impls if i != "flex_attention"]  # no FlexAttention backward on CPU
+                if part == "pretrain" and a.implementations is None:
+                    impls.append("sdpa:one_pass")  # both sides in one packed pass (`pack_sides`)
             runs: dict[str, list[dict]] = {impl: [] for impl in impls}
             for _ in range(a.repeats):
                 for impl in impls:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every GPU check of the project in one go (for a machine lent for a few minutes):
-#   1. the CUDA tests (tests/test_gpu.py, skipped on CPU machines)
+#   1. the CUDA tests (tests/test_gpu.py and the CUDA cases of tests/test_attention.py, skipped on CPU machines)
 #   2. throughput at longformer-base size, bf16, eager against sdpa and flex_attention: 4,000 items,
 #      finetuning and pretraining steps at batch 16 over histories of up to 1,024 tokens
 #      (bench/bench_throughput.py; JSON in $OUT/gpu_throughput.json)
@@ -21,7 +21,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} HF_HUB_OFFLINE=1 TRANSFORMERS_
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$LOG_DIR/gpu_name.txt"
 status=0
 echo "== CUDA tests"
-"$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py 2>&1 | tail -n 15 | tee "$LOG_DIR/gpu_tests.log" || status=1
+"$PY" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_attention.py 2>&1 | tail -n 15 | tee "$LOG_DIR/gpu_tests.log" || status=1
 echo "== throughput: eager vs sdpa vs flex_attention, longformer-base, bf16"
 timeout "${THROUGHPUT_TIMEOUT:-420}" "$PY" bench/bench_throughput.py --device cuda --size base --items 4000 --batch 16 --parts items finetune pretrain budget \
     --lengths 1024 --steps 10 --repeats "${REPEATS:-2}" --output "$LOG_DIR/gpu_throughput.json" \

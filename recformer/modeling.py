@@ -569,9 +569,14 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         # Independent of `tie_word_embeddings`: the word embeddings are never tied to the decoder.
         return dict(self._tied_weights_keys)
 
-    # One encoder pass per side: each side's MLM copy rides in the same batch (same loss and gradients as
-    # four passes; dropout draws differ). False runs the four passes of the reference.
+    # Merged passes (same loss and gradients as four passes; dropout draws differ): one pass per side with its
+    # MLM copy in the same batch. False runs the four passes of the reference.
     merge_passes = True
+    # One packed pass for both sides and their MLM copies (`_encode_sides_packed`, sdpa/flex paths), also the
+    # same loss and gradients. Off: on CPU it measured 13% slower than a pass per side (hidden 256, batch 16,
+    # 879 + 35 tokens: the shorter side's rows give every row ~25 global-token slots); bench_throughput.py's
+    # pretrain part measures "sdpa:one_pass" against "sdpa" on a GPU.
+    pack_sides = False
 
     def _encode_side(
         self, input_ids: torch.Tensor, mlm_input_ids: torch.Tensor | None, inputs: dict, **options
@@ -591,7 +596,7 @@ class RecformerForPretraining(RecformerPreTrainedModel):
     def _packs_sides(self, input_ids_a, mlm_input_ids_a, side_a, mlm_input_ids_b, side_b, output_attentions, output_hidden_states) -> bool:
         """Whether both sides and their MLM copies run as one packed pass: merged passes, an sdpa/flex path (eager
         cannot keep packed sequences apart), both MLM copies, global positions given, no extra outputs."""
-        if not self.merge_passes or output_attentions or output_hidden_states:
+        if not (self.merge_passes and self.pack_sides) or output_attentions or output_hidden_states:
             return False
         if mlm_input_ids_a is None or mlm_input_ids_b is None:
             return False

@@ -67,8 +67,8 @@ def test_fused_projections_equal_separate_ones_with_the_same_gradients():
 @pytest.mark.parametrize("histories", ["long", "short"])
 @pytest.mark.parametrize("implementation", ["eager", "sdpa"])
 def test_merged_pretraining_passes_give_the_loss_and_gradients_of_four_passes(tokenizer, implementation, histories):
-    """sdpa: both sides and both MLM copies in one packed pass (the shorter side laid several to a row, whichever
-    side it is); eager: one pass per side."""
+    """One pass per side; with `pack_sides` on sdpa, both sides and both MLM copies in one packed pass (the
+    shorter side laid several to a row, whichever side it is)."""
     torch.manual_seed(0)
     model = RecformerForPretraining(tiny_config(attn_implementation=implementation)).train()
     collator = PretrainCollator(tokenizer, tokenizer.tokenize_items(ITEMS), rng=random.Random(3))
@@ -79,19 +79,20 @@ def test_merged_pretraining_passes_give_the_loss_and_gradients_of_four_passes(to
     passes = []
     model.longformer.register_forward_hook(lambda m, i, o: passes.append(1))
     results = {}
-    for merged in (False, True):
-        model.merge_passes = merged
+    for merged, packed in ((False, False), (True, False), (True, True)):
+        model.merge_passes, model.pack_sides = merged, packed
         model.zero_grad()
         passes.clear()
         out = model(**batch)
         out.loss.backward()
-        results[merged] = (out, gradients(model))
-        assert len(passes) == (4 if not merged else 2 if implementation == "eager" else 1)
-    (separate, g_separate), (merged, g_merged) = results[False], results[True]
-    for name in ("loss", "cl_loss", "mlm_loss_a", "mlm_loss_b"):
-        torch.testing.assert_close(getattr(merged, name), getattr(separate, name), atol=1e-5, rtol=0)
-    assert_same_gradients(g_merged, g_separate)
-    assert any(name.startswith("lm_head") for name in g_merged)
+        results[merged, packed] = (out, gradients(model))
+        assert len(passes) == (4 if not merged else 1 if packed and implementation == "sdpa" else 2)
+    separate, g_separate = results[False, False]
+    for merged, g_merged in (results[True, False], results[True, True]):
+        for name in ("loss", "cl_loss", "mlm_loss_a", "mlm_loss_b"):
+            torch.testing.assert_close(getattr(merged, name), getattr(separate, name), atol=1e-5, rtol=0)
+        assert_same_gradients(g_merged, g_separate)
+        assert any(name.startswith("lm_head") for name in g_merged)
 
 
 def test_packed_item_table_equals_items_encoded_one_by_one(tokenizer, table):
