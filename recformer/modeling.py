@@ -573,9 +573,9 @@ class RecformerForPretraining(RecformerPreTrainedModel):
     # MLM copy in the same batch. False runs the four passes of the reference.
     merge_passes = True
     # One packed pass for both sides and their MLM copies (`_encode_sides_packed`, sdpa/flex paths), also the
-    # same loss and gradients. Off: on CPU it measured 13% slower than a pass per side (hidden 256, batch 16,
-    # 879 + 35 tokens: the shorter side's rows give every row ~25 global-token slots); bench_throughput.py's
-    # pretrain part measures "sdpa:one_pass" against "sdpa" on a GPU.
+    # same loss and gradients. Off: on CPU it was slower than a pass per side (bench_throughput.py, hidden 256,
+    # batch 16, up to 1,024 tokens: 1.63 against 2.15 sequences/s; the shorter side's rows give every row
+    # ~25 global-token slots); the bench's pretrain part measures "sdpa:one_pass" against "sdpa" on a GPU too.
     pack_sides = False
 
     def _encode_side(
