@@ -113,12 +113,16 @@ class TokenizedItems(Sequence):
         piece_of = np.repeat(np.arange(len(is_bos), dtype=np.int64), size)  # [T]
         within = np.arange(int(size.sum()), dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
         bos = is_bos[piece_of]
-        token = source[piece_of] + within
+        token = (source[piece_of] + within)[~bos]  # positions in self.ids of the item tokens
+        input_ids = np.full(len(bos), tokenizer.bos_token_id, dtype=np.int64)
+        input_ids[~bos] = self.ids[token]
+        token_type_ids = np.full(len(bos), TOKEN_TYPE_BOS, dtype=np.int64)
+        token_type_ids[~bos] = self.types[token]
         fields = {
-            "input_ids": np.where(bos, tokenizer.bos_token_id, self.ids[token]).astype(np.int64),
+            "input_ids": input_ids,
             "item_position_ids": position[piece_of],
-            "token_type_ids": np.where(bos, TOKEN_TYPE_BOS, self.types[token]).astype(np.int64),
-            "attention_mask": np.ones(len(token), dtype=np.int64),
+            "token_type_ids": token_type_ids,
+            "attention_mask": np.ones(len(bos), dtype=np.int64),
             "global_attention_mask": bos.astype(np.int64),
         }
         return fields, np.bincount(sequence_of[piece_of], minlength=len(rows)).astype(np.int64)

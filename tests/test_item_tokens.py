@@ -41,3 +41,13 @@ def test_take_gives_the_rows_in_the_given_order():
     assert [part[i] for i in range(3)] == [([4, 5, 6], [0, 0, 1]), ([1, 2], [0, 1]), ([], [])]
     assert part["a"] == table["a"] and part.lengths().tolist() == [3, 2, 0]
     assert len(table.take([])) == 0
+
+
+def test_sequences_of_empty_items_are_just_their_s_token(tokenizer):
+    table = TokenizedItems.from_lists([([], []), ([], [])])
+    fields, lengths = table.encode_sequences(tokenizer, [[0, 1], [], [1]])
+    assert lengths.tolist() == [1, 1, 1]
+    assert fields["input_ids"].tolist() == [tokenizer.bos_token_id] * 3
+    assert fields["global_attention_mask"].tolist() == [1, 1, 1]
+    with pytest.raises(KeyError, match="item 2 is not in the tokenized item table"):
+        table.encode_sequences(tokenizer, [[2]])
