@@ -107,7 +107,6 @@ def set_tokenizer_threads(num_threads: int) -> None:
         os.environ.setdefault(TOKENIZER_THREADS_ENV, str(num_threads))
 
 
-
 # glibc malloc settings for model runs (`keep_freed_memory`); the parameter numbers are <malloc.h>'s.
 MALLOPT_TRIM_THRESHOLD, MALLOPT_MMAP_THRESHOLD = -1, -3
 MMAP_THRESHOLD = 32 << 20  # glibc's largest: blocks below it come from the heap

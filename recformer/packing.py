@@ -22,18 +22,6 @@ PACKED_ROW_FIELDS = ("position_ids", "segment_ids")
 PACKED_INPUT_NAMES = (*PACKED_ROW_FIELDS, "sequence_starts", "global_positions")
 
 
-def roberta_position_ids(input_ids: Sequence[int], pad_token_id: int) -> list[int]:
-    """Positions as the model computes them for one sequence: pad + 1, pad + 2, ... skipping pad ids."""
-    positions, count = [], 0
-    for token in input_ids:
-        if token == pad_token_id:
-            positions.append(pad_token_id)
-        else:
-            count += 1
-            positions.append(pad_token_id + count)
-    return positions
-
-
 def pack_rows(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     """Indices of the sequences in each row: first-fit decreasing, at most `max_tokens` tokens a row."""
     rows: list[list[int]] = []

@@ -26,8 +26,7 @@ from recformer.attention import (
     uses_blocks,
 )
 from recformer.collators import PretrainCollator
-from recformer.modeling import create_position_ids_from_input_ids
-from recformer.packing import PACKED_INPUT_NAMES, pack_sequences, roberta_position_ids
+from recformer.packing import PACKED_INPUT_NAMES, pack_sequences
 from recformer.tokenization import SEQUENCE_FIELDS
 
 from .conftest import tiny_config
@@ -372,12 +371,6 @@ def test_pack_sequences_layout():
     broken = dict(sequences[0], token_type_ids=[0])
     with pytest.raises(ValueError, match="sequence 0: token_type_ids has 1 values for 3 input ids"):
         pack_sequences([broken], 8, 1, 50)
-
-
-def test_roberta_position_ids_match_the_model():
-    ids = [0, 5, 1, 7, 9, 1, 1]
-    expected = create_position_ids_from_input_ids(torch.tensor([ids]), 1)[0].tolist()
-    assert roberta_position_ids(ids, 1) == expected
 
 
 # -- global positions -------------------------------------------------------------------------------

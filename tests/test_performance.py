@@ -131,8 +131,9 @@ def test_vectorised_packing_equals_packing_the_tokenizer_layout(tokenizer, table
         pack_item_sequences(tokenizer, table, [[0, 99]], 80)
 
 
-def test_packed_position_ids_skip_padding_ids_inside_a_sequence():
-    from recformer.packing import pack_sequences, roberta_position_ids
+def test_packed_position_ids_are_the_model_s_and_skip_padding_ids_inside_a_sequence():
+    from recformer.modeling import create_position_ids_from_input_ids
+    from recformer.packing import pack_sequences
 
     ids = [[0, 5, 1, 7], [0, 1, 1, 9, 4], [0, 3]]  # 1 is the pad id
     sequences = [
@@ -145,7 +146,7 @@ def test_packed_position_ids_skip_padding_ids_inside_a_sequence():
     for n, s in enumerate(ids):
         start = packed["sequence_starts"][n]
         assert flat_ids[start : start + len(s)] == s
-        assert flat_positions[start : start + len(s)] == roberta_position_ids(s, 1)
+        assert flat_positions[start : start + len(s)] == create_position_ids_from_input_ids(torch.tensor([s]), 1)[0].tolist()
 
 
 def test_inference_feed_forward_runs_in_blocks_of_a_few_shapes(tokenizer, table, monkeypatch):
