@@ -410,10 +410,21 @@ def fused_linear(x: torch.Tensor, *layers: nn.Linear) -> tuple[torch.Tensor, ...
     return F.linear(x, weight, bias).split([layer.out_features for layer in layers], dim=-1)
 
 
-def global_rows(module: nn.Module, hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+def global_inputs(hidden_states: torch.Tensor, layout: AttentionLayout) -> torch.Tensor:
+    """The rows of the global tokens, [B, L, H] -> [B, G, H] (`layout.global_positions` order; empty slots
+    repeat the last token)."""
+    length, hidden = hidden_states.shape[1:]
+    index = layout.global_positions.clamp(max=length - 1)[:, :, None].expand(-1, -1, hidden)
+    return hidden_states.gather(1, index)
+
+
+def global_rows(
+    module: nn.Module, hidden_states: torch.Tensor, layout: AttentionLayout, inputs: torch.Tensor | None = None
+) -> torch.Tensor:
     """The self-attention output of the global tokens, [B, L, H] -> [B, G, H] (`layout.global_positions`
     order; empty slots hold values that mean nothing): each global query, with `query_global`, over every
-    real key of its sequence with `key_global`/`value_global`.
+    real key of its sequence with `key_global`/`value_global`. `inputs`: `global_inputs(hidden_states,
+    layout)` when the caller has them already.
 
     With few global tokens per row (G x heads < H) the key and value projections are moved to the query
     side instead of running over every token (the same sums, associated differently):
@@ -424,8 +435,9 @@ def global_rows(module: nn.Module, hidden_states: torch.Tensor, layout: Attentio
     batch, length, hidden = hidden_states.shape
     heads = module.num_heads
     dropout = module.dropout if module.training else 0.0
-    index = layout.global_positions.clamp(max=length - 1)[:, :, None].expand(-1, -1, hidden)
-    q_glob = _heads(module.query_global(hidden_states.gather(1, index)), heads)  # [B, G, nh, d]
+    if inputs is None:
+        inputs = global_inputs(hidden_states, layout)
+    q_glob = _heads(module.query_global(inputs), heads)  # [B, G, nh, d]
     mask = layout.cached(("global", q_glob.dtype), lambda: _additive(_global_row_mask(layout), q_glob.dtype))
     count = q_glob.size(1)
     if count * heads >= hidden:

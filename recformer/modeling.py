@@ -27,6 +27,7 @@ from transformers.utils import ModelOutput
 from .attention import (
     AttentionLayout,
     check_attn_implementation,
+    global_inputs,
     global_rows,
     longformer_self_attention,
     resolve_attn_implementation,
@@ -471,9 +472,8 @@ def _global_rows_layer(layer: LongformerLayer, hidden_states: torch.Tensor, layo
     reads its own input row and the global keys/values of all tokens, never the other tokens' outputs, so the
     regular Q/K/V, the band attention, the output projection and the feed-forward of the other rows are skipped."""
     attention = layer.attention
-    length, hidden = hidden_states.shape[1:]
-    index = layout.global_positions.clamp(max=length - 1)[:, :, None].expand(-1, -1, hidden)
-    attn_output = attention.output(global_rows(attention.self, hidden_states, layout), hidden_states.gather(1, index))
+    inputs = global_inputs(hidden_states, layout)  # [B, G, H]
+    attn_output = attention.output(global_rows(attention.self, hidden_states, layout, inputs), inputs)
     return _feed_forward(layer, attn_output)
 
 
