@@ -338,11 +338,7 @@ class RecformerModel(RecformerPreTrainedModel):
             token_type_ids = torch.zeros_like(input_ids)
         if global_attention_mask is None and global_positions is not None:
             global_attention_mask = self._mask_from_positions(global_positions, input_ids.shape[1])
-        dropout_active = self.training and self.config.attention_probs_dropout_prob > 0
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        implementation = resolve_attn_implementation(
-            self.config._attn_implementation, input_ids.device, dropout_active, needs_grad, bool(output_attentions)
-        )
+        implementation = self.running_implementation(input_ids.device, bool(output_attentions))
         if implementation == "eager":
             if segment_ids is not None:
                 raise ValueError(
@@ -387,6 +383,15 @@ class RecformerModel(RecformerPreTrainedModel):
             hidden_states=hidden_states,
             attentions=attentions,
             global_attentions=global_attentions,
+        )
+
+    def running_implementation(self, device: torch.device, output_attentions: bool = False) -> str:
+        """The attention implementation a forward pass on `device` runs now (`resolve_attn_implementation` of the
+        config's, given training mode, attention dropout and whether gradients are needed)."""
+        dropout_active = self.training and self.config.attention_probs_dropout_prob > 0
+        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        return resolve_attn_implementation(
+            self.config._attn_implementation, device, dropout_active, needs_grad, output_attentions
         )
 
     @staticmethod
@@ -602,12 +607,7 @@ class RecformerForPretraining(RecformerPreTrainedModel):
             return False
         if side_a["global_positions"] is None or side_b["global_positions"] is None:
             return False
-        dropout_active = self.training and self.config.attention_probs_dropout_prob > 0
-        needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
-        implementation = resolve_attn_implementation(
-            self.config._attn_implementation, input_ids_a.device, dropout_active, needs_grad, False
-        )
-        return implementation != "eager"
+        return self.longformer.running_implementation(input_ids_a.device) != "eager"
 
     def _encode_sides_packed(self, sides: list) -> list[tuple[RecformerModelOutput, torch.Tensor]]:
         """Both sides, each with its MLM copy, in one encoder pass: [(side output, MLM copy's hidden states)].
