@@ -34,7 +34,7 @@ SIZES = {
 
 def catalogue(n: int, vocab: int, seed: int = 0):
     """n items of 20-90 tokens (title, brand and category with their keys), random ids and types 1-3."""
-    from recformer.item_tokens import TokenizedItems
+    from recformer.model.item_tokens import TokenizedItems
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(20, 91, size=n)
@@ -48,7 +48,7 @@ def catalogue(n: int, vocab: int, seed: int = 0):
 def worker(a: argparse.Namespace) -> None:
     """One rank: encode the catalogue in shards; rank 0 reports the time and saves the table."""
     from recformer import RecformerConfig, RecformerModel, RecformerTokenizer, distributed
-    from recformer.evaluation import encode_items
+    from recformer.inference.evaluation import encode_items
 
     device = distributed.init_from_env(a.device)
     config = RecformerConfig(

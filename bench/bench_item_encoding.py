@@ -16,10 +16,10 @@ import time
 import torch
 
 from recformer import RecformerConfig, RecformerModel
-from recformer.collators import encode_item_sequences
 from recformer.devices import autocast_context
-from recformer.evaluation import encode_items
-from recformer.item_tokens import TokenizedItems
+from recformer.inference.evaluation import encode_items
+from recformer.model.item_tokens import TokenizedItems
+from recformer.train.collators import encode_item_sequences
 
 
 def synthetic_catalogue(n: int, vocab: int, seed: int = 0) -> TokenizedItems:
@@ -38,7 +38,7 @@ class _Tok:
     """The two attributes encode_item_sequences needs from a tokenizer (no vocabulary files here)."""
 
     def __init__(self, config):
-        from recformer.tokenization import RecformerTokenizer
+        from recformer.model.tokenization import RecformerTokenizer
 
         self.config = config
         self.bos_token_id, self.pad_token_id = 0, 1

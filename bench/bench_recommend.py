@@ -6,7 +6,7 @@ A random index (items x hidden, float32) and random history vectors, on CPU. Thr
 its own subprocess (so one's memory does not hide another's):
 
 * bare matrix product: `histories @ index.T` in one call (the scores, nothing else);
-* chunked top-k (`recformer.ranking.top_k`, what `Recommender.recommend` runs): histories in blocks
+* chunked top-k (`recformer.inference.ranking.top_k`, what `Recommender.recommend` runs): histories in blocks
   of 256, the index in chunks, cosine / temperature, exact tie order;
 * full argsort: every row of the score matrix (`similarity_score`) sorted (stable, descending), in
   blocks of histories so the whole [histories, items] int64 matrix never exists at once.
@@ -29,7 +29,7 @@ CHILD = r"""
 import json, os, resource, sys, threading, time
 import numpy as np, torch
 from recformer import RecformerConfig, RecformerForSeqRec
-from recformer.ranking import top_k
+from recformer.inference.ranking import top_k
 
 items, hidden, histories, k, block, mode, out = (int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]),
                                                  int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], sys.argv[7])

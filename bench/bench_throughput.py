@@ -57,16 +57,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recformer import RecformerConfig, RecformerForPretraining, RecformerForSeqRec  # noqa: E402
-from recformer.attention import resolve_attn_implementation  # noqa: E402
-from recformer.collators import (  # noqa: E402
+from recformer.devices import keep_freed_memory  # noqa: E402
+from recformer.inference.evaluation import encode_items, evaluate, to_device  # noqa: E402
+from recformer.metrics import compute_ranks, metrics_from_ranks  # noqa: E402
+from recformer.model.attention import resolve_attn_implementation  # noqa: E402
+from recformer.model.tokenization import RecformerTokenizer, build_bpe_tokenizer  # noqa: E402
+from recformer.train.collators import (  # noqa: E402
     EvalCollator,
     PretrainCollator,
     encode_item_sequences,
 )
-from recformer.devices import keep_freed_memory  # noqa: E402
-from recformer.evaluation import encode_items, evaluate, to_device  # noqa: E402
-from recformer.metrics import compute_ranks, metrics_from_ranks  # noqa: E402
-from recformer.tokenization import RecformerTokenizer, build_bpe_tokenizer  # noqa: E402
 
 SIZES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
@@ -240,7 +240,7 @@ def measure(a, part: str, implementation: str) -> dict:
     rng = random.Random(0)
     table = tokenizer.tokenize_items(items)
     item_lengths = [len(ids) for ids, _ in table]
-    from recformer.item_tokens import TokenizedItems
+    from recformer.model.item_tokens import TokenizedItems
 
     catalogue = TokenizedItems.from_lists([table[rng.randrange(len(table))] for _ in range(a.items)])
     result: dict = {"part": part, "implementation": implementation}
@@ -336,7 +336,7 @@ def measure_evaluation(a, path: str, device: torch.device, dtype: torch.dtype = 
     """A full evaluation of the demo test split at the demo model size: "today[_kept]" or "library" (`dtype`:
     float64 for the equality check, where rounding cannot reorder the near-ties of random weights)."""
     from recformer.data.finetune_reader import load_finetune_data
-    from recformer.item_tokens import tokenize_catalogue
+    from recformer.model.item_tokens import tokenize_catalogue
 
     torch.manual_seed(0)
     data = load_finetune_data(a.demo_data)

@@ -12,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from recformer.synthetic import make_longformer_folder, write_corpus
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests/synthetic.py
+
+from tests.synthetic import make_longformer_folder, write_corpus  # noqa: E402
 
 TINY_TOKENIZER = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "tiny_tokenizer"
 # allenai/longformer-base-4096 sizes; the vocabulary keeps its full size so the LM head costs what it

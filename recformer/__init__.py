@@ -12,19 +12,19 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CheckpointError": ".checkpoint",
-    "LoadReport": ".checkpoint",
-    "load_checkpoint": ".checkpoint",
-    "read_state_dict": ".checkpoint",
-    "RecformerConfig": ".configuration",
+    "CheckpointError": ".io.checkpoint",
+    "LoadReport": ".io.checkpoint",
+    "load_checkpoint": ".io.checkpoint",
+    "read_state_dict": ".io.checkpoint",
+    "RecformerConfig": ".model.configuration",
     "ranking_metrics": ".metrics",
-    "RecformerForPretraining": ".modeling",
-    "RecformerForSeqRec": ".modeling",
-    "RecformerModel": ".modeling",
-    "RecformerModelOutput": ".modeling",
-    "RecformerPretrainingOutput": ".modeling",
-    "Recommender": ".recommender",
-    "RecformerTokenizer": ".tokenization",
+    "RecformerForPretraining": ".model.modeling",
+    "RecformerForSeqRec": ".model.modeling",
+    "RecformerModel": ".model.modeling",
+    "RecformerModelOutput": ".model.modeling",
+    "RecformerPretrainingOutput": ".model.modeling",
+    "Recommender": ".inference.recommender",
+    "RecformerTokenizer": ".model.tokenization",
 }
 
 __all__ = [
@@ -58,15 +58,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
-    from .configuration import RecformerConfig
-    from .metrics import ranking_metrics
-    from .modeling import (
+    from recformer.inference.recommender import Recommender
+    from recformer.io.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
+    from recformer.metrics import ranking_metrics
+    from recformer.model.configuration import RecformerConfig
+    from recformer.model.modeling import (
         RecformerForPretraining,
         RecformerForSeqRec,
         RecformerModel,
         RecformerModelOutput,
         RecformerPretrainingOutput,
     )
-    from .recommender import Recommender
-    from .tokenization import RecformerTokenizer
+    from recformer.model.tokenization import RecformerTokenizer

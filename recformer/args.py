@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from .attention import ATTN_IMPLEMENTATIONS, check_attn_implementation
-from .checkpoint import TRUST_CHECKPOINT_HELP
-from .configuration import DEFAULT_MODEL, REFERENCE_SCRIPT_VALUES, add_recformer_field_args
-from .devices import PRECISIONS
+from recformer.devices import PRECISIONS
+from recformer.io.checkpoint import TRUST_CHECKPOINT_HELP
+from recformer.model.attention import ATTN_IMPLEMENTATIONS, check_attn_implementation
+from recformer.model.configuration import DEFAULT_MODEL, REFERENCE_SCRIPT_VALUES, add_recformer_field_args
 
 # Finetuning keeps the checkpoint with the best dev value of this metric.
 TARGET_METRIC = "NDCG@10"
@@ -39,7 +39,7 @@ FP16_HELP = "float16 autocast + gradient scaling (CUDA): for GPUs without bf16 (
 COMPILE_HELP = "torch.compile the encoder (off by default: compiling takes minutes, then steps run faster on GPUs)"
 EVAL_BATCH_HELP = (
     "sequences per batch for item encoding and evaluation (default: batches of a token budget measured "
-    "fastest on the device, see recformer.evaluation.token_budget)"
+    "fastest on the device, see recformer.inference.evaluation.token_budget)"
 )
 
 

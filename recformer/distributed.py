@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .devices import resolve_device
+from recformer.devices import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -75,7 +75,7 @@ def tokenizer(config) -> RecformerTokenizer:
 @pytest.fixture
 def read_only_dir(tmp_path) -> Path:
     """A folder no file can be created in: a chmod-ed one, or sysfs where permissions do not bind (root)."""
-    from recformer.output_paths import OutputPathError, check_output_dir
+    from recformer.io.output_paths import OutputPathError, check_output_dir
 
     if os.geteuid() != 0:
         folder = tmp_path / "read-only"

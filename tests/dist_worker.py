@@ -16,8 +16,8 @@ import sys
 
 def inject_faults() -> None:
     from recformer import distributed
-    from recformer.finetune import Finetuner
-    from recformer.run_log import RunLog
+    from recformer.train.finetune import Finetuner
+    from recformer.train.run_log import RunLog
 
     if "RECFORMER_TEST_FAIL_RANK" in os.environ:
         failing = int(os.environ["RECFORMER_TEST_FAIL_RANK"])

@@ -1,14 +1,13 @@
-"""Tiny Longformer masked-LM folders and synthetic pretraining corpora (the makers are in recformer.synthetic)."""
+"""Tiny Longformer masked-LM folders and synthetic pretraining corpora (the makers are in tests/synthetic.py)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from recformer.synthetic import make_longformer_folder as _make_longformer_folder
-from recformer.synthetic import write_corpus
-
 from .conftest import TINY_TOKENIZER_DIR, WINDOWS, tiny_config
 from .finetune_fixtures import MODEL_FIELDS
+from .synthetic import make_longformer_folder as _make_longformer_folder
+from .synthetic import write_corpus
 
 __all__ = ["TINY_FIELD_FLAGS", "TINY_MAX_POSITIONS", "longformer_config", "make_longformer_folder", "write_corpus"]
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from recformer import RecformerConfig, RecformerForPretraining, RecformerForSeqRec, RecformerModel, modeling
-from recformer import attention as attention_module
-from recformer.attention import (
+from recformer.model import attention as attention_module
+from recformer.model.attention import (
     ATTN_IMPLEMENTATIONS,
     AttentionLayout,
     block_size,
@@ -25,9 +25,9 @@ from recformer.attention import (
     resolve_attn_implementation,
     uses_blocks,
 )
-from recformer.collators import PretrainCollator
-from recformer.packing import PACKED_INPUT_NAMES, pack_sequences
-from recformer.tokenization import SEQUENCE_FIELDS
+from recformer.model.packing import PACKED_INPUT_NAMES, pack_sequences
+from recformer.model.tokenization import SEQUENCE_FIELDS
+from recformer.train.collators import PretrainCollator
 
 from .conftest import tiny_config
 from .test_modeling import ITEMS, batch_of

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from recformer.cache import cached
-from recformer.item_tokens import TokenizedItems, tokenize_catalogue
+from recformer.io.cache import cached
+from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
 
 ITEMS = [{"title": "red shoe", "brand": "b"}, {"title": "blue hat"}, {"title": "wool sock", "category": "x y"}]
 
@@ -29,7 +29,7 @@ def test_damaged_tokenized_items_cache_is_rebuilt_with_a_warning(tokenizer, tmp_
     first = tokenize_catalogue(tokenizer, ITEMS, cache_dir=tmp_path, progress=False)
     (path,) = tmp_path.glob("items-*.npz")
     damage(path, how)
-    with caplog.at_level(logging.WARNING, logger="recformer.cache"):
+    with caplog.at_level(logging.WARNING, logger="recformer.io.cache"):
         again = tokenize_catalogue(tokenizer, ITEMS, cache_dir=tmp_path, progress=False)
     assert [again[i] for i in range(3)] == [first[i] for i in range(3)]
     assert f"tokenized items: cache file {path} cannot be read" in caplog.text and "rebuilding it" in caplog.text
@@ -41,7 +41,7 @@ def test_tokenized_items_cache_of_another_size_is_rebuilt(tokenizer, tmp_path, c
     tokenize_catalogue(tokenizer, ITEMS, cache_dir=tmp_path, progress=False)
     (path,) = tmp_path.glob("items-*.npz")
     TokenizedItems.from_lists([([5, 6], [1, 2])]).save(path)  # a readable file holding one item, not three
-    with caplog.at_level(logging.WARNING, logger="recformer.cache"):
+    with caplog.at_level(logging.WARNING, logger="recformer.io.cache"):
         table = tokenize_catalogue(tokenizer, ITEMS, cache_dir=tmp_path, progress=False)
     assert len(table) == 3 and f"cache file {path} cannot be read (ValueError)" in caplog.text
 

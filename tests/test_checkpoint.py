@@ -179,7 +179,7 @@ def test_unknown_extra_keys_fail_for_every_target(config, pretrain_state, target
 
 # -- the form rules, one helper each ---------------------------------------------------------------
 
-from recformer.checkpoint import (  # noqa: E402
+from recformer.io.checkpoint import (  # noqa: E402
     NEITHER,
     UntrustedCheckpointError,
     add_encoder_prefix,

@@ -4,7 +4,7 @@ from collections import Counter
 import pytest
 import torch
 
-from recformer.collators import (
+from recformer.train.collators import (
     EvalCollator,
     FinetuneCollator,
     GlobalBatchCollator,
@@ -35,7 +35,7 @@ def test_shared_encoder_equals_tokenizer_on_item_dicts(tokenizer, table):
 
 
 def test_packed_sequences_hold_every_sequence_once(tokenizer, table):
-    from recformer.collators import pack_item_sequences
+    from recformer.train.collators import pack_item_sequences
 
     seqs = [[0, 1, 2], [], [3], [2, 0]]
     packed = pack_item_sequences(tokenizer, table, seqs, max_tokens=12)

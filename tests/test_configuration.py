@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from recformer.configuration import (
+from recformer.model.configuration import (
     REFERENCE_SCRIPT_VALUES,
     RecformerConfig,
     add_recformer_field_args,

@@ -7,7 +7,7 @@ import torch
 from transformers import LongformerConfig, LongformerForMaskedLM
 
 from recformer import RecformerForPretraining, RecformerForSeqRec, RecformerModel
-from recformer.conversion import (
+from recformer.io.conversion import (
     ConversionError,
     longformer_to_pretraining,
     pretraining_to_released,

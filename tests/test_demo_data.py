@@ -15,7 +15,7 @@ import pytest
 
 from recformer.data import amazon
 from recformer.data.pretrain_writer import PRETRAIN_CATEGORIES
-from recformer.fileio import read_json
+from recformer.io.fileio import read_json
 
 from .helpers import load_cli
 

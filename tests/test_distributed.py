@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from recformer.args import EvaluateArgs, FinetuneArgs
-from recformer.checkpoint_eval import evaluate_checkpoint
 from recformer.cli import evaluate as evaluate_cli
-from recformer.finetune import Finetuner
+from recformer.inference.checkpoint_eval import evaluate_checkpoint
+from recformer.train.finetune import Finetuner
 
 from .finetune_fixtures import make_dataset, make_model_folder, make_pretrained_checkpoint
 

@@ -11,9 +11,9 @@ from recformer import RecformerForSeqRec, RecformerTokenizer, load_checkpoint
 from recformer.args import FinetuneArgs
 from recformer.cli import evaluate as evaluate_cli
 from recformer.data.finetune_reader import load_finetune_data
-from recformer.evaluation import encode_items, evaluate
-from recformer.finetune import Finetuner
-from recformer.item_tokens import tokenize_catalogue
+from recformer.inference.evaluation import encode_items, evaluate
+from recformer.model.item_tokens import tokenize_catalogue
+from recformer.train.finetune import Finetuner
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
 
@@ -69,7 +69,7 @@ def test_a_finetuned_checkpoint_uses_its_item_table_and_gives_the_final_test(run
 
 
 def test_compile_compiles_the_encoder_and_keeps_the_numbers(run, capsys, tmp_path, monkeypatch):
-    from recformer.modeling import RecformerModel
+    from recformer.model.modeling import RecformerModel
 
     compiled = []
     original = RecformerModel.compile

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from recformer import RecformerForSeqRec, ranking_metrics
-from recformer.collators import EvalCollator
-from recformer.evaluation import evaluate, mask_history
-from recformer.item_tokens import tokenize_catalogue
+from recformer.inference.evaluation import evaluate, mask_history
 from recformer.metrics import compute_ranks
+from recformer.model.item_tokens import tokenize_catalogue
+from recformer.train.collators import EvalCollator
 
 ITEMS = [{"title": f"item {i}", "brand": "acme" if i % 2 else "zen"} for i in range(12)]
 

@@ -1,4 +1,4 @@
-"""recformer/fileio.py: the mode of new files, write errors that name the path, staged writes."""
+"""recformer/io/fileio.py: the mode of new files, write errors that name the path, staged writes."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import stat
 
 import pytest
 
-from recformer import fileio
-from recformer.fileio import atomic_open, atomic_write_bytes, atomic_write_json
+from recformer.io import fileio
+from recformer.io.fileio import atomic_open, atomic_write_bytes, atomic_write_json
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ import torch
 from recformer import RecformerForSeqRec, RecformerModel, RecformerTokenizer, load_checkpoint, ranking_metrics
 from recformer.args import FinetuneArgs
 from recformer.cli import finetune as finetune_cli
-from recformer.collators import encode_item_sequences
 from recformer.data.finetune_reader import load_finetune_data
-from recformer.evaluation import encode_items, evaluate
-from recformer.finetune import Finetuner, TrainingDiverged
-from recformer.item_tokens import tokenize_catalogue
-from recformer.run_log import RunLog
+from recformer.inference.evaluation import encode_items, evaluate
+from recformer.model.item_tokens import tokenize_catalogue
+from recformer.train.collators import encode_item_sequences
+from recformer.train.finetune import Finetuner, TrainingDiverged
+from recformer.train.run_log import RunLog
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
 
@@ -421,7 +421,7 @@ def test_unreadable_item_table_cache_is_rebuilt_with_a_warning(assets, tmp_path,
         path.write_bytes(path.read_bytes()[:100])
     else:
         torch.save(torch.zeros(3, 32), path)
-    with caplog.at_level("WARNING", logger="recformer.cache"):
+    with caplog.at_level("WARNING", logger="recformer.io.cache"):
         rebuilt = Finetuner(make_args(assets, tmp_path / "b", cache_dir=str(cache), num_train_epochs=0)).initial_item_table()
     assert f"item table: cache file {path} cannot be read" in caplog.text
     torch.testing.assert_close(rebuilt, table)

@@ -8,7 +8,7 @@ import torch
 from recformer import RecformerForSeqRec, RecformerModel
 from recformer.args import FinetuneArgs
 from recformer.devices import autocast_context
-from recformer.finetune import Finetuner
+from recformer.train.finetune import Finetuner
 
 from .finetune_fixtures import make_dataset, make_model_folder, make_pretrained_checkpoint
 from .test_modeling import batch_of
@@ -70,7 +70,7 @@ def test_finetune_with_mixed_precision_on_gpu_stays_close_to_fp32(tmp_path, prec
 
 
 def test_top_k_over_a_million_items_stays_under_one_gigabyte_on_gpu():
-    from recformer.ranking import top_k
+    from recformer.inference.ranking import top_k
 
     from .conftest import tiny_config
 
@@ -104,7 +104,7 @@ def test_recommender_on_gpu_matches_cpu(tmp_path):
 def _fast_path_batch(tokenizer, config):
     import random as _random
 
-    from recformer.collators import FinetuneCollator
+    from recformer.train.collators import FinetuneCollator
 
     items = tokenizer.tokenize_items([{"title": f"item {i} red shoe", "brand": "acme"} for i in range(30)])
     rng = _random.Random(0)

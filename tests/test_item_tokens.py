@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from recformer.item_tokens import TokenizedItems, tokenize_catalogue
+from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
 
 ITEMS = [{"title": "red shoe", "brand": "b"}, {}, {"title": "shoe"}]
 

@@ -8,7 +8,7 @@ import torch
 pl = pytest.importorskip("pytorch_lightning")
 
 from recformer import RecformerForPretraining  # noqa: E402
-from recformer.lightning_module import PretrainDataModule, RecformerPretrainModule  # noqa: E402
+from recformer.train.lightning_module import PretrainDataModule, RecformerPretrainModule  # noqa: E402
 
 from .conftest import TINY_TOKENIZER_DIR  # noqa: E402
 from .pretrain_fixtures import write_corpus  # noqa: E402

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from transformers import LongformerConfig, LongformerModel
 
 from recformer import RecformerForPretraining, RecformerForSeqRec, RecformerModel
-from recformer.collators import PretrainCollator, encode_item_sequences
+from recformer.train.collators import PretrainCollator, encode_item_sequences
 
 from .conftest import tiny_config
 

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from recformer.output_paths import (
+from recformer.io.output_paths import (
     PROBE_PREFIX,
     OutputPathError,
     check_output_dir,

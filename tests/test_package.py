@@ -4,9 +4,9 @@ from pathlib import Path
 
 
 def test_import_does_not_load_lightning_or_deepspeed():
-    # recformer.pretraining and the pretraining command import Lightning only when a run starts
+    # recformer.train.pretraining and the pretraining command import Lightning only when a run starts
     code = (
-        "import sys, recformer, recformer.pretraining, recformer.cli.pretrain\n"
+        "import sys, recformer, recformer.train.pretraining, recformer.cli.pretrain\n"
         "bad = [m for m in sys.modules if m.split('.')[0] in ('lightning', 'pytorch_lightning', 'deepspeed')]\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )

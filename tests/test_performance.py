@@ -10,13 +10,13 @@ import torch
 from torch import nn
 
 from recformer import RecformerForPretraining, RecformerForSeqRec
-from recformer import attention as attention_module
 from recformer.args import FinetuneArgs
-from recformer.attention import AttentionUnavailable, fused_linear
-from recformer.collators import FinetuneCollator, PretrainCollator, encode_item_sequences
-from recformer.evaluation import encode_items, evaluate, length_batches, sequence_lengths
-from recformer.finetune import Finetuner
-from recformer.item_tokens import tokenize_catalogue
+from recformer.inference.evaluation import encode_items, evaluate, length_batches, sequence_lengths
+from recformer.model import attention as attention_module
+from recformer.model.attention import AttentionUnavailable, fused_linear
+from recformer.model.item_tokens import tokenize_catalogue
+from recformer.train.collators import FinetuneCollator, PretrainCollator, encode_item_sequences
+from recformer.train.finetune import Finetuner
 
 from .conftest import tiny_config
 
@@ -107,7 +107,7 @@ def test_packed_item_table_equals_items_encoded_one_by_one(tokenizer, table):
 
 
 def test_vectorised_packing_equals_packing_the_tokenizer_layout(tokenizer, table):
-    from recformer.collators import pack_item_sequences
+    from recformer.train.collators import pack_item_sequences
 
     config = tiny_config(max_token_num=60, max_item_embeddings=9)
     tokenizer.config = config
@@ -132,8 +132,8 @@ def test_vectorised_packing_equals_packing_the_tokenizer_layout(tokenizer, table
 
 
 def test_packed_position_ids_are_the_model_s_and_skip_padding_ids_inside_a_sequence():
-    from recformer.modeling import create_position_ids_from_input_ids
-    from recformer.packing import pack_sequences
+    from recformer.model.modeling import create_position_ids_from_input_ids
+    from recformer.model.packing import pack_sequences
 
     ids = [[0, 5, 1, 7], [0, 1, 1, 9, 4], [0, 3]]  # 1 is the pad id
     sequences = [
@@ -150,7 +150,7 @@ def test_packed_position_ids_are_the_model_s_and_skip_padding_ids_inside_a_seque
 
 
 def test_inference_feed_forward_runs_in_blocks_of_a_few_shapes(tokenizer, table, monkeypatch):
-    from recformer import modeling
+    from recformer.model import modeling
 
     torch.manual_seed(0)
     model = RecformerForSeqRec(tiny_config(attn_implementation="sdpa")).eval()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from recformer import RecformerForSeqRec
-from recformer.ranking import SCORE_BLOCK_BYTES, chunk_items, top_k
+from recformer.inference.ranking import SCORE_BLOCK_BYTES, chunk_items, top_k
 
 from .conftest import HIDDEN, tiny_config
 

@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-import recformer.recommender as recommender_module
+import recformer.inference.recommender as recommender_module
 from recformer import Recommender
 
 from .finetune_fixtures import make_dataset, make_model_folder, make_pretrained_checkpoint

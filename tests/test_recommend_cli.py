@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import recformer.recommender as recommender_module
+import recformer.inference.recommender as recommender_module
 from recformer import Recommender
 from recformer.cli import recommend as recommend_cli
 
@@ -82,7 +82,7 @@ def test_end_to_end_output_in_input_order(assets, rec, tmp_path, capsys, keep):
 
 
 def test_compile_reaches_the_encoder(assets, tmp_path, capsys, monkeypatch):
-    from recformer.modeling import RecformerModel
+    from recformer.model.modeling import RecformerModel
 
     compiled = []
     monkeypatch.setattr(RecformerModel, "compile", lambda self, *a, **k: compiled.append(type(self).__name__))

@@ -12,11 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import recformer.evaluation as evaluation_module
-import recformer.recommender as recommender_module
+import recformer.inference.evaluation as evaluation_module
+import recformer.inference.recommender as recommender_module
 from recformer import RecformerModel, RecformerTokenizer, Recommender, load_checkpoint
-from recformer.inputs import InputError, read_items
-from recformer.recommender import IndexMismatch, UnknownItemError
+from recformer.inference.inputs import InputError, read_items
+from recformer.inference.recommender import IndexMismatch, UnknownItemError
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
 
@@ -120,7 +120,7 @@ def test_bad_calls_are_refused_with_the_reason(rec, caplog):
         rec.recommend("B000000001")
     with pytest.raises(ValueError, match="k must be >= 1, got 0"):
         rec.recommend([["B000000001"]], k=0)
-    with caplog.at_level(logging.WARNING, logger="recformer.recommender"):
+    with caplog.at_level(logging.WARNING, logger="recformer.inference.recommender"):
         got = rec.recommend([["B000000001", "B000000002"]], k=100)
     assert "k=100 is larger than the catalogue (30 items): returning at most 30 per history" in caplog.text
     assert len(got[0]) == 28 and len(set(ids(got)[0])) == 28

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from recformer.run_log import RunLog
+from recformer.train.run_log import RunLog
 
 
 def record(step: int, stage: int = 1) -> dict:

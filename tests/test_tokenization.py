@@ -1,4 +1,4 @@
-"""Golden layouts worked out by hand from the layout in recformer/tokenization.py with the tiny vocabulary in tests/fixtures.
+"""Golden layouts worked out by hand from the layout in recformer/model/tokenization.py with the tiny vocabulary in tests/fixtures.
 
 Tiny vocabulary ids: <s> 0, <pad> 1, </s> 2, <unk> 3; byte b -> 4 + b; merges: title 263, brand 267,
 'Ġshoe' 271, red 273; <mask> 274.
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from recformer import RecformerTokenizer
-from recformer.item_tokens import tokenize_catalogue
+from recformer.model.item_tokens import tokenize_catalogue
 
 from .conftest import TINY_TOKENIZER_DIR, tiny_config
 

@@ -10,8 +10,8 @@ import torch
 from transformers import get_linear_schedule_with_warmup
 
 from recformer import RecformerForSeqRec
-from recformer.optimization import parameter_groups
-from recformer.training_state import ResumeError, TrainingState, fingerprint_differences
+from recformer.train.optimization import parameter_groups
+from recformer.train.training_state import ResumeError, TrainingState, fingerprint_differences
 
 from .helpers import crafted_checkpoint
 

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from recformer import RecformerConfig, RecformerForPretraining, RecformerTokenizer
-    from recformer.collators import PretrainCollator
-    from recformer.lightning_module import PretrainDataModule, RecformerPretrainModule
+    from recformer.train.collators import PretrainCollator
+    from recformer.train.lightning_module import PretrainDataModule, RecformerPretrainModule
 
     torch.manual_seed(0)
     config = RecformerConfig.from_pretrained(args.start_folder)

@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from recformer.checkpoint import TRUST_CHECKPOINT_HELP
+from recformer.io.checkpoint import TRUST_CHECKPOINT_HELP
 
 RESTORE_CHOICES = {"auto": None, "yes": True, "no": False}
 
@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from recformer.conversion import MODEL_FILE, SEQREC_FILE, write_released
+    from recformer.io.conversion import MODEL_FILE, SEQREC_FILE, write_released
 
     try:
         released = write_released(

@@ -17,11 +17,11 @@ import sys
 from recformer import distributed
 from recformer.args import EvaluateArgs
 from recformer.args import build_parser as build_args_parser
-from recformer.checkpoint import CheckpointError
-from recformer.checkpoint_eval import evaluate_checkpoint
 from recformer.data.finetune_reader import DataError
 from recformer.devices import keep_freed_memory
-from recformer.fileio import atomic_write_json
+from recformer.inference.checkpoint_eval import evaluate_checkpoint
+from recformer.io.checkpoint import CheckpointError
+from recformer.io.fileio import atomic_write_json
 from recformer.metrics import NonFiniteScores, format_metrics_table
 
 

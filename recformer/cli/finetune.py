@@ -19,11 +19,11 @@ from dataclasses import asdict
 from recformer import distributed
 from recformer.args import FinetuneArgs
 from recformer.args import build_parser as build_args_parser
-from recformer.checkpoint import CheckpointError
 from recformer.data.finetune_reader import DataError
 from recformer.devices import keep_freed_memory, set_tokenizer_threads
-from recformer.finetune import Finetuner, TrainingDiverged
+from recformer.io.checkpoint import CheckpointError
 from recformer.metrics import NonFiniteScores, format_metrics_table
+from recformer.train.finetune import Finetuner, TrainingDiverged
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = PretrainArgs(**vars(build_parser().parse_args(argv)))
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from recformer.pretraining import PretrainingSetupError, run_pretraining
+    from recformer.train.pretraining import PretrainingSetupError, run_pretraining
 
     keep_freed_memory()
 

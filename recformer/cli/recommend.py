@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 
 from recformer.args import RecommendArgs
 from recformer.args import build_parser as build_args_parser
-from recformer.checkpoint import CheckpointError
-from recformer.configuration import field_values
 from recformer.devices import keep_freed_memory
-from recformer.fileio import atomic_open, dumps_json
-from recformer.inputs import HistoryLine, InputError, read_histories
-from recformer.recommender import META_FILE, IndexMismatch, Recommender
+from recformer.inference.inputs import HistoryLine, InputError, read_histories
+from recformer.inference.recommender import META_FILE, IndexMismatch, Recommender
+from recformer.io.checkpoint import CheckpointError
+from recformer.io.fileio import atomic_open, dumps_json
+from recformer.model.configuration import field_values
 
 # Users encoded and scored per step while the output is written.
 USERS_PER_BLOCK = 4096

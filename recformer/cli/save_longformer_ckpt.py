@@ -16,7 +16,7 @@ import logging
 import sys
 
 from recformer.args import DEFAULT_START
-from recformer.configuration import DEFAULT_MODEL, add_recformer_field_args, field_values
+from recformer.model.configuration import DEFAULT_MODEL, add_recformer_field_args, field_values
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from recformer.conversion import write_start_point
+    from recformer.io.conversion import write_start_point
 
     try:
         start = write_start_point(args.model_name_or_path, args.output, field_values(args), seed=args.seed)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from recformer.data.formats import STATS, DataFile
-from recformer.fileio import dumps_json
+from recformer.io.fileio import dumps_json
 
 
 def dump_stats(stats: Mapping[str, Any], per_file: bool = False) -> str:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from recformer.fileio import (
+from recformer.io.fileio import (
     FileDigest,
     StagedFiles,
     atomic_write_bytes,
@@ -39,7 +39,7 @@ from recformer.fileio import (
     read_bytes,
     remove_stale_temp_files,
 )
-from recformer.output_paths import check_output_dir as check_location
+from recformer.io.output_paths import check_output_dir as check_location
 
 
 @dataclass(frozen=True)
@@ -154,7 +154,7 @@ def check_output_dir(output_dir: str | os.PathLike, step: Step) -> Path:
     Also deletes the temporary files that a killed run of the step left there.
 
     Raises:
-        OutputPathError: naming the path and the reason (`recformer.output_paths.check_output_dir`).
+        OutputPathError: naming the path and the reason (`recformer.io.output_paths.check_output_dir`).
         IsADirectoryError: one of the step's file names is taken by something that is not a file.
     """
     path = check_location(output_dir)

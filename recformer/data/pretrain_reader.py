@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from recformer.data.formats import PRETRAIN, read_step_bytes
-from recformer.fileio import parse_json
+from recformer.io.fileio import parse_json
 
 logger = logging.getLogger(__name__)
 

@@ -29,7 +29,7 @@ from recformer.data.amazon import (
     sum_file_stats,
 )
 from recformer.data.formats import PRETRAIN, DataFile, StepOutput, read_step_bytes
-from recformer.fileio import FileDigest, parse_json
+from recformer.io.fileio import FileDigest, parse_json
 
 logger = logging.getLogger(__name__)
 

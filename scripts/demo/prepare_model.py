@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import LongformerConfig, LongformerForMaskedLM
 
-from recformer.tokenization import RecformerTokenizer, build_bpe_tokenizer
+from recformer.model.tokenization import RecformerTokenizer, build_bpe_tokenizer
 
 
 def item_texts(meta_files: list[Path]):

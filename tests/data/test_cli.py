@@ -14,7 +14,7 @@ import pytest
 
 from recformer.cli import pretrain_interactions, pretrain_meta, process_finetune
 from recformer.data.finetune_reader import load_finetune_data
-from recformer.fileio import read_json
+from recformer.io.fileio import read_json
 
 from ..helpers import load_cli, write_gz
 from .finetune_case import EXPECTED, META_LINES

@@ -15,7 +15,7 @@ import pytest
 
 from recformer.data import amazon, finetune_writer, formats
 from recformer.data.formats import FINETUNE
-from recformer.fileio import read_json
+from recformer.io.fileio import read_json
 
 from .finetune_case import EXPECTED
 

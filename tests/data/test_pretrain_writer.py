@@ -9,7 +9,7 @@ import re
 import pytest
 
 from recformer.data import pretrain_writer
-from recformer.fileio import read_json
+from recformer.io.fileio import read_json
 
 from .pretrain_case import DEV, EXPECTED_DEV, EXPECTED_META, EXPECTED_TRAIN, TRAIN
 

@@ -17,16 +17,16 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .attention import resolve_attn_implementation
-from .cache import cached
-from .checkpoint import torch_load
-from .collators import ItemTable, encode_item_sequences, pack_item_sequences
-from .fileio import atomic_torch_save
-from .item_tokens import TokenizedItems
-from .metrics import check_finite_scores, compute_ranks, metrics_from_ranks
-from .modeling import RecformerForSeqRec, RecformerModel
-from .tokenization import RecformerTokenizer
+from recformer import distributed
+from recformer.io.cache import cached
+from recformer.io.checkpoint import torch_load
+from recformer.io.fileio import atomic_torch_save
+from recformer.metrics import check_finite_scores, compute_ranks, metrics_from_ranks
+from recformer.model.attention import resolve_attn_implementation
+from recformer.model.item_tokens import TokenizedItems
+from recformer.model.modeling import RecformerForSeqRec, RecformerModel
+from recformer.model.tokenization import RecformerTokenizer
+from recformer.train.collators import ItemTable, encode_item_sequences, pack_item_sequences
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_directory
+from recformer.io.fileio import atomic_directory
 
 # What a save_pretrained folder of a model and its tokenizer holds at least.
 PRETRAINED_FOLDER_FILES = ("config.json", "tokenizer_config.json")

@@ -19,13 +19,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from transformers import get_linear_schedule_with_warmup
 
-from .collators import PretrainCollator
-from .configuration import RecformerConfig
-from .data.pretrain_reader import SequenceStats, read_item_metadata, read_pretrain_sequences
-from .item_tokens import TokenizedItems, tokenize_catalogue
-from .modeling import RecformerForPretraining
-from .optimization import parameter_groups
-from .tokenization import RecformerTokenizer
+from recformer.data.pretrain_reader import SequenceStats, read_item_metadata, read_pretrain_sequences
+from recformer.model.configuration import RecformerConfig
+from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
+from recformer.model.modeling import RecformerForPretraining
+from recformer.model.tokenization import RecformerTokenizer
+from recformer.train.collators import PretrainCollator
+from recformer.train.optimization import parameter_groups
 
 logger = logging.getLogger(__name__)
 

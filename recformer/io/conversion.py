@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .checkpoint import (
+from recformer.io.checkpoint import (
     LM_DECODER_BIAS_KEY,
     LM_HEAD_PREFIX,
     POSITION_IDS_KEY,
@@ -47,8 +47,8 @@ from .checkpoint import (
     strip_wrapper_prefixes,
     tie_lm_head_bias,
 )
-from .configuration import RecformerConfig
-from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
+from recformer.io.output_paths import check_output_dir, check_output_file, save_pretrained_folder
+from recformer.model.configuration import RecformerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class ConversionReport:
 
 def pretraining_state_shapes(config: RecformerConfig) -> dict[str, tuple[torch.Size, torch.dtype]]:
     """Shape and dtype of every `RecformerForPretraining` state-dict entry, from a meta-device model."""
-    from .modeling import RecformerForPretraining
+    from recformer.model.modeling import RecformerForPretraining
 
     with torch.device("meta"):
         model = RecformerForPretraining(RecformerConfig.from_dict(config.to_dict()))
@@ -360,11 +360,11 @@ def write_start_point(
         fields: Recformer field values (see `configuration.build_config`).
         seed: seed of the new item-position table.
     """
-    from .checkpoint import load_checkpoint, start_point_folder
-    from .configuration import build_config
-    from .fileio import atomic_torch_save
-    from .modeling import RecformerForPretraining
-    from .tokenization import RecformerTokenizer
+    from recformer.io.checkpoint import load_checkpoint, start_point_folder
+    from recformer.io.fileio import atomic_torch_save
+    from recformer.model.configuration import build_config
+    from recformer.model.modeling import RecformerForPretraining
+    from recformer.model.tokenization import RecformerTokenizer
 
     output = check_output_file(output)  # before the (possibly large) input is read
     folder = check_output_dir(start_point_folder(output))
@@ -417,10 +417,15 @@ def write_released(
         CheckpointError: an unreadable or ill-fitting checkpoint, naming the keys.
         FileNotFoundError: no config.json in the config folder.
     """
-    from .checkpoint import load_checkpoint, read_state_dict, read_training_checkpoint, start_point_folder
-    from .fileio import atomic_torch_save
-    from .modeling import RecformerForSeqRec, RecformerModel
-    from .tokenization import RecformerTokenizer
+    from recformer.io.checkpoint import (
+        load_checkpoint,
+        read_state_dict,
+        read_training_checkpoint,
+        start_point_folder,
+    )
+    from recformer.io.fileio import atomic_torch_save
+    from recformer.model.modeling import RecformerForSeqRec, RecformerModel
+    from recformer.model.tokenization import RecformerTokenizer
 
     out = check_output_dir(output_dir)  # before the (possibly large) inputs are read
     for name in (MODEL_FILE, SEQREC_FILE):

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .fileio import dumps_json
+from recformer.io.fileio import dumps_json
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from transformers.models.longformer.modeling_longformer import (
 from transformers.pytorch_utils import apply_chunking_to_forward
 from transformers.utils import ModelOutput
 
-from .attention import (
+from recformer.model.attention import (
     AttentionLayout,
     check_attn_implementation,
     global_inputs,
@@ -32,7 +32,7 @@ from .attention import (
     longformer_self_attention,
     resolve_attn_implementation,
 )
-from .configuration import RecformerConfig
+from recformer.model.configuration import RecformerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,8 @@ class RecformerPreTrainedModel(PreTrainedModel):
 
     `config._attn_implementation` (also `from_pretrained(..., attn_implementation=...)`,
     `RecformerConfig(attn_implementation=...)` or `model.set_attn_implementation(...)`) is one of
-    `recformer.attention.ATTN_IMPLEMENTATIONS`; unset means "auto", resolved on each forward pass
-    for the input's device (see `recformer.attention.resolve_attn_implementation`).
+    `recformer.model.attention.ATTN_IMPLEMENTATIONS`; unset means "auto", resolved on each forward pass
+    for the input's device (see `recformer.model.attention.resolve_attn_implementation`).
     """
 
     config_class = RecformerConfig
@@ -292,7 +292,7 @@ class RecformerModel(RecformerPreTrainedModel):
             segment_ids: packed rows: [B, L] index of the sequence each token belongs to (-1 on
                 padding); attention never crosses sequences. Needs `position_ids` (restarting per
                 sequence) and `sequence_starts` [N] (flat index `row * L + column` of each
-                sequence's first token); `recformer.packing.pack_sequences` builds all of them.
+                sequence's first token); `recformer.model.packing.pack_sequences` builds all of them.
             pooled_only: the caller reads only `pooler_output`. With the `cls` pooler on the sdpa/flex paths,
                 and every pooled token global (as the tokenizer marks `<s>`), the last layer then runs only
                 for the global tokens: the same pooled vectors (float rounding aside), `last_hidden_state`

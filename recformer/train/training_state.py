@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, _preview, load_checkpoint, torch_load
-from .fileio import atomic_torch_save
+from recformer.io.checkpoint import CheckpointError, _preview, load_checkpoint, torch_load
+from recformer.io.fileio import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 

@@ -436,7 +436,7 @@ class Target:
 
 @functools.cache
 def _targets() -> dict[type, Target]:
-    from .modeling import RecformerForPretraining, RecformerForSeqRec, RecformerModel
+    from recformer.model.modeling import RecformerForPretraining, RecformerForSeqRec, RecformerModel
 
     return {
         RecformerModel: Target("", ignores=(LM_HEAD, ITEM_TABLE)),

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from transformers.models.roberta.tokenization_roberta import RobertaTokenizer
 
-from .configuration import RecformerConfig
+from recformer.model.configuration import RecformerConfig
 
 logger = logging.getLogger(__name__)
 

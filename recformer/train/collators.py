@@ -15,12 +15,12 @@ from typing import Any, NamedTuple
 
 import torch
 
-from .attention import global_positions_from_mask
-from .distributed import shard_bounds
-from .item_tokens import TokenizedItems
-from .modeling import draw_candidates
-from .packing import flatten_sequences, pack_flat
-from .tokenization import RecformerTokenizer, TokenizedItem
+from recformer.distributed import shard_bounds
+from recformer.model.attention import global_positions_from_mask
+from recformer.model.item_tokens import TokenizedItems
+from recformer.model.modeling import draw_candidates
+from recformer.model.packing import flatten_sequences, pack_flat
+from recformer.model.tokenization import RecformerTokenizer, TokenizedItem
 
 ItemTable = Sequence[TokenizedItem] | Mapping[Hashable, TokenizedItem]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import LongformerConfig
 
-from .fileio import read_json
+from recformer.io.fileio import read_json
 
 # The Longformer every reference script starts from.
 DEFAULT_MODEL = "allenai/longformer-base-4096"

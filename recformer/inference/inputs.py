@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fileio import read_json
+from recformer.io.fileio import read_json
 
 try:
     import orjson

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .modeling import RecformerForSeqRec
+from recformer.model.modeling import RecformerForSeqRec
 
 # Bytes of one [B, chunk] float32 score block; scoring holds about three such blocks at a time.
 SCORE_BLOCK_BYTES = 64 * 2**20

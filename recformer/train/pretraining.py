@@ -18,20 +18,25 @@ from typing import Any
 
 import torch
 
-from .args import DEFAULT_START, PretrainArgs
-from .attention import configure_attention, resolve_attn_implementation
-from .checkpoint import (
+from recformer.args import DEFAULT_START, PretrainArgs
+from recformer.devices import resolve_pretrain_hardware, set_tokenizer_threads
+from recformer.io.checkpoint import (
     load_checkpoint,
     refuse_unsafe_objects,
     training_checkpoint_types,
     weights_only_loading,
 )
-from .configuration import RecformerConfig, build_config, field_values, is_recformer_config_dict
-from .conversion import build_start_point
-from .devices import resolve_pretrain_hardware, set_tokenizer_threads
-from .fileio import atomic_write_json, read_json
-from .modeling import RecformerForPretraining
-from .tokenization import RecformerTokenizer
+from recformer.io.conversion import build_start_point
+from recformer.io.fileio import atomic_write_json, read_json
+from recformer.model.attention import configure_attention, resolve_attn_implementation
+from recformer.model.configuration import (
+    RecformerConfig,
+    build_config,
+    field_values,
+    is_recformer_config_dict,
+)
+from recformer.model.modeling import RecformerForPretraining
+from recformer.model.tokenization import RecformerTokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +84,11 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
     from pytorch_lightning.callbacks import ModelCheckpoint
     from pytorch_lightning.loggers import TensorBoardLogger
 
-    from .lightning_module import PretrainDataModule, RecformerPretrainModule, throughput_summary
+    from recformer.train.lightning_module import (
+        PretrainDataModule,
+        RecformerPretrainModule,
+        throughput_summary,
+    )
 
     output_dir = Path(args.output_dir)
     try:

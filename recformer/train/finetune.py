@@ -44,25 +44,25 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
-from . import distributed
-from .args import TARGET_METRIC, FinetuneArgs
-from .attention import configure_attention, resolve_attn_implementation
-from .cache import file_fingerprint, item_table_path, tokenizer_fingerprint
-from .checkpoint import load_checkpoint
-from .collators import FinetuneCollator, GlobalBatchCollator
-from .configuration import build_config, field_values
-from .data.finetune_reader import FinetuneData, load_finetune_data
-from .devices import autocast_context
-from .evaluation import cached_item_vectors, encode_items, evaluate, to_device
-from .fileio import atomic_torch_save, atomic_write_json
-from .item_tokens import tokenize_catalogue
-from .metrics import NonFiniteScores, format_metrics
-from .modeling import RecformerForSeqRec
-from .optimization import parameter_groups
-from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
-from .run_log import RunLog
-from .tokenization import RecformerTokenizer
-from .training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
+from recformer import distributed
+from recformer.args import TARGET_METRIC, FinetuneArgs
+from recformer.data.finetune_reader import FinetuneData, load_finetune_data
+from recformer.devices import autocast_context
+from recformer.inference.evaluation import cached_item_vectors, encode_items, evaluate, to_device
+from recformer.io.cache import file_fingerprint, item_table_path, tokenizer_fingerprint
+from recformer.io.checkpoint import load_checkpoint
+from recformer.io.fileio import atomic_torch_save, atomic_write_json
+from recformer.io.output_paths import check_output_dir, check_output_file, save_pretrained_folder
+from recformer.metrics import NonFiniteScores, format_metrics
+from recformer.model.attention import configure_attention, resolve_attn_implementation
+from recformer.model.configuration import build_config, field_values
+from recformer.model.item_tokens import tokenize_catalogue
+from recformer.model.modeling import RecformerForSeqRec
+from recformer.model.tokenization import RecformerTokenizer
+from recformer.train.collators import FinetuneCollator, GlobalBatchCollator
+from recformer.train.optimization import parameter_groups
+from recformer.train.run_log import RunLog
+from recformer.train.training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
 
 logger = logging.getLogger(__name__)
 

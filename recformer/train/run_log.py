@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_json, atomic_write_text
+from recformer.io.fileio import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 

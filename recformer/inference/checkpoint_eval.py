@@ -15,17 +15,17 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from . import distributed
-from .args import EvaluateArgs
-from .attention import configure_attention, resolve_attn_implementation
-from .cache import file_fingerprint, item_table_path
-from .checkpoint import ITEM_TABLE_KEY, CheckpointError
-from .configuration import field_values
-from .data.finetune_reader import load_finetune_data
-from .devices import autocast_context
-from .evaluation import cached_item_vectors, encode_items, evaluate
-from .item_tokens import tokenize_catalogue
-from .recommender import load_model_parts
+from recformer import distributed
+from recformer.args import EvaluateArgs
+from recformer.data.finetune_reader import load_finetune_data
+from recformer.devices import autocast_context
+from recformer.inference.evaluation import cached_item_vectors, encode_items, evaluate
+from recformer.inference.recommender import load_model_parts
+from recformer.io.cache import file_fingerprint, item_table_path
+from recformer.io.checkpoint import ITEM_TABLE_KEY, CheckpointError
+from recformer.model.attention import configure_attention, resolve_attn_implementation
+from recformer.model.configuration import field_values
+from recformer.model.item_tokens import tokenize_catalogue
 
 logger = logging.getLogger(__name__)
 

@@ -31,25 +31,25 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import distributed
-from .attention import check_attn_implementation, configure_attention
-from .cache import file_fingerprint, item_table_path, item_vector_fields, tokenizer_fingerprint
-from .checkpoint import (
+from recformer import distributed
+from recformer.devices import resolve_device
+from recformer.inference.evaluation import cached_item_vectors, encode_items, pooled_batches
+from recformer.inference.inputs import ItemsSource, item_id, read_items
+from recformer.inference.ranking import per_query, top_k
+from recformer.io.cache import file_fingerprint, item_table_path, item_vector_fields, tokenizer_fingerprint
+from recformer.io.checkpoint import (
     CheckpointError,
     load_checkpoint,
     read_state_dict,
     split_encoder,
     strip_wrapper_prefixes,
 )
-from .configuration import DEFAULT_MODEL, RecformerConfig, build_config
-from .devices import resolve_device
-from .evaluation import cached_item_vectors, encode_items, pooled_batches
-from .fileio import atomic_directory, dumps_json, read_json
-from .inputs import ItemsSource, item_id, read_items
-from .item_tokens import TokenizedItems, tokenize_catalogue
-from .modeling import RecformerForSeqRec
-from .ranking import per_query, top_k
-from .tokenization import RecformerTokenizer, TokenizedItem
+from recformer.io.fileio import atomic_directory, dumps_json, read_json
+from recformer.model.attention import check_attn_implementation, configure_attention
+from recformer.model.configuration import DEFAULT_MODEL, RecformerConfig, build_config
+from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
+from recformer.model.modeling import RecformerForSeqRec
+from recformer.model.tokenization import RecformerTokenizer, TokenizedItem
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class Recommender:
             device: auto, cpu, cuda, cuda:N or a GPU index (under torchrun: auto, cuda or cpu).
             batch_size: items or histories encoded per batch; None: batches of a token budget
                 (`evaluation.pooled_batches`).
-            attn_implementation: one of `recformer.attention.ATTN_IMPLEMENTATIONS` (an unknown name, or
+            attn_implementation: one of `recformer.model.attention.ATTN_IMPLEMENTATIONS` (an unknown name, or
                 one that cannot run on the device, fails here).
             compile: torch.compile the encoder first (in place; worth it for large catalogues on a GPU).
             cache_dir: disk cache of the tokenized items and the vectors, keyed by checkpoint,

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .cache import cached, tokenized_items_path
-from .fileio import atomic_open, dumps_json
-from .tokenization import TOKEN_TYPE_BOS, RecformerTokenizer, check_item
+from recformer.io.cache import cached, tokenized_items_path
+from recformer.io.fileio import atomic_open, dumps_json
+from recformer.model.tokenization import TOKEN_TYPE_BOS, RecformerTokenizer, check_item
 
 logger = logging.getLogger(__name__)
 
