@@ -48,6 +48,7 @@ def catalogue(n: int, vocab: int, seed: int = 0):
 def worker(a: argparse.Namespace) -> None:
     """One rank: encode the catalogue in shards; rank 0 reports the time and saves the table."""
     from recformer import RecformerConfig, RecformerModel, RecformerTokenizer, distributed
+    from recformer.devices import InferenceSettings
     from recformer.inference.evaluation import encode_items
 
     device = distributed.init_from_env(a.device)
@@ -62,7 +63,7 @@ def worker(a: argparse.Namespace) -> None:
     table = catalogue(a.items, 275)
 
     def encode(rows):
-        return encode_items(model, tokenizer, rows, a.batch_size, device, progress=False, shard=True)
+        return encode_items(model, tokenizer, rows, InferenceSettings(device, batch_size=a.batch_size, progress=False, shard=True))
 
     encode(table.take(np.arange(min(len(table), a.batch_size * distributed.world_size()))))  # warm-up
     distributed.barrier()

@@ -9,7 +9,7 @@ Parts (`--parts`):
   histories of up to each of `--lengths` tokens (between half of it and all of it);
 - pretrain: a pretraining step of RecformerForPretraining at batch `--batch` (history side of up to the
   largest of `--lengths` tokens, next-item side, whole-word MLM on both); "sdpa:one_pass" runs both sides
-  in one packed pass (`RecformerForPretraining.pack_sides`) instead of one pass per side;
+  in one packed pass (`RecformerConfig.pack_sides`) instead of one pass per side;
 - budget: item encoding with "auto" at each token budget of `--budgets` (what `evaluation.TOKEN_BUDGET`
   should be on the device: the fastest within memory);
 - evaluation (CPU goal): a full evaluation of the demo data at the demo model size (encode the
@@ -259,7 +259,7 @@ def measure(a, part: str, implementation: str) -> dict:
         cls = RecformerForSeqRec if part == "finetune" else RecformerForPretraining
         model = cls(config).to(device).train()
         if variant == "one_pass":
-            model.pack_sides = True
+            model.config.pack_sides = True
         if part == "finetune":
             model.init_item_embedding(torch.randn(len(catalogue), config.hidden_size))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)

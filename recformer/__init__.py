@@ -18,11 +18,11 @@ _EXPORTS = {
     "read_state_dict": ".io.checkpoint",
     "RecformerConfig": ".model.configuration",
     "ranking_metrics": ".metrics",
-    "RecformerForPretraining": ".model.modeling",
+    "RecformerForPretraining": ".model.modeling_pretraining",
     "RecformerForSeqRec": ".model.modeling",
     "RecformerModel": ".model.modeling",
-    "RecformerModelOutput": ".model.modeling",
-    "RecformerPretrainingOutput": ".model.modeling",
+    "RecformerModelOutput": ".model.layers",
+    "RecformerPretrainingOutput": ".model.layers",
     "Recommender": ".inference.recommender",
     "RecformerTokenizer": ".model.tokenization",
 }
@@ -62,11 +62,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from recformer.io.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
     from recformer.metrics import ranking_metrics
     from recformer.model.configuration import RecformerConfig
-    from recformer.model.modeling import (
-        RecformerForPretraining,
-        RecformerForSeqRec,
-        RecformerModel,
-        RecformerModelOutput,
-        RecformerPretrainingOutput,
-    )
+    from recformer.model.layers import RecformerModelOutput, RecformerPretrainingOutput
+    from recformer.model.modeling import RecformerForSeqRec, RecformerModel
+    from recformer.model.modeling_pretraining import RecformerForPretraining
     from recformer.model.tokenization import RecformerTokenizer

@@ -1,14 +1,18 @@
-"""Where work runs: the finetuning device, autocast, Lightning's hardware settings, the tokenizer's
+"""Where work runs: the finetuning device, autocast, how inference passes run (`InferenceSettings`),
+Lightning's hardware settings, the tokenizer's
 thread pool and the C allocator's policy. Lightning is never imported here."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import platform
 import sys
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -49,6 +53,38 @@ def autocast_context(device: torch.device, fp16: bool, bf16: bool) -> contextlib
     if device.type == "cpu" and bf16:
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class InferenceSettings:
+    """How inference passes run: the device, the autocast precision, the batch size, progress bars.
+
+    One small value travels through item encoding, evaluation and recommending instead of a list of
+    positional settings. `batch_size` None batches by a token budget (`max_tokens`, default per device);
+    `shard` splits the batches across the processes of a distributed run.
+    """
+
+    device: torch.device = torch.device("cpu")
+    fp16: bool = False
+    bf16: bool = False
+    batch_size: int | None = None
+    max_tokens: int | None = None
+    progress: bool = True
+    shard: bool = False
+
+    def __post_init__(self):
+        for name in ("batch_size", "max_tokens"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """The autocast context of every forward pass (`autocast_context`)."""
+        return autocast_context(self.device, self.fp16, self.bf16)
+
+    def replace(self, **changes: Any) -> InferenceSettings:
+        """A copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
 
 
 def resolve_pretrain_hardware(

@@ -29,6 +29,8 @@ import torch
 import torch.distributed as dist
 
 from recformer.devices import resolve_device
+from recformer.errors import FAILURE, RecformerError, exit_code
+from recformer.errors import error_line as error_text
 
 logger = logging.getLogger(__name__)
 
@@ -38,12 +40,14 @@ T = TypeVar("T")
 LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 
-class RankFailure(RuntimeError):
-    """Another rank failed (its message and rank are kept); raised so that every rank stops together."""
+class RankFailure(RecformerError, RuntimeError):
+    """Another rank failed (its message, rank and exit code are kept); raised so that every rank stops together
+    with the failing rank's exit code."""
 
-    def __init__(self, message: str, failed_rank: int):
+    def __init__(self, message: str, failed_rank: int, exit_code: int = FAILURE):
         super().__init__(f"rank {failed_rank}: {message}")
         self.failed_rank = failed_rank
+        self.exit_code = exit_code
 
 
 def launched() -> bool:
@@ -231,13 +235,13 @@ def fail_together() -> Iterator[None]:
         yield
     except Exception as e:  # noqa: BLE001 - handed to every rank below
         error = e
-    messages = all_gather_object(None if error is None else str(error) or type(error).__name__)
-    failed = [r for r, message in enumerate(messages) if message is not None]
+    reports = all_gather_object(None if error is None else (error_text(error), exit_code(error)))
+    failed = [r for r, report in enumerate(reports) if report is not None]
     if not failed:
         return
     if failed[0] == rank():
         raise error  # type: ignore[misc]
-    raise RankFailure(messages[failed[0]], failed[0]) from error
+    raise RankFailure(*reports[failed[0]][:1], failed[0], reports[failed[0]][1]) from error
 
 
 def raise_everywhere(error: Exception) -> None:
@@ -245,7 +249,7 @@ def raise_everywhere(error: Exception) -> None:
     others raise `RankFailure` (so it is reported once)."""
     if is_main():
         raise error
-    raise RankFailure(str(error), 0) from error
+    raise RankFailure(error_text(error), 0, exit_code(error)) from error
 
 
 def on_main(fn: Callable[[], T]) -> T | None:
@@ -255,16 +259,16 @@ def on_main(fn: Callable[[], T]) -> T | None:
     """
     if world_size() == 1:
         return fn()
-    result, message = None, None
+    result, report = None, None
     if is_main():
         try:
             result = fn()
         except Exception as e:
-            broadcast_object(str(e) or type(e).__name__)
+            broadcast_object((error_text(e), exit_code(e)))
             raise
-    message = broadcast_object(message)
-    if message is not None:
-        raise RankFailure(message, 0)
+    report = broadcast_object(report)
+    if report is not None:
+        raise RankFailure(report[0], 0, report[1])
     return result
 
 
@@ -275,4 +279,4 @@ def error_line(error: BaseException) -> str | None:
     if isinstance(error, RankFailure):
         return None
     prefix = f"rank {rank()}: " if rank() > 0 else ""
-    return f"error: {prefix}{error}"
+    return f"error: {prefix}{error_text(error)}"

@@ -20,10 +20,12 @@ from collections.abc import Sequence
 
 import torch
 
+from recformer.errors import RecformerError
+
 MASK_THRESHOLD = -1e4
 
 
-class NonFiniteScores(FloatingPointError):
+class NonFiniteScores(RecformerError, FloatingPointError):
     """A model produced NaN or infinite scores; metrics computed from them would be meaningless."""
 
 

@@ -15,8 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from recformer import RecformerConfig, RecformerForPretraining, RecformerForSeqRec, RecformerModel, modeling
+from recformer import RecformerConfig, RecformerForPretraining, RecformerForSeqRec, RecformerModel
 from recformer.model import attention as attention_module
+from recformer.model import layers
 from recformer.model.attention import (
     ATTN_IMPLEMENTATIONS,
     AttentionLayout,
@@ -134,7 +135,7 @@ def test_pooled_only_runs_the_last_layer_for_global_tokens_only(tokenizer, imple
     config, batch = batches(tokenizer)[case]
     model = RecformerModel(config).eval()
     rows = []  # the rows that reach each layer's global query projection and feed-forward
-    monkeypatch.setattr(modeling, "FEED_FORWARD_ROUND", 1)  # inference feeds [tokens, H] blocks, not rounded up here
+    monkeypatch.setattr(layers, "FEED_FORWARD_ROUND", 1)  # inference feeds [tokens, H] blocks, not rounded up here
     for layer in model.encoder.layer:
         for module in (layer.attention.self.query_global, layer.intermediate):
             module.register_forward_hook(lambda m, i, o: rows.append(tuple(i[0].shape[:-1])))

@@ -11,6 +11,7 @@ from recformer import RecformerForSeqRec, RecformerTokenizer, load_checkpoint
 from recformer.args import FinetuneArgs
 from recformer.cli import evaluate as evaluate_cli
 from recformer.data.finetune_reader import load_finetune_data
+from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import encode_items, evaluate
 from recformer.model.item_tokens import tokenize_catalogue
 from recformer.train.finetune import Finetuner
@@ -94,9 +95,10 @@ def test_reencode_items_rebuilds_the_table_with_the_checkpoint_encoder(run, caps
     saved_table = model.item_embedding.weight.clone()
     table = tokenize_catalogue(tokenizer, data.items, progress=False)
     cpu = torch.device("cpu")
-    model.init_item_embedding(encode_items(model.longformer, tokenizer, table, EVAL_BATCH, cpu, progress=False))
+    model.init_item_embedding(encode_items(model.longformer, tokenizer, table, InferenceSettings(cpu, batch_size=EVAL_BATCH, progress=False)))
     assert not torch.allclose(model.item_embedding.weight, saved_table)  # stage 2 trained past its table
-    expected = evaluate(model, data.test_pairs(), tokenizer, table, EVAL_BATCH, cpu, [5, 10], exclude, progress=False)
+    expected = evaluate(model, data.test_pairs(), tokenizer, table, InferenceSettings(cpu, batch_size=EVAL_BATCH, progress=False),
+                        [5, 10], exclude_history=exclude)
     assert result["metrics"] == pytest.approx(expected, abs=1e-6)
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from recformer import RecformerForSeqRec, ranking_metrics
+from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import evaluate, mask_history
 from recformer.metrics import compute_ranks
 from recformer.model.item_tokens import tokenize_catalogue
@@ -46,8 +47,8 @@ def test_evaluate_with_exclude_history_equals_metrics_of_masked_scores(tokenizer
     table = tokenize_catalogue(tokenizer, ITEMS, progress=False)
     pairs = [([0, 1, 2], 3), ([4, 5], 5), ([6], 7), ([8, 9, 10, 11, 8], 0), ([], 1)]
     cpu = torch.device("cpu")
-    got = evaluate(model, pairs, tokenizer, table, 2, cpu, [1, 5], exclude_history=True, progress=False)
-    plain = evaluate(model, pairs, tokenizer, table, 2, cpu, [1, 5], progress=False)
+    got = evaluate(model, pairs, tokenizer, table, InferenceSettings(cpu, batch_size=2, progress=False), [1, 5], exclude_history=True)
+    plain = evaluate(model, pairs, tokenizer, table, InferenceSettings(cpu, batch_size=2, progress=False), [1, 5])
 
     batch = EvalCollator(tokenizer, table)(pairs)  # every pair in one batch, in the given order
     labels = batch.pop("labels")

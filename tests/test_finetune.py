@@ -14,6 +14,7 @@ from recformer import RecformerForSeqRec, RecformerModel, RecformerTokenizer, lo
 from recformer.args import FinetuneArgs
 from recformer.cli import finetune as finetune_cli
 from recformer.data.finetune_reader import load_finetune_data
+from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import encode_items, evaluate
 from recformer.model.item_tokens import tokenize_catalogue
 from recformer.train.collators import encode_item_sequences
@@ -94,7 +95,7 @@ def test_final_test_metrics_are_those_of_the_best_checkpoint(full_run, assets):
     model = RecformerForSeqRec(config)
     load_checkpoint(model, folder / "best_model.bin")
     table = tokenize_catalogue(tokenizer, data.items, progress=False)
-    got = evaluate(model, data.test_pairs(), tokenizer, table, 32, torch.device("cpu"), [10, 50], progress=False)
+    got = evaluate(model, data.test_pairs(), tokenizer, table, InferenceSettings(batch_size=32, progress=False), [10, 50])
     assert got == pytest.approx(metrics["test"], abs=1e-6)
 
 
@@ -121,7 +122,7 @@ def test_item_encoding_in_length_order_matches_one_by_one(assets):
     tokenizer = RecformerTokenizer.from_pretrained(str(assets["model"]), config)
     encoder = RecformerModel(config).eval()
     table = tokenize_catalogue(tokenizer, data.items, progress=False)
-    batched = encode_items(encoder, tokenizer, table, 8, torch.device("cpu"), progress=False)
+    batched = encode_items(encoder, tokenizer, table, InferenceSettings(batch_size=8, progress=False))
     with torch.no_grad():
         for i in (0, 7, 29):
             alone = encoder(**encode_item_sequences(tokenizer, table, [[i]])).pooler_output[0]
@@ -204,8 +205,8 @@ def test_sampled_negatives_and_exclude_history_reach_training_and_evaluation(ass
     load_checkpoint(model, tmp_path / "Tiny" / "best_model.bin")
     table = tokenize_catalogue(tokenizer, data.items, progress=False)
     pairs = data.test_pairs()
-    excluded = evaluate(model, pairs, tokenizer, table, 32, torch.device("cpu"), [10, 50], exclude_history=True, progress=False)
-    kept = evaluate(model, pairs, tokenizer, table, 32, torch.device("cpu"), [10, 50], progress=False)
+    excluded = evaluate(model, pairs, tokenizer, table, InferenceSettings(batch_size=32, progress=False), [10, 50], exclude_history=True)
+    kept = evaluate(model, pairs, tokenizer, table, InferenceSettings(batch_size=32, progress=False), [10, 50])
     assert metrics["test"] == pytest.approx(excluded, abs=1e-6)
     assert excluded["MRR"] > kept["MRR"]  # history items outranked some targets
     assert json.loads((tmp_path / "Tiny" / "args.json").read_text())["finetune_negative_sample_size"] == 5

@@ -11,6 +11,7 @@ from torch import nn
 
 from recformer import RecformerForPretraining, RecformerForSeqRec
 from recformer.args import FinetuneArgs
+from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import encode_items, evaluate, length_batches, sequence_lengths
 from recformer.model import attention as attention_module
 from recformer.model.attention import AttentionUnavailable, fused_linear
@@ -80,7 +81,7 @@ def test_merged_pretraining_passes_give_the_loss_and_gradients_of_four_passes(to
     model.longformer.register_forward_hook(lambda m, i, o: passes.append(1))
     results = {}
     for merged, packed in ((False, False), (True, False), (True, True)):
-        model.merge_passes, model.pack_sides = merged, packed
+        model.merge_passes, model.config.pack_sides = merged, packed
         model.zero_grad()
         passes.clear()
         out = model(**batch)
@@ -99,9 +100,9 @@ def test_packed_item_table_equals_items_encoded_one_by_one(tokenizer, table):
     torch.manual_seed(0)
     model = RecformerForSeqRec(tiny_config(attn_implementation="eager")).eval()
     cpu = torch.device("cpu")
-    one_by_one = encode_items(model.longformer, tokenizer, table, 1, cpu, progress=False)
+    one_by_one = encode_items(model.longformer, tokenizer, table, InferenceSettings(cpu, batch_size=1, progress=False))
     model.set_attn_implementation("sdpa")
-    packed = encode_items(model.longformer, tokenizer, table, None, cpu, progress=False, max_tokens=64)
+    packed = encode_items(model.longformer, tokenizer, table, InferenceSettings(cpu, max_tokens=64, progress=False))
     assert packed.shape == (len(ITEMS), model.config.hidden_size)
     torch.testing.assert_close(packed, one_by_one, atol=1e-5, rtol=0)
 
@@ -132,7 +133,7 @@ def test_vectorised_packing_equals_packing_the_tokenizer_layout(tokenizer, table
 
 
 def test_packed_position_ids_are_the_model_s_and_skip_padding_ids_inside_a_sequence():
-    from recformer.model.modeling import create_position_ids_from_input_ids
+    from recformer.model.layers import create_position_ids_from_input_ids
     from recformer.model.packing import pack_sequences
 
     ids = [[0, 5, 1, 7], [0, 1, 1, 9, 4], [0, 3]]  # 1 is the pad id
@@ -150,7 +151,7 @@ def test_packed_position_ids_are_the_model_s_and_skip_padding_ids_inside_a_seque
 
 
 def test_inference_feed_forward_runs_in_blocks_of_a_few_shapes(tokenizer, table, monkeypatch):
-    from recformer.model import modeling
+    from recformer.model import layers
 
     torch.manual_seed(0)
     model = RecformerForSeqRec(tiny_config(attn_implementation="sdpa")).eval()
@@ -158,8 +159,8 @@ def test_inference_feed_forward_runs_in_blocks_of_a_few_shapes(tokenizer, table,
     inputs = encode_item_sequences(tokenizer, table, histories)
     with torch.no_grad():
         whole = model.longformer(**inputs).last_hidden_state
-        monkeypatch.setattr(modeling, "FEED_FORWARD_TOKENS", 64)
-        monkeypatch.setattr(modeling, "FEED_FORWARD_ROUND", 16)
+        monkeypatch.setattr(layers, "FEED_FORWARD_TOKENS", 64)
+        monkeypatch.setattr(layers, "FEED_FORWARD_ROUND", 16)
         shapes = set()
         model.longformer.encoder.layer[0].intermediate.register_forward_hook(lambda m, i, o: shapes.add(i[0].shape))
         blocks = model.longformer(**inputs).last_hidden_state
@@ -196,9 +197,11 @@ def test_token_budget_evaluation_equals_todays_evaluation(tokenizer, table):
              for _ in range(60)]  # fmt: skip
     cpu = torch.device("cpu")
     for exclude in (False, True):
-        today = evaluate(model, pairs, tokenizer, table, 16, cpu, [1, 5, 10], exclude, progress=False)
+        today = evaluate(model, pairs, tokenizer, table, InferenceSettings(cpu, batch_size=16, progress=False), [1, 5, 10],
+                         exclude_history=exclude)
         model.set_attn_implementation("auto")
-        budget = evaluate(model, pairs, tokenizer, table, None, cpu, [1, 5, 10], exclude, progress=False, max_tokens=300)
+        budget = evaluate(model, pairs, tokenizer, table, InferenceSettings(cpu, max_tokens=300, progress=False), [1, 5, 10],
+                          exclude_history=exclude)
         model.set_attn_implementation("eager")
         assert budget.keys() == today.keys()
         for name, value in today.items():

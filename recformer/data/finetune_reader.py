@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from recformer.data.formats import FINETUNE, DataFile, check_step_folder, read_step_json
+from recformer.errors import RecformerError
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
 logger = logging.getLogger(__name__)
 
 
-class DataError(ValueError):
+class DataError(RecformerError, ValueError):
     """Bad finetuning data; the message names the file and the offending user, item or key."""
 
 

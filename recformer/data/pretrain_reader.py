@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from recformer.data.formats import PRETRAIN, read_step_bytes
+from recformer.errors import RecformerError
 from recformer.io.fileio import parse_json
 
 logger = logging.getLogger(__name__)
 
 
-class PretrainDataError(ValueError):
+class PretrainDataError(RecformerError, ValueError):
     """Pretraining input that cannot be used; the message names the file."""
 
 

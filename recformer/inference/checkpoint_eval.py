@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from recformer import distributed
 from recformer.args import EvaluateArgs
 from recformer.data.finetune_reader import load_finetune_data
-from recformer.devices import autocast_context
+from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import cached_item_vectors, encode_items, evaluate
 from recformer.inference.recommender import load_model_parts
 from recformer.io.cache import file_fingerprint, item_table_path
@@ -63,8 +63,7 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
     data = load_finetune_data(args.data_path)
     progress = args.progress and distributed.is_main()
 
-    def amp():
-        return autocast_context(device, args.fp16, args.bf16)
+    settings = InferenceSettings(device, fp16=args.fp16, bf16=args.bf16, batch_size=args.batch_size, progress=progress)
 
     model, tokenizer, report = load_model_parts(args.ckpt, args.model_name_or_path, field_values(args), args.temp)
     configure_attention(model, args.attn_implementation, device)
@@ -87,7 +86,7 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
             path = item_table_path(args.cache_dir, file_fingerprint(args.ckpt), tokenizer, model.config, data.items)
         vectors = cached_item_vectors(
             path,
-            lambda: encode_items(model.longformer, tokenizer, items, args.batch_size, device, amp, progress, shard=True),
+            lambda: encode_items(model.longformer, tokenizer, items, settings.replace(shard=True)),
             shape=(data.num_items, model.config.hidden_size),
         )
         model.init_item_embedding(vectors)
@@ -97,8 +96,8 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
     logger.info("evaluating %s on %s %s: %d users, %d items, item table %s", args.ckpt, data.name, args.split,
                 len(pairs), data.num_items, source)  # fmt: skip
     metrics = evaluate(
-        model, pairs, tokenizer, items, args.batch_size, device, args.metric_ks, args.exclude_history, amp,
-        progress, desc=f"evaluate {args.split}",
+        model, pairs, tokenizer, items, settings, args.metric_ks, exclude_history=args.exclude_history,
+        desc=f"evaluate {args.split}",
     )  # fmt: skip
     return CheckpointEvaluation(
         metrics, str(args.ckpt), data.name, args.split, source, len(pairs), data.num_items, args.exclude_history

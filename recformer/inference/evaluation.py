@@ -18,11 +18,11 @@ import torch
 from tqdm.auto import tqdm
 
 from recformer import distributed
+from recformer.devices import InferenceSettings
 from recformer.io.cache import cached
 from recformer.io.checkpoint import torch_load
 from recformer.io.fileio import atomic_torch_save
 from recformer.metrics import check_finite_scores, compute_ranks, metrics_from_ranks
-from recformer.model.attention import resolve_attn_implementation
 from recformer.model.item_tokens import TokenizedItems
 from recformer.model.modeling import RecformerForSeqRec, RecformerModel
 from recformer.model.tokenization import RecformerTokenizer
@@ -32,9 +32,6 @@ logger = logging.getLogger(__name__)
 
 # Items scored per chunk in evaluation: bounds the intermediates of scoring a large catalogue.
 SCORE_CHUNK = 262_144
-
-AmpContext = Callable[[], contextlib.AbstractContextManager]
-
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """Every tensor of a batch on `device`."""
@@ -130,37 +127,36 @@ def pooled_batches(
     tokenizer: RecformerTokenizer,
     item_table: ItemTable,
     sequences: Sequence[Sequence],
-    device: torch.device,
-    amp: AmpContext = contextlib.nullcontext,
-    batch_size: int | None = None,
-    max_tokens: int | None = None,
+    settings: InferenceSettings,
+    *,
     max_count: int | None = None,
-    progress: bool = True,
     desc: str = "encode",
     shard: bool = False,
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
     """Encode sequences of item keys; yields (indices, pooled vectors [n, H]) batch by batch, longest first.
 
     On the fast attention paths the sequences of a batch are packed into rows (no padding, cost follows
-    real tokens); on "eager" they are padded to the longest of the batch. Batches are `batch_size`
-    sequences when given, else `max_tokens` tokens (default `token_budget(device)`; see `length_batches`).
-    With `shard`, only this rank's contiguous run of those batches (`distributed.shard_bounds`).
+    real tokens); on "eager" they are padded to the longest of the batch. Batches are `settings.batch_size`
+    sequences when given, else `settings.max_tokens` tokens (default `token_budget(device)`; see
+    `length_batches`), at most `max_count` sequences. With `shard`, only this rank's contiguous run of
+    those batches (`distributed.shard_bounds`).
     """
-    packed = resolve_attn_implementation(encoder.config._attn_implementation, device) != "eager"
+    device = settings.device
+    packed = encoder.running_implementation(device) != "eager"
     lengths = sequence_lengths(tokenizer, item_table, sequences)
-    budget = max_tokens or token_budget(device)
+    budget = settings.max_tokens or token_budget(device)
     row_tokens = max(max(lengths, default=1), ROW_TOKENS)
-    batches = length_batches(lengths, batch_size, max(budget, row_tokens), packed, max_count)
+    batches = length_batches(lengths, settings.batch_size, max(budget, row_tokens), packed, max_count)
     if shard:
         first, last = distributed.shard_bounds(len(batches))
         batches = batches[first:last]
-    for rows in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+    for rows in tqdm(batches, desc=desc, disable=not settings.progress, unit="batch"):
         chosen = [sequences[i] for i in rows]
         if packed:
             inputs = pack_item_sequences(tokenizer, item_table, chosen, row_tokens)
         else:
             inputs = encode_item_sequences(tokenizer, item_table, chosen)
-        with amp():
+        with settings.autocast():
             pooled = encoder(**to_device(inputs, device), pooled_only=True).pooler_output  # [n, H]
         yield rows, pooled
 
@@ -170,35 +166,28 @@ def encode_items(
     encoder: RecformerModel,
     tokenizer: RecformerTokenizer,
     table: TokenizedItems,
-    batch_size: int | None,
-    device: torch.device,
-    amp: AmpContext = contextlib.nullcontext,
-    progress: bool = True,
-    max_tokens: int | None = None,
-    shard: bool = False,
+    settings: InferenceSettings,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Pooled vector of every item encoded alone (`<s>` + item) [N, H], `dtype` on CPU, in id order.
 
-    Items are packed (fast attention paths) or padded to similar lengths (eager), `batch_size` items
-    a batch, or `max_tokens` tokens a batch when `batch_size` is None (`pooled_batches`).
+    Items are packed (fast attention paths) or padded to similar lengths (eager), batched as
+    `settings` says (`pooled_batches`).
 
-    With `shard` in a distributed run (`distributed.py`), each rank encodes a contiguous run of the batches
-    one process would encode and an all-gather assembles the table in catalogue order on every rank, so
-    the table equals the one-process table; every rank must then call it.
+    With `settings.shard` in a distributed run (`distributed.py`), each rank encodes a contiguous run of the
+    batches one process would encode and an all-gather assembles the table in catalogue order on every rank,
+    so the table equals the one-process table; every rank must then call it.
     """
-    sharded = shard and distributed.world_size() > 1
+    sharded = settings.shard and distributed.world_size() > 1
     was_training = encoder.training
     encoder.eval()
     done_rows: list[int] = []
     done = [torch.empty(0, encoder.config.hidden_size, dtype=dtype)]
     items = [[i] for i in range(len(table))]
+    shown = settings.replace(progress=settings.progress and (not sharded or distributed.is_main()))
     # a rank failing alone must not leave the others waiting in the all-gather
     with distributed.fail_together() if sharded else contextlib.nullcontext():
-        for rows, pooled in pooled_batches(
-            encoder, tokenizer, table, items, device, amp, batch_size, max_tokens,
-            progress=progress and (not sharded or distributed.is_main()), desc="encode items", shard=sharded,
-        ):  # fmt: skip
+        for rows, pooled in pooled_batches(encoder, tokenizer, table, items, shown, desc="encode items", shard=sharded):
             done_rows += rows
             done.append(pooled.to(dtype).cpu())
     encoder.train(was_training)
@@ -229,33 +218,31 @@ def target_ranks(
     pairs: Sequence[tuple[list[int], int]],
     tokenizer: RecformerTokenizer,
     table: TokenizedItems,
-    batch_size: int | None,
-    device: torch.device,
+    settings: InferenceSettings,
+    *,
     exclude_history: bool = False,
-    amp: AmpContext = contextlib.nullcontext,
-    progress: bool = True,
     desc: str = "evaluate",
-    max_tokens: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Full-ranking rank of each pair's target among all items [P] and its number of unmasked items [P],
     in pair order (`metrics.compute_ranks`).
 
-    Histories are batched by length (`pooled_batches`: `batch_size` histories a batch, or a token
-    budget when it is None; the score matrix of a batch stays under `SCORE_BUDGET`); with `exclude_history`, items already in a history
-    are never ranked for it (`mask_history`).
+    Histories are batched by length (`pooled_batches`, as `settings` says; the score matrix of a batch
+    stays under `SCORE_BUDGET`); with `exclude_history`, items already in a history are never ranked for
+    it (`mask_history`).
 
     Raises:
         NonFiniteScores: a score is NaN or infinite (the metrics would be meaningless).
     """
     was_training = model.training
     model.eval()
+    device = settings.device
     num_items = model._require_items().num_embeddings
     out_ranks = torch.empty(len(pairs), dtype=torch.long)
     out_valid = torch.empty(len(pairs), dtype=torch.long)
     histories = [history for history, _ in pairs]
     for rows, pooled in pooled_batches(
-        model.longformer, tokenizer, table, histories, device, amp, batch_size, max_tokens,
-        max_count=max(1, SCORE_BUDGET // max(num_items, 1)), progress=progress, desc=desc,
+        model.longformer, tokenizer, table, histories, settings,
+        max_count=max(1, SCORE_BUDGET // max(num_items, 1)), desc=desc,
     ):  # fmt: skip
         chunk = [pairs[i] for i in rows]
         labels = torch.tensor([target for _, target in chunk], dtype=torch.long, device=device)
@@ -276,14 +263,11 @@ def evaluate(
     pairs: Sequence[tuple[list[int], int]],
     tokenizer: RecformerTokenizer,
     table: TokenizedItems,
-    batch_size: int | None,
-    device: torch.device,
+    settings: InferenceSettings,
     ks: Sequence[int],
+    *,
     exclude_history: bool = False,
-    amp: AmpContext = contextlib.nullcontext,
-    progress: bool = True,
     desc: str = "evaluate",
-    max_tokens: int | None = None,
 ) -> dict[str, float]:
     """Full-ranking metrics over all items for (history, target) pairs, averaged over users (`target_ranks`).
 
@@ -292,13 +276,13 @@ def evaluate(
     so the metrics are those of one process whatever the size of the last slice, on every rank.
     """
     if distributed.world_size() == 1:
-        ranks, n_valid = target_ranks(model, pairs, tokenizer, table, batch_size, device, exclude_history, amp,
-                                      progress, desc, max_tokens)  # fmt: skip
+        ranks, n_valid = target_ranks(model, pairs, tokenizer, table, settings, exclude_history=exclude_history,
+                                      desc=desc)  # fmt: skip
         return metrics_from_ranks(ranks, n_valid, ks)
     start, end = distributed.shard_bounds(len(pairs))
+    shown = settings.replace(progress=settings.progress and distributed.is_main())
     with distributed.fail_together():  # e.g. non-finite scores in one rank's slice stop every rank
-        ranks, n_valid = target_ranks(model, pairs[start:end], tokenizer, table, batch_size, device,
-                                      exclude_history, amp, progress and distributed.is_main(), desc,
-                                      max_tokens)  # fmt: skip
+        ranks, n_valid = target_ranks(model, pairs[start:end], tokenizer, table, shown,
+                                      exclude_history=exclude_history, desc=desc)  # fmt: skip
     gathered = distributed.all_gather_rows(torch.stack([ranks, n_valid], dim=1))  # [P, 2]
     return metrics_from_ranks(gathered[:, 0], gathered[:, 1], ks)

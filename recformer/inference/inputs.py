@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recformer.errors import RecformerError
 from recformer.io.fileio import read_json
 
 try:
@@ -31,7 +32,7 @@ ItemsSource = str | os.PathLike | Mapping[Any, Mapping[str, Any]]
 JSON_LINES_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 
 
-class InputError(ValueError):
+class InputError(RecformerError, ValueError):
     """A bad catalogue or history file; the message names the file and the line, item or key."""
 
 

@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from recformer import distributed
-from recformer.devices import resolve_device
+from recformer.devices import InferenceSettings, resolve_device
+from recformer.errors import RecformerError
 from recformer.inference.evaluation import cached_item_vectors, encode_items, pooled_batches
 from recformer.inference.inputs import ItemsSource, item_id, read_items
 from recformer.inference.ranking import per_query, top_k
@@ -65,11 +66,11 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 History = Sequence[str | int | Mapping[str, Any]]
 
 
-class IndexMismatch(ValueError):
+class IndexMismatch(RecformerError, ValueError):
     """A saved index used with another checkpoint, tokenizer or Recformer fields than it was built with."""
 
 
-class UnknownItemError(ValueError):
+class UnknownItemError(RecformerError, ValueError):
     """An item id that is not in the index."""
 
     def __init__(self, message: str, item: str):
@@ -201,6 +202,7 @@ class Recommender:
         self.device = device
         self.batch_size = batch_size
         self.progress = progress
+        self.settings = InferenceSettings(device, batch_size=batch_size, progress=progress)
         self.saved_dtype = "float32"  # of the vectors in the folder this index was loaded from
 
     # -- building ------------------------------------------------------------------------------
@@ -252,7 +254,8 @@ class Recommender:
         path = item_table_path(cache_dir, checkpoint_hash, tokenizer, model.config, attrs) if cache_dir else None
         vectors = cached_item_vectors(
             path,
-            lambda: encode_items(model.longformer, tokenizer, table, batch_size, device, progress=progress, shard=True),
+            lambda: encode_items(model.longformer, tokenizer, table,
+                                 InferenceSettings(device, batch_size=batch_size, progress=progress, shard=True)),
             shape=(len(ids), model.config.hidden_size),
         )
         model.init_item_embedding(vectors)
@@ -398,7 +401,7 @@ class Recommender:
             return 0, 0
         todo = [j for _, j in changed] + added
         fresh = tokenize_catalogue(self.tokenizer, [attrs[j] for j in todo], progress=self.progress)
-        vectors = encode_items(self.model.longformer, self.tokenizer, fresh, self.batch_size, self.device, progress=self.progress)
+        vectors = encode_items(self.model.longformer, self.tokenizer, fresh, self.settings)
         rows = [row for row, _ in changed]
         table = torch.cat([self.vectors.detach(), vectors[len(changed) :].to(self.vectors)])  # [N + added, H]
         if rows:
@@ -451,8 +454,7 @@ class Recommender:
         keys = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
         out = torch.empty(len(sequences), self.model.config.hidden_size, dtype=torch.float32, device=self.device)
         for rows, pooled in pooled_batches(
-            self.model.longformer, self.tokenizer, table, keys, self.device, batch_size=self.batch_size,
-            progress=self.progress, desc="encode histories",
+            self.model.longformer, self.tokenizer, table, keys, self.settings, desc="encode histories"
         ):  # fmt: skip
             out[rows] = pooled.float()
         return out

@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from recformer.errors import RecformerError
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "longformer."
@@ -61,7 +63,7 @@ NEITHER = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(RecformerError, ValueError):
     """A checkpoint that does not fit the model; the message names the keys."""
 
 
@@ -436,7 +438,8 @@ class Target:
 
 @functools.cache
 def _targets() -> dict[type, Target]:
-    from recformer.model.modeling import RecformerForPretraining, RecformerForSeqRec, RecformerModel
+    from recformer.model.modeling import RecformerForSeqRec, RecformerModel
+    from recformer.model.modeling_pretraining import RecformerForPretraining
 
     return {
         RecformerModel: Target("", ignores=(LM_HEAD, ITEM_TABLE)),

@@ -100,7 +100,7 @@ class ConversionReport:
 
 def pretraining_state_shapes(config: RecformerConfig) -> dict[str, tuple[torch.Size, torch.dtype]]:
     """Shape and dtype of every `RecformerForPretraining` state-dict entry, from a meta-device model."""
-    from recformer.model.modeling import RecformerForPretraining
+    from recformer.model.modeling_pretraining import RecformerForPretraining
 
     with torch.device("meta"):
         model = RecformerForPretraining(RecformerConfig.from_dict(config.to_dict()))
@@ -363,7 +363,7 @@ def write_start_point(
     from recformer.io.checkpoint import load_checkpoint, start_point_folder
     from recformer.io.fileio import atomic_torch_save
     from recformer.model.configuration import build_config
-    from recformer.model.modeling import RecformerForPretraining
+    from recformer.model.modeling_pretraining import RecformerForPretraining
     from recformer.model.tokenization import RecformerTokenizer
 
     output = check_output_file(output)  # before the (possibly large) input is read

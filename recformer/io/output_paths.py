@@ -20,13 +20,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from recformer.errors import RecformerError
 from recformer.io.fileio import atomic_directory
 
 # What a save_pretrained folder of a model and its tokenizer holds at least.
 PRETRAINED_FOLDER_FILES = ("config.json", "tokenizer_config.json")
 
 
-class OutputPathError(ValueError):
+class OutputPathError(RecformerError, ValueError):
     """An output location that cannot be written; the message names the path and the reason."""
 
 

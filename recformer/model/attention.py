@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recformer.errors import RecformerError
+
 logger = logging.getLogger(__name__)
 
 # The names `config._attn_implementation` takes (transformers' names), "auto" first: the default.
@@ -43,7 +45,7 @@ REFUSED_IMPLEMENTATIONS = {
 }
 
 
-class AttentionUnavailable(RuntimeError, ValueError):
+class AttentionUnavailable(RecformerError, RuntimeError, ValueError):
     """An attention implementation that cannot run on the device or for the work (one line saying what is missing).
 
     A ValueError too, so that the commands report it as bad input, in one line."""

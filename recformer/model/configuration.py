@@ -45,6 +45,10 @@ class RecformerConfig(LongformerConfig):
         item_num: rows of the SeqRec item table.
         finetune_negative_sample_size: sampled negatives per user in finetuning; <= 0 means the
             full softmax over all items.
+        pack_sides: pretraining encodes both sides and their MLM copies in one packed pass (sdpa and
+            flex_attention paths; the shorter side laid several to a row) instead of one pass per side.
+            The same loss and gradients either way; which is faster depends on the device and the
+            lengths of the two sides (`bench/bench_throughput.py` measures both).
     """
 
     model_type = "longformer"
@@ -61,6 +65,7 @@ class RecformerConfig(LongformerConfig):
     mlm_weight: float = 0.1
     item_num: int = 0
     finetune_negative_sample_size: int = 0
+    pack_sides: bool = False
 
     def validate_recformer_fields(self) -> None:
         """Raise a ValueError naming the field when a Recformer field cannot work."""

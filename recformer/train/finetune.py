@@ -47,7 +47,8 @@ from transformers import get_linear_schedule_with_warmup
 from recformer import distributed
 from recformer.args import TARGET_METRIC, FinetuneArgs
 from recformer.data.finetune_reader import FinetuneData, load_finetune_data
-from recformer.devices import autocast_context
+from recformer.devices import InferenceSettings, autocast_context
+from recformer.errors import RecformerFailure
 from recformer.inference.evaluation import cached_item_vectors, encode_items, evaluate, to_device
 from recformer.io.cache import file_fingerprint, item_table_path, tokenizer_fingerprint
 from recformer.io.checkpoint import load_checkpoint
@@ -86,7 +87,7 @@ def _mix_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
-class TrainingDiverged(FloatingPointError):
+class TrainingDiverged(RecformerFailure, FloatingPointError):
     """The loss became NaN or infinite."""
 
 
@@ -134,8 +135,10 @@ class Finetuner:
             logger.warning("--fp16 needs a CUDA device; running in float32 on %s", self.device)
         self.use_scaler = args.fp16 and self.device.type == "cuda"
         self.amp = lambda: autocast_context(self.device, args.fp16, args.bf16)
-        # None: item encoding and evaluation batch by a token budget (`evaluation.pooled_batches`)
-        self.eval_batch_size = args.eval_batch_size
+        # batch size None: item encoding and evaluation batch by a token budget (`evaluation.pooled_batches`)
+        self.settings = InferenceSettings(
+            self.device, fp16=args.fp16, bf16=args.bf16, batch_size=args.eval_batch_size, progress=self.progress
+        )
         # an implementation that cannot train on this device stops here, before any data is read
         resolve_attn_implementation(args.attn_implementation, self.device, needs_grad=True)
 
@@ -213,10 +216,7 @@ class Finetuner:
     # -- item table ----------------------------------------------------------------------------
     def item_vectors(self) -> torch.Tensor:
         """Every item encoded by the current encoder [N, H]."""
-        return encode_items(
-            self.model.longformer, self.tokenizer, self.items, self.eval_batch_size, self.device, self.amp,
-            self.progress, shard=True,
-        )  # fmt: skip
+        return encode_items(self.model.longformer, self.tokenizer, self.items, self.settings.replace(shard=True))
 
     @functools.cached_property
     def checkpoint_fingerprint(self) -> str:
@@ -384,8 +384,8 @@ class Finetuner:
     def evaluate_split(self, split: str) -> dict[str, float]:
         pairs = self.data.dev_pairs() if split == "dev" else self.data.test_pairs()
         return evaluate(
-            self.model, pairs, self.tokenizer, self.items, self.eval_batch_size, self.device, self.args.metric_ks,
-            self.args.exclude_history, self.amp, self.progress, desc=f"evaluate {split}",
+            self.model, pairs, self.tokenizer, self.items, self.settings, self.args.metric_ks,
+            exclude_history=self.args.exclude_history, desc=f"evaluate {split}",
         )  # fmt: skip
 
     def checked_evaluation(self, split: str, what: str) -> dict[str, float]:

@@ -22,7 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 from recformer.data.pretrain_reader import SequenceStats, read_item_metadata, read_pretrain_sequences
 from recformer.model.configuration import RecformerConfig
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
-from recformer.model.modeling import RecformerForPretraining
+from recformer.model.modeling_pretraining import RecformerForPretraining
 from recformer.model.tokenization import RecformerTokenizer
 from recformer.train.collators import PretrainCollator
 from recformer.train.optimization import parameter_groups

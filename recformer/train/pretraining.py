@@ -20,6 +20,7 @@ import torch
 
 from recformer.args import DEFAULT_START, PretrainArgs
 from recformer.devices import resolve_pretrain_hardware, set_tokenizer_threads
+from recformer.errors import RecformerError
 from recformer.io.checkpoint import (
     load_checkpoint,
     refuse_unsafe_objects,
@@ -35,13 +36,13 @@ from recformer.model.configuration import (
     field_values,
     is_recformer_config_dict,
 )
-from recformer.model.modeling import RecformerForPretraining
+from recformer.model.modeling_pretraining import RecformerForPretraining
 from recformer.model.tokenization import RecformerTokenizer
 
 logger = logging.getLogger(__name__)
 
 
-class PretrainingSetupError(ValueError):
+class PretrainingSetupError(RecformerError, ValueError):
     """Bad arguments or input found before training started (the message names the flag or file)."""
 
 

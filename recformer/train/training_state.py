@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recformer.errors import RecformerError
 from recformer.io.checkpoint import CheckpointError, _preview, load_checkpoint, torch_load
 from recformer.io.fileio import atomic_torch_save
 
@@ -33,7 +34,7 @@ PAYLOAD_KEYS = ("state", "model", "optimizer", "scheduler", "scaler", "rng", "ar
 START_FRESH = "to start fresh, run without --resume"
 
 
-class ResumeError(ValueError):
+class ResumeError(RecformerError, ValueError):
     """A resume file that cannot be used for this run; the message names the file and what to do."""
 
 
