@@ -26,8 +26,8 @@ from recformer.model.attention import (
     resolve_attn_implementation,
     uses_blocks,
 )
+from recformer.model.layout import SEQUENCE_FIELDS
 from recformer.model.packing import PACKED_INPUT_NAMES, pack_sequences
-from recformer.model.tokenization import SEQUENCE_FIELDS
 from recformer.train.collators import PretrainCollator
 
 from .conftest import tiny_config

@@ -107,7 +107,7 @@ def length_batches(
 
 def sequence_lengths(tokenizer: RecformerTokenizer, item_table: ItemTable, sequences: Sequence[Sequence]) -> list[int]:
     """Tokens of each encoded sequence of item keys (`<s>` + its newest items, cut at `max_token_num`)."""
-    config = tokenizer.config
+    layout = tokenizer.layout
     if isinstance(item_table, TokenizedItems):
         table_lengths = item_table.lengths()
 
@@ -118,8 +118,7 @@ def sequence_lengths(tokenizer: RecformerTokenizer, item_table: ItemTable, seque
         def item_length(key) -> int:
             return len(item_table[key][0])
 
-    kept = config.max_item_embeddings - 1
-    return [min(1 + sum(item_length(k) for k in seq[::-1][:kept]), config.max_token_num) for seq in sequences]
+    return [layout.length([item_length(k) for k in layout.kept(seq)]) for seq in sequences]
 
 
 def pooled_batches(

@@ -10,7 +10,6 @@ disk (`cache.py`: keyed by the tokenizer, the Recformer fields that shape an ite
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 from collections.abc import Hashable, Mapping, Sequence
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 
 from recformer.io.cache import cached, tokenized_items_path
 from recformer.io.fileio import atomic_open, dumps_json
-from recformer.model.tokenization import TOKEN_TYPE_BOS, RecformerTokenizer, check_item
+from recformer.model.tokenization import RecformerTokenizer, check_item
 
 logger = logging.getLogger(__name__)
 
@@ -86,46 +85,14 @@ class TokenizedItems(Sequence):
         back: ({field: [T] int64 values of every sequence in turn}, lengths [N]), what `packing.pack_flat`
         takes. Vectorised over tokens (Python work per item, not per token).
         """
-        config = tokenizer.config
-        kept = config.max_item_embeddings - 1
+        layout = tokenizer.layout
         rows: list[list[int]] = []
         for seq in sequences:
-            newest = list(seq)[::-1][:kept]
             try:
-                rows.append([self.row(key) for key in newest])
+                rows.append([self.row(key) for key in layout.kept(seq)])
             except KeyError as error:
                 raise KeyError(f"item {error.args[0]!r} is not in the tokenized item table") from None
-        # Pieces: each sequence's <s>, then its items newest first; cut at max_token_num tokens.
-        pieces = np.array([len(r) + 1 for r in rows], dtype=np.int64)  # [N]
-        first = np.cumsum(pieces) - pieces  # [N] index of each sequence's <s> piece
-        item_rows = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=int(pieces.sum()) - len(rows))
-        is_bos = np.zeros(int(pieces.sum()), dtype=bool)
-        is_bos[first] = True
-        size = np.ones(len(is_bos), dtype=np.int64)
-        size[~is_bos] = self.lengths()[item_rows]
-        source = np.zeros(len(is_bos), dtype=np.int64)
-        source[~is_bos] = self.offsets[item_rows]
-        sequence_of = np.repeat(np.arange(len(rows), dtype=np.int64), pieces)  # [P]
-        position = np.arange(len(is_bos), dtype=np.int64) - first[sequence_of]  # item position: <s> 0, items 1..
-        ends = np.cumsum(size)
-        offset = ends - size - (ends - size)[first][sequence_of]  # first token of each piece within its sequence
-        size = np.clip(config.max_token_num - offset, 0, size)
-        piece_of = np.repeat(np.arange(len(is_bos), dtype=np.int64), size)  # [T]
-        within = np.arange(int(size.sum()), dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
-        bos = is_bos[piece_of]
-        token = (source[piece_of] + within)[~bos]  # positions in self.ids of the item tokens
-        input_ids = np.full(len(bos), tokenizer.bos_token_id, dtype=np.int64)
-        input_ids[~bos] = self.ids[token]
-        token_type_ids = np.full(len(bos), TOKEN_TYPE_BOS, dtype=np.int64)
-        token_type_ids[~bos] = self.types[token]
-        fields = {
-            "input_ids": input_ids,
-            "item_position_ids": position[piece_of],
-            "token_type_ids": token_type_ids,
-            "attention_mask": np.ones(len(bos), dtype=np.int64),
-            "global_attention_mask": bos.astype(np.int64),
-        }
-        return fields, np.bincount(sequence_of[piece_of], minlength=len(rows)).astype(np.int64)
+        return layout.encode_flat(self.ids, self.types, self.offsets, rows)
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_open(path, "wb") as f:

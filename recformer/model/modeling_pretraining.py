@@ -16,6 +16,7 @@ from recformer.model.layers import (
     Similarity,
     create_position_ids_from_input_ids,
 )
+from recformer.model.layout import pad_item_position
 from recformer.model.modeling import RecformerModel, RecformerPreTrainedModel
 
 
@@ -128,7 +129,7 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         fill = short_rows * per_row - count  # empty sequences completing the last row
         device = rows["input_ids"].device
         fills = {"input_ids": pad, "attention_mask": 0, "token_type_ids": 0, "position_ids": pad,
-                 "item_position_ids": self.config.max_item_embeddings - 1}  # fmt: skip
+                 "item_position_ids": pad_item_position(self.config)}  # fmt: skip
         packed = {}
         for name, value in fills.items():
             tiled = F.pad(short[name], (0, 0, 0, fill), value=value).reshape(short_rows, per_row * length)

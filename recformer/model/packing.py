@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from recformer.model.tokenization import SEQUENCE_FIELDS, TOKEN_TYPE_PAD
+from recformer.model.layout import SEQUENCE_FIELDS, TOKEN_TYPE_PAD
 
 # Fields of a packed batch beyond the tokenizer's SEQUENCE_FIELDS ([R][T] each).
 PACKED_ROW_FIELDS = ("position_ids", "segment_ids")

@@ -1,16 +1,9 @@
 """Recformer tokenizer: items (attribute -> text dicts) and item sequences to model inputs.
 
-Layout of one sequence (the reference layout; docs/design.md), oldest item first in, newest first out:
-
-    <s> | k1 v1 k2 v2 ... (newest item) | k1 v1 ... (next older item) | ...
-    token type:      0 | 1 for key tokens, 2 for value tokens
-    item position:   0 | 1 for the newest item, 2 for the next, ...
-
-Each attribute's key and value are tokenized separately (no special tokens, no leading space),
-concatenated and cut to `max_attr_length`; the first `max_attr_num` attributes are kept. The
-sequence keeps the newest `max_item_embeddings - 1` items, then every field is cut to
-`max_token_num`. Padding: ids `pad_token_id`, item positions `max_item_embeddings - 1`, token types
-3, both masks 0.
+An item's layout: each attribute's key and value are tokenized separately (no special tokens, no leading
+space), concatenated and cut to `max_attr_length`; the first `max_attr_num` attributes are kept. A
+sequence's layout (which items, in which order, cut where, padded how) is `layout.SequenceLayout`, which
+`RecformerTokenizer.layout` gives for the tokenizer's config.
 
 Attribute keys and values may be any JSON value or odd type; `value_to_text` states how each becomes
 text (None is empty, lone surrogates become U+FFFD, ...), so no value reaches the Rust tokenizer in a
@@ -29,13 +22,13 @@ import torch
 from transformers.models.roberta.tokenization_roberta import RobertaTokenizer
 
 from recformer.model.configuration import RecformerConfig
+from recformer.model.layout import (
+    TOKEN_TYPE_KEY,
+    TOKEN_TYPE_VALUE,
+    SequenceLayout,
+)
 
 logger = logging.getLogger(__name__)
-
-# The fields one encoded sequence carries, in the reference's order.
-SEQUENCE_FIELDS = ("input_ids", "item_position_ids", "token_type_ids", "attention_mask", "global_attention_mask")
-
-TOKEN_TYPE_BOS, TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE, TOKEN_TYPE_PAD = 0, 1, 2, 3
 
 Item = Mapping[str, Any]
 TokenizedItem = tuple[Sequence[int], Sequence[int]]  # (input_ids, token_type_ids)
@@ -119,6 +112,11 @@ class RecformerTokenizer(RobertaTokenizer):
     def config(self, config: RecformerConfig) -> None:
         self.__dict__["_recformer_config"] = config
 
+    @property
+    def layout(self) -> SequenceLayout:
+        """The sequence layout of this tokenizer's special tokens and current config."""
+        return SequenceLayout.from_config(self.config, self.bos_token_id, self.pad_token_id)
+
     def _item_cache(self) -> OrderedDict:
         cache = self.__dict__.get("_recformer_item_cache")
         if cache is None:
@@ -197,47 +195,14 @@ class RecformerTokenizer(RobertaTokenizer):
         return out
 
     def encode(self, items: Sequence[Item | TokenizedItem], encode_item: bool = True) -> dict[str, list[int]]:
-        """Lay out one sequence of items (oldest first) without padding; see the module docstring."""
-        cfg = self.config
-        items = list(items)[::-1][: cfg.max_item_embeddings - 1]  # newest first, newest items kept
-        tokenized = self._tokenized(items) if encode_item else items
-        input_ids = [self.bos_token_id]
-        token_type_ids = [TOKEN_TYPE_BOS]
-        item_position_ids = [0]
-        for position, (ids, types) in enumerate(tokenized, start=1):
-            if len(ids) != len(types):
-                raise ValueError(f"item at position {position}: {len(ids)} input ids but {len(types)} token types")
-            input_ids += ids
-            token_type_ids += types
-            item_position_ids += [position] * len(ids)
-        n = min(len(input_ids), cfg.max_token_num)
-        return {
-            "input_ids": input_ids[:n],
-            "item_position_ids": item_position_ids[:n],
-            "token_type_ids": token_type_ids[:n],
-            "attention_mask": [1] * n,
-            "global_attention_mask": [1] + [0] * (n - 1),
-        }
+        """Lay out one sequence of items (oldest first) without padding (`layout.SequenceLayout`)."""
+        layout = self.layout
+        items = layout.kept(items)
+        return layout.encode(self._tokenized(items) if encode_item else items)
 
     def padding(self, item_batch: Sequence[Mapping[str, list[int]]], pad_to_max: bool = False) -> dict[str, list[list[int]]]:
         """Right-pad encoded sequences to the longest (or to `max_token_num`); the inputs are not modified."""
-        cfg = self.config
-        max_length = cfg.max_token_num if pad_to_max else max((len(s["input_ids"]) for s in item_batch), default=0)
-        pad_values = {
-            "input_ids": self.pad_token_id,
-            "item_position_ids": cfg.max_item_embeddings - 1,
-            "token_type_ids": TOKEN_TYPE_PAD,
-            "attention_mask": 0,
-            "global_attention_mask": 0,
-        }
-        batch: dict[str, list[list[int]]] = {name: [] for name in SEQUENCE_FIELDS}
-        for seq in item_batch:
-            n = len(seq["input_ids"])
-            if n > max_length:
-                raise ValueError(f"sequence of {n} tokens is longer than the padding length {max_length}")
-            for name in SEQUENCE_FIELDS:
-                batch[name].append(list(seq[name]) + [pad_values[name]] * (max_length - n))
-        return batch
+        return self.layout.pad(item_batch, self.config.max_token_num if pad_to_max else None)
 
     def batch_encode(self, item_batch: Sequence[Sequence[Item | TokenizedItem]], encode_item: bool = True, pad_to_max: bool = False):
         """Encode and pad a batch of sequences (a list of lists of items)."""

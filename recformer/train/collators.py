@@ -82,7 +82,8 @@ def pack_item_sequences(
         fields, lengths = item_table.encode_sequences(tokenizer, sequences)
     else:
         fields, lengths = flatten_sequences(encode_each(tokenizer, item_table, sequences))
-    packed = pack_flat(fields, lengths, max_tokens, tokenizer.pad_token_id, tokenizer.config.max_item_embeddings - 1)
+    layout = tokenizer.layout
+    packed = pack_flat(fields, lengths, max_tokens, layout.pad_token_id, layout.pad_item_position)
     return {name: torch.from_numpy(value) for name, value in packed.items()}
 
 
