@@ -4,10 +4,10 @@ Same inputs (dev: the train sequence, target the val item; test: train + val, ta
 same metrics and the same `evaluation.evaluate`. The item table is the checkpoint's own when it holds
 one (a finetuned `best_model.bin` or a finetuned `save_pretrained` folder), unless re-encoding is asked
 for; otherwise every item is encoded by the checkpoint's encoder, as finetune.py's zero-shot
-evaluation does (`evaluation.encode_items`, with the same item-table cache key).
+evaluation does (`ModelRuntime.item_table`, with the same item-table cache key).
 
 Under torchrun the items are encoded and the users ranked in shards across the processes
-(`evaluation.encode_items(..., shard=True)`, `evaluation.evaluate`): the same metrics as one process.
+(`ModelRuntime.encode_items`, `ModelRuntime.evaluate`): the same metrics as one process.
 """
 
 from __future__ import annotations
@@ -19,13 +19,10 @@ from recformer import distributed
 from recformer.args import EvaluateArgs
 from recformer.data.finetune_reader import load_finetune_data
 from recformer.devices import InferenceSettings
-from recformer.inference.evaluation import cached_item_vectors, encode_items, evaluate
-from recformer.inference.recommender import load_model_parts
-from recformer.io.cache import file_fingerprint, item_table_path
+from recformer.io.cache import file_fingerprint
 from recformer.io.checkpoint import ITEM_TABLE_KEY, CheckpointError
-from recformer.model.attention import configure_attention, resolve_attn_implementation
 from recformer.model.configuration import field_values
-from recformer.model.item_tokens import tokenize_catalogue
+from recformer.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -59,21 +56,16 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
     """
     args.validate()
     device = distributed.rank_device(args.device)
-    resolve_attn_implementation(args.attn_implementation, device)  # one that cannot run here stops now
     data = load_finetune_data(args.data_path)
-    progress = args.progress and distributed.is_main()
-
-    settings = InferenceSettings(device, fp16=args.fp16, bf16=args.bf16, batch_size=args.batch_size, progress=progress)
-
-    model, tokenizer, report = load_model_parts(args.ckpt, args.model_name_or_path, field_values(args), args.temp)
-    configure_attention(model, args.attn_implementation, device)
-    model.to(device)
-    if args.compile:
-        model.longformer.compile()  # in place: parameter names stay the same
-    items = tokenize_catalogue(tokenizer, data.items, cache_dir=args.cache_dir, progress=progress,
-                               write_cache=distributed.is_main())  # fmt: skip
+    settings = InferenceSettings(device, fp16=args.fp16, bf16=args.bf16, batch_size=args.batch_size,
+                                 progress=args.progress and distributed.is_main())  # fmt: skip
+    runtime, report = ModelRuntime.from_checkpoint(
+        args.ckpt, settings, model_name_or_path=args.model_name_or_path, fields=field_values(args), temp=args.temp,
+        attn_implementation=args.attn_implementation, compile=args.compile,
+    )  # fmt: skip
+    runtime.tokenize(data.items, cache_dir=args.cache_dir)
     if ITEM_TABLE_KEY in report.loaded and not args.reencode_items:
-        n = model.item_embedding.num_embeddings
+        n = runtime.model.item_embedding.num_embeddings
         if n != data.num_items:
             raise CheckpointError(
                 f"{args.ckpt}: its item table has {n} items but {args.data_path} has {data.num_items}; "
@@ -81,24 +73,15 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
             )
         source = "checkpoint"
     else:
-        path = None
-        if args.cache_dir:
-            path = item_table_path(args.cache_dir, file_fingerprint(args.ckpt), tokenizer, model.config, data.items)
-        vectors = cached_item_vectors(
-            path,
-            lambda: encode_items(model.longformer, tokenizer, items, settings.replace(shard=True)),
-            shape=(data.num_items, model.config.hidden_size),
-        )
-        model.init_item_embedding(vectors)
+        checkpoint_hash = file_fingerprint(args.ckpt) if args.cache_dir else None
+        runtime.set_item_table(runtime.item_table(checkpoint_hash, data.items, args.cache_dir))
         source = "encoded"
     pairs = getattr(data, SPLITS[args.split])()
     distributed.check_world_size(len(pairs), f"the {args.split} split of {args.data_path}")
     logger.info("evaluating %s on %s %s: %d users, %d items, item table %s", args.ckpt, data.name, args.split,
                 len(pairs), data.num_items, source)  # fmt: skip
-    metrics = evaluate(
-        model, pairs, tokenizer, items, settings, args.metric_ks, exclude_history=args.exclude_history,
-        desc=f"evaluate {args.split}",
-    )  # fmt: skip
+    metrics = runtime.evaluate(pairs, args.metric_ks, exclude_history=args.exclude_history,
+                               desc=f"evaluate {args.split}")  # fmt: skip
     return CheckpointEvaluation(
         metrics, str(args.ckpt), data.name, args.split, source, len(pairs), data.num_items, args.exclude_history
     )
