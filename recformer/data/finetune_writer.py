@@ -211,9 +211,10 @@ def _write_folder(
 
 
 def _no_user_message(
-    interaction_file: Any, item_file: Any, min_seq_len: int, noun: str, without: str
+    interaction_file: Any, item_file: Any, min_seq_len: int, verb: str, noun: str, without: str
 ) -> Callable[[dict[str, Any]], str]:
-    """The error when no user qualifies, from the stats (`noun`: what one interaction is called)."""
+    """The error when no user qualifies, from the stats (`verb`, `noun`: what interacting and an interaction
+    are called)."""
 
     def message(s: dict[str, Any]) -> str:
         kcore = (
@@ -222,9 +223,9 @@ def _no_user_message(
             else ""
         )
         return (
-            f"{interaction_file}: no user qualifies: {s['users_with_interactions']} users {noun} items of "
+            f"{interaction_file}: no user qualifies: {s['users_with_interactions']} users {verb} items of "
             f"{item_file}, {s['users_below_min_seq_len']} of them fewer than {min_seq_len} times, "
-            f"{s['users_sampled_out']} sampled out; {s['interactions_without_meta']} {noun}s are of items "
+            f"{s['users_sampled_out']} sampled out; {s['interactions_without_meta']} {noun} are of items "
             f"{without} there{kcore}"
         )
 
@@ -267,7 +268,7 @@ def process_finetune(
 
     return _write_folder(
         output, reviews, meta, file_stats, min_seq_len, user_sample_rate, seed, kcore,
-        _no_user_message(file_path, meta_file_path, min_seq_len, "review", "without a title"),
+        _no_user_message(file_path, meta_file_path, min_seq_len, "review", "reviews", "without a title"),
     )  # fmt: skip
 
 
@@ -310,5 +311,5 @@ def process_finetune_tables(
     without = "without text (no row in the item table, or every text column empty)"
     return _write_folder(
         output, interactions, meta, lambda: file_stats, min_seq_len, user_sample_rate, seed, kcore,
-        _no_user_message(interaction_file, item_file, min_seq_len, "interaction", without),
+        _no_user_message(interaction_file, item_file, min_seq_len, "interact with", "interactions", without),
     )  # fmt: skip

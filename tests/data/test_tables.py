@@ -239,7 +239,7 @@ def test_no_qualifying_user_names_both_tables(tmp_path):
     with pytest.raises(ValueError) as e:
         finetune_writer.process_finetune_tables("recbole", inter, item, tmp_path / "o", min_seq_len=9, progress=False)
     assert str(e.value) == (
-        f"{inter}: no user qualifies: 3 users interaction items of {item}, 3 of them fewer than 9 times, 0 sampled "
+        f"{inter}: no user qualifies: 3 users interact with items of {item}, 3 of them fewer than 9 times, 0 sampled "
         "out; 3 interactions are of items without text (no row in the item table, or every text column empty) there"
     )
 
