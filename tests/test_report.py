@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import math
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -145,3 +147,9 @@ def test_a_missing_dataset_is_a_warning_not_a_row(tmp_path, caplog):
     out = report.write_report([run], tmp_path / "out", plots=False)
     assert [line.split(" |")[0] for line in out.table.splitlines()[2:]] == ["| r"]
     assert "no popularity row" in caplog.text and "pass --data_path" in caplog.text
+
+
+def test_the_command_imports_neither_torch_nor_matplotlib_before_it_runs():
+    code = "import sys, recformer.cli.report; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr

@@ -280,3 +280,14 @@ def test_named_bad_rows_are_capped_and_all_counted(tmp_path):
     assert list(tables.iter_interactions(inter, "csv", TableFields(), stats, progress=False)) == [("u", "A", 1)]
     assert stats.skipped == {"missing_field": 25}
     assert len(stats.bad_rows) == tables.NAMED_BAD_ROWS and stats.bad_rows[0] == f"{inter} line 2: no timestamp"
+
+
+def test_a_failed_run_leaves_the_old_folder_as_it_was(tmp_path):
+    inter, item = recbole_files(tmp_path)
+    out = tmp_path / "out"
+    finetune_writer.process_finetune_tables("recbole", inter, item, out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = write(tmp_path / "bad.item", ["item_id:token\ttitle:token_seq", "A\t"])  # no item has text
+    with pytest.raises(ValueError, match=r"bad.item: no row is a usable item with item_id and text"):
+        finetune_writer.process_finetune_tables("recbole", inter, bad, out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
