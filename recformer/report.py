@@ -173,8 +173,11 @@ def markdown_table(rows: Sequence[tuple[str, str, dict[str, float] | None]], col
 
 
 def default_columns(runs: Sequence[Run]) -> list[str]:
-    """The test metrics every finished run has, in the first one's order (all of them when none finished)."""
-    tests = [r.test for r in runs if r.test]
+    """The test metrics every finished run has, in the first one's order (when none has finished: those of
+    their zero-shot tests)."""
+    tests = [r.test for r in runs if r.test] or [
+        r.metrics["zero_shot_test"] for r in runs if r.metrics.get("zero_shot_test")
+    ]
     if not tests:
         return []
     return [name for name in tests[0] if all(name in t for t in tests)]
@@ -196,7 +199,8 @@ class EpochCurves:
 
 
 def epoch_curves(run: Run, metric: str = CURVE_METRIC) -> EpochCurves:
-    """The curves `plot_run` draws (see `EpochCurves`); epoch n's steps lie in (n, n + 1]."""
+    """The curves `plot_run` draws (see `EpochCurves`); epoch n's steps lie in (n, n + 1] (an epoch's mean loss
+    at its last step)."""
     order: dict[tuple[int, int], int] = {}  # (stage, epoch) -> epoch counted across stages
     for key in [(s["stage"], s["epoch"]) for s in run.steps] + [(d["stage"], d["epoch"]) for d in run.dev]:
         order.setdefault(key, 0)
@@ -205,15 +209,19 @@ def epoch_curves(run: Run, metric: str = CURVE_METRIC) -> EpochCurves:
     per_epoch: dict[tuple[int, int], list[dict[str, Any]]] = {}
     for s in run.steps:
         per_epoch.setdefault((s["stage"], s["epoch"]), []).append(s)
+    # steps per epoch of each stage: an epoch with fewer (a run stopped inside it) ends early on the axis
+    per_stage: dict[int, int] = {}
+    for (stage, _), steps in per_epoch.items():
+        per_stage[stage] = max(per_stage.get(stage, 0), len(steps))
     c = EpochCurves([], [], [], [], [], [], [], [])
     for key, steps in sorted(per_epoch.items()):
-        n = len(steps)
+        n = per_stage[key[0]]
         for i, s in enumerate(steps):
             c.step_x.append(order[key] + (i + 1) / n)
             c.loss.append(float(s.get("loss", math.nan)))
             c.lr.append(float(s.get("lr", math.nan)))
-        c.epoch_x.append(order[key] + 1)
-        c.epoch_loss.append(sum(float(s.get("loss", math.nan)) for s in steps) / n)
+        c.epoch_x.append(order[key] + len(steps) / n)
+        c.epoch_loss.append(sum(float(s.get("loss", math.nan)) for s in steps) / len(steps))
     for d in run.dev:
         if metric in d:
             c.dev_x.append(order[(d["stage"], d["epoch"])] + 1)
@@ -266,6 +274,7 @@ def plot_run(run: Run, path: str | os.PathLike, metric: str | None = None) -> Pa
     for ax, values in ((loss_ax, c.loss), (lr_ax, c.lr), (dev_ax, c.dev)):
         if not values:
             ax.text(0.5, 0.5, "no records", ha="center", va="center", transform=ax.transAxes, color="grey")
+            ax.set_yticks([])
         for x in c.stage_starts:
             ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
         ax.grid(alpha=0.3)
@@ -328,8 +337,8 @@ def write_report(
     columns = list(columns) if columns else default_columns(runs)
     if not columns:
         raise ReportError(
-            f"no run has test metrics ({', '.join(str(r.path) for r in runs)}: every {METRICS_FILE} lacks "
-            "'test'; the runs have not finished) and no --metrics were named"
+            f"no run has test metrics ({', '.join(str(r.path) for r in runs)}: no {METRICS_FILE} holds 'test' or "
+            "'zero_shot_test') and no --metrics were named"
         )
     rows: list[tuple[str, str, dict[str, float] | None]] = []
     baselines: dict[str, dict[str, float]] = {}

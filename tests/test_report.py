@@ -15,6 +15,8 @@ import pytest
 from recformer import report
 from recformer.cli import report as report_cli
 
+from .helpers import load_cli
+
 # Items A B C D = ids 0..3. Test inputs (train + val): u0 [0, 1, 0] -> 2, u1 [0, 2, 1] -> 3.
 # Interaction counts in the test inputs: 0: 3, 1: 2, 2: 1, 3: 0.
 # u0's target 2 (count 1): items 0 and 1 score higher -> rank 2; u1's target 3 (count 0): 0, 1, 2 -> rank 3.
@@ -153,3 +155,23 @@ def test_the_command_imports_neither_torch_nor_matplotlib_before_it_runs():
     code = "import sys, recformer.cli.report; print(sorted(m for m in ('torch', 'matplotlib') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_demo_step_writes_table_and_plot_into_the_demo_folder(tmp_path, monkeypatch, capsys):
+    """What `make demo` runs last (scripts/demo/run_demo.sh, step 6), on a small finished run."""
+    data = write_data(tmp_path / "data" / "Demo")
+    run = write_run(tmp_path / "finetune" / "Demo", data, test={"NDCG@10": 0.5, "Recall@10": 0.75})
+    (run / "metrics.json").write_text(
+        (run / "metrics.json").read_text().replace('"zero_shot_test": {', '"zero_shot_test": {"NDCG@10": 0.01, "Recall@10": 0.02, ')
+    )
+    demo = load_cli(Path(__file__).resolve().parents[1] / "scripts" / "demo" / "report.py")
+    argv = ["report.py", "--run_dir", str(run), "--data_path", str(data), "--output_dir", str(tmp_path), "--seconds", "90"]
+    monkeypatch.setattr(sys, "argv", argv)
+    demo.main()
+    printed = capsys.readouterr().out
+    popularity = report.popularity_metrics(data, ks=(10,))
+    assert f"| popularity | Demo | {popularity['NDCG@10']:.4f} | {popularity['Recall@10']:.4f} |" in printed
+    assert "| Demo (zero-shot) | Demo | 0.0100 | 0.0200 |" in printed and "| Demo | Demo | 0.5000 | 0.7500 |" in printed
+    assert f"finetuned NDCG@10 is {0.5 / popularity['NDCG@10']:.2f}x popularity's" in printed
+    assert "demo wall time: 1.5 min" in printed
+    assert (tmp_path / "report.md").is_file() and png_size(tmp_path / "Demo_curves.png") == (1200, 360)
