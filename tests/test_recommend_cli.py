@@ -94,6 +94,22 @@ def test_with_text_adds_each_recommended_items_text(assets, rec, tmp_path, capsy
         assert row["texts"] == [" | ".join(v for v in meta[i].values() if v) for i in row["items"]]
 
 
+def test_with_text_is_null_for_an_index_item_that_items_lacks(assets, tmp_path, capsys):
+    inp, out, index = write_input(tmp_path / "in.jsonl", USERS[:1]), tmp_path / "recs.jsonl", tmp_path / "index"
+    assert run(argv(assets, inp, out, "--index_dir", str(index)), capsys)[0] == 0
+    meta = json.loads(assets["meta"].read_text())
+    some = dict(list(meta.items())[:3])
+    catalogue = tmp_path / "some.jsonl"
+    catalogue.write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in some.items()))
+    extra = argv(assets, inp, out, "--index_dir", str(index), "--k", "30", "--with_text", items=False)
+    code, _, err = run([*extra, "--items", str(catalogue)], capsys)
+    assert code == 0, err
+    row = read_output(out)[0]
+    assert len(row["items"]) == 28  # 30 items, 2 in the history
+    for item, text in zip(row["items"], row["texts"]):
+        assert text == (" | ".join(v for v in some[item].values() if v) if item in some else None), item
+
+
 def test_with_text_needs_the_catalogue(assets, tmp_path, capsys):
     inp, out = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl"
     code, _, err = run(argv(assets, inp, out, "--index_dir", str(tmp_path / "i"), "--with_text", items=False), capsys)
