@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="first keep only the k-core: drop users and items with fewer than this many interactions, "
-        "repeatedly, until none is left (default: off)",
+        "again and again until every user and item left has that many (default: off)",
     )
     table = parser.add_argument_group("columns (--format recbole and csv)")
     table.add_argument(
