@@ -382,6 +382,10 @@ class RecommendArgs(RecformerFieldArgs, _Validated):
         10, "items per user (>= 1; a k larger than the catalogue is clipped to its size with a warning)", type=positive_int
     )
     keep_history: bool = flag(False, "also recommend items already in the user's history")
+    with_text: bool = flag(
+        False, 'add each recommended item\'s text to its line, "texts": [...] beside "items" (its attribute values '
+        'from --items joined by " | "; null for an item of the saved index that --items lacks)'
+    )
     on_unknown: str = flag(
         "error", "an id in a history that is not in the index: stop with an error, or skip it (counted in the summary)",
         choices=["error", "skip"],
@@ -401,3 +405,5 @@ class RecommendArgs(RecformerFieldArgs, _Validated):
             raise ValueError("--ckpt is required (or --index_dir with a saved index)")
         if self.items is None and self.index_dir is None:
             raise ValueError("--items is required (or --index_dir with a saved index)")
+        if self.with_text and self.items is None:
+            raise ValueError("--with_text needs --items (the catalogue that holds the item texts)")

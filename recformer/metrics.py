@@ -8,10 +8,13 @@ every other unmasked item counts against it, so a broken model never scores a hi
 
     NDCG@k   = 1 / log2(rank + 2) if rank < k else 0
     Recall@k = 1 if rank < k else 0
-    MRR      = 1 / (rank + 1)                      (not truncated)
+    Hit@k    = Recall@k                            (one target per user; RecBole's name for it)
+    MRR@k    = 1 / (rank + 1) if rank < k else 0   (RecBole's MRR@k)
+    MRR      = 1 / (rank + 1)                      (not truncated; the reference's and the paper's MRR)
     AUC      = 1 - rank / (number of items scoring above -1e4 or NaN), at least 0
 
-Every metric is averaged over users.
+Every metric is averaged over users. For each k the names come in the order NDCG@k, Recall@k, Hit@k, MRR@k;
+then MRR and AUC.
 """
 
 from __future__ import annotations
@@ -63,7 +66,7 @@ def compute_ranks(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 def metrics_from_ranks(ranks: torch.Tensor, n_valid: torch.Tensor, ks: Sequence[int] = (10, 50)) -> dict[str, float]:
-    """Average NDCG@k, Recall@k, MRR and AUC over users from per-user ranks."""
+    """Average NDCG@k, Recall@k, Hit@k and MRR@k for each k, MRR and AUC over users from per-user ranks."""
     if ranks.numel() == 0:
         raise ValueError("no users to evaluate")
     ranks = ranks.double().cpu()
@@ -72,14 +75,15 @@ def metrics_from_ranks(ranks: torch.Tensor, n_valid: torch.Tensor, ks: Sequence[
     for k in sorted(ks):
         hit = ranks < k
         out[f"NDCG@{k}"] = (hit.double() / torch.log2(ranks + 2)).mean().item()
-        out[f"Recall@{k}"] = hit.double().mean().item()
+        out[f"Recall@{k}"] = out[f"Hit@{k}"] = hit.double().mean().item()
+        out[f"MRR@{k}"] = (hit.double() / (ranks + 1)).mean().item()
     out["MRR"] = (1.0 / (ranks + 1)).mean().item()
     out["AUC"] = (1.0 - ranks / n_valid.clamp(min=1)).clamp(min=0.0).mean().item()
     return out
 
 
 def ranking_metrics(scores: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (10, 50)) -> dict[str, float]:
-    """NDCG@k and Recall@k for each k, MRR and AUC, averaged over the B users of `scores` [B, N]."""
+    """NDCG@k, Recall@k, Hit@k and MRR@k for each k, MRR and AUC, averaged over the B users of `scores` [B, N]."""
     ranks, n_valid = compute_ranks(scores, labels)
     return metrics_from_ranks(ranks, n_valid, ks)
 

@@ -21,6 +21,7 @@ COMMANDS = {  # installed name -> (module, reference-named top-level script)
     "recformer-convert-pretrain-ckpt": ("recformer.cli.convert_pretrain_ckpt", "convert_pretrain_ckpt.py"),
     "recformer-evaluate": ("recformer.cli.evaluate", "evaluate.py"),
     "recformer-recommend": ("recformer.cli.recommend", "recommend.py"),
+    "recformer-report": ("recformer.cli.report", "report.py"),
 }
 FLAGS = {  # one flag of each command that its help must list
     "recformer-finetune": "--pretrain_ckpt",
@@ -29,6 +30,7 @@ FLAGS = {  # one flag of each command that its help must list
     "recformer-convert-pretrain-ckpt": "--lightning_ckpt",
     "recformer-evaluate": "--reencode_items",
     "recformer-recommend": "--on_unknown",
+    "recformer-report": "--zero_shot",
 }
 
 

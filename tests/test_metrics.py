@@ -26,15 +26,44 @@ def test_hand_computed_values_two_users():
     assert m["NDCG@2"] == pytest.approx((1 / math.log2(3) + 1.0) / 2)
     assert m["MRR"] == pytest.approx((1 / 2 + 1) / 2)
     assert m["AUC"] == pytest.approx(((1 - 1 / 4) + 1) / 2)
-    assert list(m) == ["NDCG@1", "Recall@1", "NDCG@2", "Recall@2", "MRR", "AUC"]
+    assert m["Hit@1"] == pytest.approx(0.5) and m["Hit@2"] == pytest.approx(1.0)
+    assert m["MRR@1"] == pytest.approx((0 + 1) / 2)  # the rank-1 target is cut off at k = 1
+    assert m["MRR@2"] == pytest.approx((1 / 2 + 1) / 2)
+    assert list(m) == ["NDCG@1", "Recall@1", "Hit@1", "MRR@1", "NDCG@2", "Recall@2", "Hit@2", "MRR@2", "MRR", "AUC"]
+
+
+def test_hit_and_truncated_mrr_by_hand_with_ties():
+    # user 0: target 1 ties with item 0 and item 3 -> both count against it -> rank 2
+    # user 1: target 4 has one item above and one tie -> rank 2;  user 2: target 0 is best -> rank 0
+    # user 3: target 2 scored 0.1, four items above -> rank 4
+    scores = torch.tensor(
+        [
+            [0.5, 0.5, 0.1, 0.5, 0.2],
+            [0.9, 0.1, 0.3, 0.0, 0.3],
+            [0.8, 0.1, 0.2, 0.3, 0.4],
+            [0.5, 0.6, 0.1, 0.7, 0.8],
+        ]
+    )
+    labels = torch.tensor([1, 4, 0, 2])
+    assert compute_ranks(scores, labels)[0].tolist() == [2, 2, 0, 4]
+    m = ranking_metrics(scores, labels, ks=(1, 3, 5))
+    assert m["Hit@1"] == pytest.approx(1 / 4)
+    assert m["Hit@3"] == pytest.approx(3 / 4)
+    assert m["Hit@5"] == pytest.approx(1.0)
+    assert m["MRR@1"] == pytest.approx(1 / 4)  # only user 2: 1/1
+    assert m["MRR@3"] == pytest.approx((1 / 3 + 1 / 3 + 1) / 4)  # rank 4 is cut off
+    assert m["MRR@5"] == pytest.approx((1 / 3 + 1 / 3 + 1 + 1 / 5) / 4)
+    assert m["MRR"] == pytest.approx(m["MRR@5"])  # every rank is below 5: nothing cut
+    for k in (1, 3, 5):
+        assert m[f"Hit@{k}"] == m[f"Recall@{k}"]  # one target per user: the same number
 
 
 def test_ties_count_against_the_target():
     scores = torch.zeros(1, 5)  # a model that scores everything equal
     m = ranking_metrics(scores, torch.tensor([[3]]), ks=(1, 5))
     assert compute_ranks(scores, torch.tensor([3]))[0].tolist() == [4]
-    assert m["Recall@1"] == 0.0
-    assert m["Recall@5"] == 1.0
+    assert m["Recall@1"] == 0.0 and m["Hit@1"] == 0.0 and m["MRR@1"] == 0.0
+    assert m["Recall@5"] == 1.0 and m["Hit@5"] == 1.0 and m["MRR@5"] == pytest.approx(1 / 5)
     assert m["NDCG@5"] == pytest.approx(1 / math.log2(6))
     assert m["MRR"] == pytest.approx(1 / 5)
 

@@ -81,6 +81,42 @@ def test_end_to_end_output_in_input_order(assets, rec, tmp_path, capsys, keep):
     assert "3 users, 30 items, top 4" in stdout and f"output: {out}" in stdout
 
 
+def test_with_text_adds_each_recommended_items_text(assets, rec, tmp_path, capsys):
+    inp, out = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl"
+    code, _, err = run(argv(assets, inp, out, "--k", "3", "--with_text"), capsys)
+    assert code == 0, err
+    meta = json.loads(assets["meta"].read_text())
+    plain = recommend_cli.main(argv(assets, inp, tmp_path / "plain.jsonl", "--k", "3"))
+    assert plain == 0
+    for row, same in zip(read_output(out), read_output(tmp_path / "plain.jsonl")):
+        assert list(row) == ["user", "items", "scores", "texts"]
+        assert (row["items"], row["scores"]) == (same["items"], same["scores"])  # only the texts are added
+        assert row["texts"] == [" | ".join(v for v in meta[i].values() if v) for i in row["items"]]
+
+
+def test_with_text_is_null_for_an_index_item_that_items_lacks(assets, tmp_path, capsys):
+    inp, out, index = write_input(tmp_path / "in.jsonl", USERS[:1]), tmp_path / "recs.jsonl", tmp_path / "index"
+    assert run(argv(assets, inp, out, "--index_dir", str(index)), capsys)[0] == 0
+    meta = json.loads(assets["meta"].read_text())
+    some = dict(list(meta.items())[:3])
+    catalogue = tmp_path / "some.jsonl"
+    catalogue.write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in some.items()))
+    extra = argv(assets, inp, out, "--index_dir", str(index), "--k", "30", "--with_text", items=False)
+    code, _, err = run([*extra, "--items", str(catalogue)], capsys)
+    assert code == 0, err
+    row = read_output(out)[0]
+    assert len(row["items"]) == 28  # 30 items, 2 in the history
+    for item, text in zip(row["items"], row["texts"]):
+        assert text == (" | ".join(v for v in some[item].values() if v) if item in some else None), item
+
+
+def test_with_text_needs_the_catalogue(assets, tmp_path, capsys):
+    inp, out = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl"
+    code, _, err = run(argv(assets, inp, out, "--index_dir", str(tmp_path / "i"), "--with_text", items=False), capsys)
+    assert code == 2 and err == "error: --with_text needs --items (the catalogue that holds the item texts)\n"
+    assert not out.exists()
+
+
 def test_compile_reaches_the_encoder(assets, tmp_path, capsys, monkeypatch):
     from recformer.model.modeling import RecformerModel
 

@@ -3,7 +3,8 @@
 Input: JSON lines {"user": ..., "history": [id or {attributes}, ...]}, oldest item first; an id must
 be in the catalogue (--items) or the saved index (--index_dir); an attribute dict is an item never
 seen before (cold start). Output: JSON lines {"user": ..., "items": [...], "scores": [...]} in input
-order, best first, written atomically. Items already in a history are not recommended to it unless
+order, best first, written atomically; --with_text adds "texts": [...], each item's text from --items
+(its attribute values joined by " | "), to judge the recommendations at a glance. Items already in a history are not recommended to it unless
 --keep_history is given. k < 1 is refused; k larger than the catalogue is clipped to its size with a
 warning.
 
@@ -25,7 +26,7 @@ from tqdm.auto import tqdm
 from recformer.args import RecommendArgs
 from recformer.args import build_parser as build_args_parser
 from recformer.devices import keep_freed_memory
-from recformer.inference.inputs import HistoryLine, InputError, read_histories
+from recformer.inference.inputs import HistoryLine, InputError, item_text, read_histories, read_items
 from recformer.inference.recommender import META_FILE, IndexMismatch, Recommender
 from recformer.io.checkpoint import CheckpointError
 from recformer.io.fileio import atomic_open, dumps_json
@@ -88,10 +89,24 @@ def known_histories(lines: list[HistoryLine], rec: Recommender, path: str, on_un
     return out, skipped
 
 
+def catalogue_texts(items: str) -> dict[str, str]:
+    """id -> the item's text (`inputs.item_text`) for every item of the catalogue file."""
+    ids, attrs = read_items(items)
+    return {i: item_text(a) for i, a in zip(ids, attrs)}
+
+
 def write_recommendations(
-    output: str, lines: list[HistoryLine], histories: list[list], rec: Recommender, k: int, exclude: bool, progress: bool
+    output: str,
+    lines: list[HistoryLine],
+    histories: list[list],
+    rec: Recommender,
+    k: int,
+    exclude: bool,
+    progress: bool,
+    texts: dict[str, str] | None = None,
 ) -> None:
-    """Recommend for every line, in blocks of users, into `output` (renamed into place when complete)."""
+    """Recommend for every line, in blocks of users, into `output` (renamed into place when complete); with
+    `texts`, each line also gets the recommended items' texts (None for an id `texts` lacks)."""
     rec.progress = False  # one bar for the whole run instead of one per block
     with atomic_open(output, "wb") as f, tqdm(total=len(lines), desc="recommend", unit="user", disable=not progress) as bar:
         for start in range(0, len(lines), USERS_PER_BLOCK):
@@ -101,6 +116,8 @@ def write_recommendations(
             for i in block:
                 pairs = recs.get(i, [])
                 record = {"user": lines[i].user, "items": [p[0] for p in pairs], "scores": [p[1] for p in pairs]}
+                if texts is not None:
+                    record["texts"] = [texts.get(p[0]) for p in pairs]
                 f.write(dumps_json(record) + b"\n")
             bar.update(len(block))
 
@@ -116,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         rec, note = open_index(args)
         k = rec.clip_k(args.k)
         histories, skipped = known_histories(lines, rec, args.input, args.on_unknown)
-        write_recommendations(args.output, lines, histories, rec, k, not args.keep_history, args.progress)
+        texts = catalogue_texts(args.items) if args.with_text else None
+        write_recommendations(args.output, lines, histories, rec, k, not args.keep_history, args.progress, texts)
     except (InputError, IndexMismatch, CheckpointError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

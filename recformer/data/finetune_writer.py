@@ -1,7 +1,9 @@
-"""The finetuning-folder writer: one category's review and meta files -> the files of `formats.FINETUNE`.
+"""The finetuning-folder writer: interactions and item texts -> the files of `formats.FINETUNE`.
 
 `build_finetune_dataset` holds the reference semantics (which reviews count, id order, the leave-one-out
-split) over records in memory; `process_finetune` reads the raw files and writes the folder.
+split) over records in memory; `kcore_filter` is the optional k-core filter applied before it;
+`process_finetune` reads one Amazon 2018 category and writes the folder, `process_finetune_tables` does the
+same from RecBole atomic files or CSV/TSV/JSON-lines tables (`tables`). Every format gives the same folder.
 """
 
 from __future__ import annotations
@@ -9,13 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import random
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from recformer.data.amazon import FileStats, gc_paused, iter_reviews, load_meta, resolve_input, sum_file_stats
 from recformer.data.formats import FINETUNE, DataFile, StepOutput
+from recformer.data.tables import TABLE_FORMATS, TableFields, TableStats, iter_interactions, load_items
 
 logger = logging.getLogger(__name__)
 
@@ -130,6 +133,105 @@ def build_finetune_dataset(
     return FinetuneFolderContents(umap, smap, train, val, test, meta_data, stats)
 
 
+@gc_paused()
+def kcore_filter(
+    interactions: Iterable[tuple[str, str, Any]], k: int, counted: Callable[[str], bool] = lambda item: True
+) -> tuple[list[tuple[str, str, Any]], dict[str, int]]:
+    """The interactions (in their order) left when users and items with fewer than `k` interactions are
+    removed, again and again until every user and item left has at least `k` (the k-core, as RecBole's
+    ``user_inter_num_interval`` / ``item_inter_num_interval`` of ``[k, inf)``).
+
+    Only interactions whose item is `counted` (has text) take part; the others pass through untouched (the
+    dataset builder counts and drops them). Repeated interactions of a user with an item each count.
+
+    Returns:
+        The kept interactions and counts: ``kcore``, ``kcore_rounds`` (passes until nothing changed),
+        ``kcore_removed_interactions``, ``kcore_removed_users``, ``kcore_removed_items``.
+
+    Example: with k = 2, u1:A u1:B u2:A u2:C u3:A -> u3 (one interaction) goes, and so do B and C (one
+    each); then u1 and u2 hold one interaction each and go too: nothing is left.
+    """
+    if k < 1:
+        raise ValueError(f"kcore must be at least 1, got {k}")
+    rows = list(interactions)
+    counts = [counted(item) for _, item, _ in rows]
+    keep = list(counts)
+    users0 = {u for (u, _, _), c in zip(rows, counts) if c}
+    items0 = {i for (_, i, _), c in zip(rows, counts) if c}
+    rounds = 0
+    while True:
+        rounds += 1
+        users = Counter(u for (u, _, _), kept in zip(rows, keep) if kept)
+        items = Counter(i for (_, i, _), kept in zip(rows, keep) if kept)
+        changed = False
+        for n, (u, i, _) in enumerate(rows):
+            if keep[n] and (users[u] < k or items[i] < k):
+                keep[n], changed = False, True
+        if not changed:
+            break
+    # The interactions of items without text were never counted: they are kept for the builder to drop.
+    kept_rows = [r for r, kept, c in zip(rows, keep, counts) if kept or not c]
+    stats = {
+        "kcore": k,
+        "kcore_rounds": rounds,
+        "kcore_removed_interactions": sum(1 for kept, c in zip(keep, counts) if c and not kept),
+        "kcore_removed_users": len(users0) - len(users),
+        "kcore_removed_items": len(items0) - len(items),
+    }
+    return kept_rows, stats
+
+
+def _write_folder(
+    output: StepOutput,
+    interactions: Iterable[tuple[str, str, Any]],
+    meta: Mapping[str, dict[str, str]],
+    file_stats: Callable[[], dict[str, Any]],
+    min_seq_len: int,
+    user_sample_rate: float,
+    seed: int,
+    kcore: int | None,
+    no_user: Callable[[dict[str, Any]], str],
+) -> dict[str, Any]:
+    """Filter (k-core), build the folder's contents, write them through `output`; return the stats.
+
+    `file_stats` is called once `interactions` has been read to the end (the stats of the input files)."""
+    kcore_stats: dict[str, int] = {}
+    if kcore:
+        interactions, kcore_stats = kcore_filter(interactions, kcore, meta.__contains__)
+    data = build_finetune_dataset(interactions, meta, min_seq_len, user_sample_rate, seed)
+    if not data.umap:
+        raise ValueError(no_user({**data.stats, **kcore_stats}))
+    stats = {**file_stats(), **data.stats, **kcore_stats}
+    with output:
+        for spec, obj in data.files():
+            output.write_json(spec, obj)
+        output.commit(stats)
+    logger.info("wrote %s: %d users, %d items", output.dir, stats["users"], stats["items"])
+    return stats
+
+
+def _no_user_message(
+    interaction_file: Any, item_file: Any, min_seq_len: int, verb: str, noun: str, without: str
+) -> Callable[[dict[str, Any]], str]:
+    """The error when no user qualifies, from the stats (`verb`, `noun`: what interacting and an interaction
+    are called)."""
+
+    def message(s: dict[str, Any]) -> str:
+        kcore = (
+            f"; the {s['kcore']}-core removed {s['kcore_removed_interactions']} interactions"
+            if "kcore" in s
+            else ""
+        )
+        return (
+            f"{interaction_file}: no user qualifies: {s['users_with_interactions']} users {verb} items of "
+            f"{item_file}, {s['users_below_min_seq_len']} of them fewer than {min_seq_len} times, "
+            f"{s['users_sampled_out']} sampled out; {s['interactions_without_meta']} {noun} are of items "
+            f"{without} there{kcore}"
+        )
+
+    return message
+
+
 def process_finetune(
     file_path: str | os.PathLike,
     meta_file_path: str | os.PathLike,
@@ -138,11 +240,12 @@ def process_finetune(
     user_sample_rate: float = 1.0,
     seed: int = 42,
     progress: bool = True,
+    kcore: int | None = None,
 ) -> dict[str, Any]:
     """Read one category's review and meta files and write the finetuning folder; return the stats.
 
     The folder changes only once everything is written (`formats.StepOutput`): a run that fails or is
-    killed before leaves the old folder as it was.
+    killed before leaves the old folder as it was. `kcore` (None: off) applies `kcore_filter` first.
 
     Raises:
         FileNotFoundError, IsADirectoryError: an input file is missing or a folder (checked first).
@@ -154,26 +257,59 @@ def process_finetune(
     output = StepOutput(output_path, FINETUNE.step)
     meta_stats, review_stats = FileStats(str(meta_file_path)), FileStats(str(file_path))
     meta, duplicates = load_meta(meta_file_path, meta_stats, progress)
-    data = build_finetune_dataset(
-        iter_reviews(file_path, review_stats, progress), meta, min_seq_len, user_sample_rate, seed
-    )
-    if not data.umap:
-        s = data.stats
-        raise ValueError(
-            f"{file_path}: no user qualifies: {s['users_with_interactions']} users review items of "
-            f"{meta_file_path}, {s['users_below_min_seq_len']} of them fewer than {min_seq_len} times, "
-            f"{s['users_sampled_out']} sampled out; {s['interactions_without_meta']} reviews are of items "
-            "without a title there"
-        )
-    stats = {
-        **sum_file_stats([review_stats, meta_stats]),
-        "reviews": review_stats.to_dict(),
-        "meta": {**meta_stats.to_dict(), "duplicate_records": duplicates, "items_with_title": len(meta)},
-        **data.stats,
+    reviews = iter_reviews(file_path, review_stats, progress)
+
+    def file_stats() -> dict[str, Any]:
+        return {
+            **sum_file_stats([review_stats, meta_stats]),
+            "reviews": review_stats.to_dict(),
+            "meta": {**meta_stats.to_dict(), "duplicate_records": duplicates, "items_with_title": len(meta)},
+        }
+
+    return _write_folder(
+        output, reviews, meta, file_stats, min_seq_len, user_sample_rate, seed, kcore,
+        _no_user_message(file_path, meta_file_path, min_seq_len, "review", "reviews", "without a title"),
+    )  # fmt: skip
+
+
+def process_finetune_tables(
+    fmt: str,
+    interaction_file: str | os.PathLike,
+    item_file: str | os.PathLike,
+    output_path: str | os.PathLike,
+    fields: TableFields | None = None,
+    min_seq_len: int = 4,
+    user_sample_rate: float = 1.0,
+    seed: int = 42,
+    progress: bool = True,
+    kcore: int | None = None,
+) -> dict[str, Any]:
+    """`process_finetune` for RecBole atomic files (`fmt` ``recbole``: ``.inter`` and ``.item``) or CSV, TSV
+    and JSON-lines tables (``csv``), read by `tables`; the folder is the one the Amazon path writes.
+
+    ``meta_data.json`` holds every item of the item table with text, its attributes the text columns
+    (`fields.text`); the interactions play the part of the reviews (see `build_finetune_dataset`). `fields`
+    None: the columns ``user_id``, ``item_id`` and ``timestamp``, every text column.
+
+    Raises:
+        as `process_finetune`; ValueError also for an unknown `fmt` and a missing column (named).
+    """
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"unknown table format {fmt!r}; expected one of {', '.join(TABLE_FORMATS)}")
+    fields = fields if fields is not None else TableFields()
+    interaction_file, item_file = resolve_input(interaction_file), resolve_input(item_file)
+    output = StepOutput(output_path, FINETUNE.step)
+    item_stats, inter_stats = TableStats(str(item_file)), TableStats(str(interaction_file))
+    meta, duplicates = load_items(item_file, fmt, fields, item_stats, progress)
+    interactions = list(iter_interactions(interaction_file, fmt, fields, inter_stats, progress))
+    file_stats = {
+        **sum_file_stats([inter_stats, item_stats]),
+        "format": fmt,
+        "interaction_file": inter_stats.to_dict(),
+        "item_file": {**item_stats.to_dict(), "duplicate_records": duplicates, "items_with_text": len(meta)},
     }
-    with output:
-        for spec, obj in data.files():
-            output.write_json(spec, obj)
-        output.commit(stats)
-    logger.info("wrote %s: %d users, %d items", output.dir, stats["users"], stats["items"])
-    return stats
+    without = "without text (no row in the item table, or every text column empty)"
+    return _write_folder(
+        output, interactions, meta, lambda: file_stats, min_seq_len, user_sample_rate, seed, kcore,
+        _no_user_message(interaction_file, item_file, min_seq_len, "interact with", "interactions", without),
+    )  # fmt: skip

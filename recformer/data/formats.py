@@ -4,7 +4,9 @@ writers and the readers.
 Finetuning folder (the reference format; `finetune_writer` writes it, `finetune_reader` reads it), one
 category with 0-based ids: ``umap.json``, ``smap.json``, ``train.json`` (each user's items but the last
 two), ``val.json`` (the second-to-last item), ``test.json`` (the last item), ``meta_data.json`` (every item
-of the meta file that has a title; readers keep those in ``smap.json``) and ``stats.json``.
+of the meta file that has a title; readers keep those in ``smap.json``) and ``stats.json``. Every input
+format (Amazon 2018, RecBole atomic files, CSV/TSV/JSON-lines tables) gives this folder; the README's "The
+processed finetuning folder" describes it for users.
 
 Pretraining folder (`pretrain_writer` writes it, `pretrain_reader` reads it), written by two steps: the meta
 step writes ``meta_data.json`` and ``meta_stats.json``; the interaction step writes ``train.json`` and

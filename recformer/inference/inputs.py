@@ -58,6 +58,22 @@ def item_id(value: Any, where: str) -> str:
     raise InputError(f"{where}: an item id must be a string or an integer, got {type(value).__name__} {value!r:.60}")
 
 
+TEXT_SEPARATOR = " | "
+
+
+def item_text(attributes: Mapping[str, Any]) -> str:
+    """An item as one line a person reads: its attribute values in their order, joined by `TEXT_SEPARATOR`
+    (a list value's elements by spaces; empty values left out), e.g. ``Solder wire 60/40 | Kester | Tools``."""
+    parts = []
+    for value in attributes.values():
+        if isinstance(value, (list, tuple)):
+            value = " ".join(str(v) for v in value if v is not None)
+        text = "" if value is None else " ".join(str(value).split())
+        if text:
+            parts.append(text)
+    return TEXT_SEPARATOR.join(parts)
+
+
 def _attributes(value: Any, where: str) -> dict:
     if not isinstance(value, Mapping):
         raise InputError(f"{where}: expected a dict of attribute -> text, got {type(value).__name__} {value!r:.60}")

@@ -4,7 +4,9 @@
 #   2. train a small BPE tokenizer on the item texts; a small random Longformer (scripts/demo/prepare_model.py)
 #   3. turn it into a Recformer start point (save_longformer_ckpt.py)
 #   4. pretrain briefly (lightning_pretrain.py) and convert the checkpoint (convert_pretrain_ckpt.py)
-#   5. finetune in two stages (finetune.py) and compare with a popularity ranking (scripts/demo/report.py)
+#   5. finetune in two stages (finetune.py)
+#   6. compare with a popularity ranking (scripts/demo/report.py over recformer.report, what recformer-report
+#      runs): $DEMO_OUT/report.md (the table) and $DEMO_OUT/Demo_curves.png (loss, lr, dev NDCG@10 per epoch)
 # Settings can be overridden from the environment, e.g. PRETRAIN_STEPS=0 to skip pretraining.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -65,5 +67,5 @@ $PY finetune.py --pretrain_ckpt "$CKPT" --data_path "$OUT/data/Demo" --model_nam
     --finetune_negative_sample_size -1 --device cpu
 
 step "6/6 report"
-$PY scripts/demo/report.py --data_path "$OUT/data/Demo" --metrics "$OUT/finetune/Demo/metrics.json" \
-    --seconds $(( $(date +%s) - start ))
+$PY scripts/demo/report.py --run_dir "$OUT/finetune/Demo" --data_path "$OUT/data/Demo" \
+    --output_dir "$OUT" --seconds $(( $(date +%s) - start ))

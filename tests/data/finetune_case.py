@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+from pathlib import Path
 
 
 def review(user: str, asin: str, t: int) -> str:
@@ -62,3 +64,35 @@ EXPECTED = {
         "H": {"title": "Eta", "brand": "W", "category": "V"},
     },
 }
+
+
+# The same case as tables (tests/data/test_tables.py): RecBole atomic files, CSV, TSV, JSON lines.
+# (user, item, time) of REVIEW_LINES, in file order; None marks line 13 (no time).
+INTERACTIONS = [
+    ("u1", "C", 300), ("u2", "A", 100), ("u1", "A", 100), ("u3", "B", 50), ("u1", "D", 200),
+    ("u2", "X", 10), ("u1", "B", 100), ("u2", "B", 200), ("u1", "F", 50), ("u2", "E", 300),
+    ("u3", "A", 60), ("u2", "C", 150), ("u3", "C", None), ("u3", "E", 70), ("u4", "G", 10),
+    ("u1", "E", 300),
+]  # fmt: skip
+# (item, title, brand, category) of META_LINES that parse; D and G have no text at all.
+ITEMS = [
+    ("A", "Alpha &amp; Co Lens", "Acme", "Cam Lenses"), ("B", "Beta", "", ""), ("C", "Gamma", "", ""),
+    ("D", "", "", ""), ("E", "Eps", "X", "Z"), ("A", "Alpha &amp; Co Lens v2", "Acme", "Cam Lenses"),
+    ("F", "Phi", "Y", "Q R"), ("G", "", "", ""), ("H", "Eta", "W", "V"),
+]  # fmt: skip
+
+
+def write(path: Path, lines: list[str], gz: bool = False) -> Path:
+    text = "".join(line + "\n" for line in lines)
+    path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
+    return path
+
+
+def recbole_files(root: Path, gz: bool = False) -> tuple[Path, Path]:
+    suffix = ".gz" if gz else ""
+    inter = ["user_id:token\titem_id:token\trating:float\ttimestamp:float"]
+    inter += [f"{u}\t{i}\t5.0\t{'' if t is None else float(t)}" for u, i, t in INTERACTIONS]
+    item = ["item_id:token\ttitle:token_seq\tbrand:token\tcategory:token_seq\tprice:float"]
+    item += [f"{i}\t{t}\t{b}\t{c}\t9.5" for i, t, b, c in ITEMS]
+    item.insert(8, "Z\tbroken")  # line 9: two columns of five
+    return write(root / f"tiny.inter{suffix}", inter, gz), write(root / f"tiny.item{suffix}", item, gz)

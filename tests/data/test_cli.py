@@ -31,7 +31,10 @@ COMMANDS = {
         process_finetune,
         FINETUNE_SCRIPT,
         ["--file_path", "--meta_file_path", "--output_path", "--min_seq_len", "--user_sample_rate", "--seed",
-         "--no_progress"],
+         "--no_progress",
+         # beyond the reference: other input formats (tests/data/test_tables.py) and the k-core filter
+         "--format", "--kcore", "--user_field", "--item_field", "--time_field", "--text_fields",
+         "--item_table_id_field", "--delimiter"],
     ),
     "recformer-pretrain-meta": (
         pretrain_meta,

@@ -25,6 +25,7 @@ from recformer.data.finetune_writer import process_finetune
 from recformer.data.pretrain_reader import PretrainDataError, read_item_metadata, read_pretrain_sequences
 from recformer.data.pretrain_writer import process_pretrain_interactions, process_pretrain_meta
 
+from .finetune_case import recbole_files
 from .pretrain_case import DEV, TRAIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -206,3 +207,18 @@ def test_killed_pretraining_steps_never_leave_a_mix(pretrain_raw, tmp_path):
         )
         assert pretrain_view(out) == new_sequences != old_view
         assert names(out) == names(pristine)
+
+
+def test_table_formats_write_the_folder_through_the_same_steps(finetune_raw, tmp_path):
+    """RecBole and CSV inputs go through the Amazon path's staged writer: the same file-system steps in the same
+    order, and a run killed while renaming leaves a folder the reader refuses."""
+    reviews, meta = finetune_raw
+    amazon = kill_points("finetune", ["--file_path", str(reviews), "--meta_file_path", str(meta), "--output_path",
+                                      str(tmp_path / "a")])  # fmt: skip
+    inter, item = recbole_files(tmp_path)
+    argv = ["--format", "recbole", "--file_path", str(inter), "--output_path"]
+    assert kill_points("finetune", [*argv, str(tmp_path / "r")]) == amazon
+    out = tmp_path / "killed"
+    kill_at_each("finetune", argv, {"replace:2": out})
+    with pytest.raises(DataError, match=f"^{out}: incomplete: a run of recformer-process-finetune"):
+        load_finetune_data(out)
