@@ -154,42 +154,15 @@ class RecformerModel(RecformerPreTrainedModel):
         Returns:
             hidden states [B, L, H] and pooled vectors: [B, H], or [N, H] for packed rows.
         """
-        if inputs_embeds is not None:
-            raise NotImplementedError("RecformerModel takes input_ids; inputs_embeds is not supported")
-        if input_ids is None:
-            raise ValueError("input_ids are required")
-        if item_position_ids is None:
-            raise ValueError(
-                "item_position_ids are required: Recformer adds an item-position embedding to every token. "
-                "Build inputs with RecformerTokenizer (or a recformer collator), which returns them."
-            )
-        if head_mask is not None:
-            raise NotImplementedError("head_mask is not supported by the Longformer encoder")
-        if input_ids.dim() == 1:  # one unbatched sequence, as `tokenizer(sequence, return_tensor=True)` gives
-            input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids = (
-                None if t is None else t.unsqueeze(0)
-                for t in (input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids)
-            )
-        if input_ids.dim() != 2:
-            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
-        if item_position_ids.shape != input_ids.shape:
-            raise ValueError(
-                f"item_position_ids shape {tuple(item_position_ids.shape)} != input_ids shape {tuple(input_ids.shape)}"
-            )
-        if segment_ids is not None:
-            self._check_packed_inputs(input_ids, position_ids, segment_ids, sequence_starts)
+        fields = (input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids)
+        input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids = (
+            self._check_inputs(fields, head_mask, inputs_embeds, global_positions, segment_ids, sequence_starts)
+        )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        if global_attention_mask is None and global_positions is not None:
-            global_attention_mask = self._mask_from_positions(global_positions, input_ids.shape[1])
         implementation = self.running_implementation(input_ids.device, bool(output_attentions))
         if implementation == "eager":
             if segment_ids is not None:
@@ -203,11 +176,9 @@ class RecformerModel(RecformerPreTrainedModel):
             )
         else:
             embedding_output = self.embeddings(
-                input_ids=input_ids,
-                token_type_ids=token_type_ids,
-                position_ids=position_ids,
+                input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
                 item_position_ids=item_position_ids,
-            )
+            )  # fmt: skip
             layout = AttentionLayout.build(
                 implementation, attention_mask, global_attention_mask, global_positions, segment_ids
             )
@@ -230,12 +201,44 @@ class RecformerModel(RecformerPreTrainedModel):
                 if v is not None
             )
         return RecformerModelOutput(
-            last_hidden_state=sequence_output,
-            pooler_output=pooled_output,
-            hidden_states=hidden_states,
-            attentions=attentions,
-            global_attentions=global_attentions,
-        )
+            last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states,
+            attentions=attentions, global_attentions=global_attentions,
+        )  # fmt: skip
+
+    def _check_inputs(self, fields: tuple, head_mask, inputs_embeds, global_positions, segment_ids, sequence_starts) -> tuple:
+        """Refuse inputs the encoder cannot take (one line each), batch a single sequence, and fill the
+        optional masks. `fields` and the result: (input_ids, attention_mask, global_attention_mask,
+        token_type_ids, position_ids, item_position_ids), each [B, L] or None."""
+        input_ids, item_position_ids = fields[0], fields[5]
+        if inputs_embeds is not None:
+            raise NotImplementedError("RecformerModel takes input_ids; inputs_embeds is not supported")
+        if input_ids is None:
+            raise ValueError("input_ids are required")
+        if item_position_ids is None:
+            raise ValueError(
+                "item_position_ids are required: Recformer adds an item-position embedding to every token. "
+                "Build inputs with RecformerTokenizer (or a recformer collator), which returns them."
+            )
+        if head_mask is not None:
+            raise NotImplementedError("head_mask is not supported by the Longformer encoder")
+        if input_ids.dim() == 1:  # one unbatched sequence, as `tokenizer(sequence, return_tensor=True)` gives
+            fields = tuple(None if t is None else t.unsqueeze(0) for t in fields)
+        input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids = fields
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, length], got shape {tuple(input_ids.shape)}")
+        if item_position_ids.shape != input_ids.shape:
+            raise ValueError(
+                f"item_position_ids shape {tuple(item_position_ids.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        if segment_ids is not None:
+            self._check_packed_inputs(input_ids, position_ids, segment_ids, sequence_starts)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if global_attention_mask is None and global_positions is not None:
+            global_attention_mask = self._mask_from_positions(global_positions, input_ids.shape[1])
+        return input_ids, attention_mask, global_attention_mask, token_type_ids, position_ids, item_position_ids
 
     def running_implementation(self, device: torch.device, output_attentions: bool = False) -> str:
         """The attention implementation a forward pass on `device` runs now (`resolve_attn_implementation` of the

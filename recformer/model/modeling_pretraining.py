@@ -87,6 +87,14 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         side = RecformerModelOutput(last_hidden_state=out.last_hidden_state[:batch], pooler_output=out.pooler_output[:batch])
         return side, out.last_hidden_state[batch:]
 
+    def _encode_sides(self, a: tuple, b: tuple, output_attentions, output_hidden_states) -> list:
+        """[(side output, MLM copy's hidden states or None)] of sides a and b, each given as (input_ids,
+        mlm_input_ids, inputs): one packed pass (`config.pack_sides`) or one pass per side."""
+        if self._packs_sides(a[0], a[1], a[2], b[1], b[2], output_attentions, output_hidden_states):
+            return self._encode_sides_packed([a, b])
+        options = dict(output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        return [self._encode_side(*a, **options), self._encode_side(*b)]
+
     def _packs_sides(self, input_ids_a, mlm_input_ids_a, side_a, mlm_input_ids_b, side_b, output_attentions, output_hidden_states) -> bool:
         """Whether both sides and their MLM copies run as one packed pass: merged passes, an sdpa/flex path (eager
         cannot keep packed sequences apart), both MLM copies, global positions given, no extra outputs."""
@@ -208,16 +216,10 @@ class RecformerForPretraining(RecformerPreTrainedModel):
             item_position_ids=item_position_ids_b,
             global_positions=global_positions_b,
         )
-        if self._packs_sides(input_ids_a, mlm_input_ids_a, side_a, mlm_input_ids_b, side_b, output_attentions, output_hidden_states):
-            (outputs_a, mlm_hidden_a), (outputs_b, mlm_hidden_b) = self._encode_sides_packed(
-                [(input_ids_a, mlm_input_ids_a, side_a), (input_ids_b, mlm_input_ids_b, side_b)]
-            )
-        else:
-            outputs_a, mlm_hidden_a = self._encode_side(
-                input_ids_a, mlm_input_ids_a, side_a,
-                output_attentions=output_attentions, output_hidden_states=output_hidden_states,
-            )  # fmt: skip
-            outputs_b, mlm_hidden_b = self._encode_side(input_ids_b, mlm_input_ids_b, side_b)
+        (outputs_a, mlm_hidden_a), (outputs_b, mlm_hidden_b) = self._encode_sides(
+            (input_ids_a, mlm_input_ids_a, side_a), (input_ids_b, mlm_input_ids_b, side_b),
+            output_attentions, output_hidden_states,
+        )  # fmt: skip
         z1, z2 = outputs_a.pooler_output, outputs_b.pooler_output  # [B, H] each
         if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             z1, z2 = _gather_with_grad(z1), _gather_with_grad(z2)  # [B * world, H]
