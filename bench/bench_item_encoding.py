@@ -18,8 +18,8 @@ import torch
 from recformer import RecformerConfig, RecformerModel
 from recformer.devices import autocast_context
 from recformer.inference.evaluation import encode_items
+from recformer.model.batching import encode_item_sequences
 from recformer.model.item_tokens import TokenizedItems
-from recformer.train.collators import encode_item_sequences
 
 
 def synthetic_catalogue(n: int, vocab: int, seed: int = 0) -> TokenizedItems:

@@ -61,12 +61,9 @@ from recformer.devices import keep_freed_memory  # noqa: E402
 from recformer.inference.evaluation import encode_items, evaluate, to_device  # noqa: E402
 from recformer.metrics import compute_ranks, metrics_from_ranks  # noqa: E402
 from recformer.model.attention import resolve_attn_implementation  # noqa: E402
+from recformer.model.batching import encode_item_sequences  # noqa: E402
 from recformer.model.tokenization import RecformerTokenizer, build_bpe_tokenizer  # noqa: E402
-from recformer.train.collators import (  # noqa: E402
-    EvalCollator,
-    PretrainCollator,
-    encode_item_sequences,
-)
+from recformer.train.collators import EvalCollator, PretrainCollator  # noqa: E402
 
 SIZES = {
     "base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),

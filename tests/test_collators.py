@@ -4,13 +4,13 @@ from collections import Counter
 import pytest
 import torch
 
+from recformer.model.batching import encode_item_sequences
 from recformer.train.collators import (
     EvalCollator,
     FinetuneCollator,
     GlobalBatchCollator,
     PretrainCollator,
     WholeWordMasker,
-    encode_item_sequences,
 )
 
 from .test_tokenization import BRAND, RED, SHOE, TITLE, byte
@@ -35,7 +35,7 @@ def test_shared_encoder_equals_tokenizer_on_item_dicts(tokenizer, table):
 
 
 def test_packed_sequences_hold_every_sequence_once(tokenizer, table):
-    from recformer.train.collators import pack_item_sequences
+    from recformer.model.batching import pack_item_sequences
 
     seqs = [[0, 1, 2], [], [3], [2, 0]]
     packed = pack_item_sequences(tokenizer, table, seqs, max_tokens=12)

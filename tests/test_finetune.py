@@ -16,8 +16,8 @@ from recformer.cli import finetune as finetune_cli
 from recformer.data.finetune_reader import load_finetune_data
 from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import encode_items, evaluate
+from recformer.model.batching import encode_item_sequences
 from recformer.model.item_tokens import tokenize_catalogue
-from recformer.train.collators import encode_item_sequences
 from recformer.train.finetune import Finetuner, TrainingDiverged
 from recformer.train.run_log import RunLog
 

@@ -8,7 +8,8 @@ import torch.nn.functional as F
 from transformers import LongformerConfig, LongformerModel
 
 from recformer import RecformerForPretraining, RecformerForSeqRec, RecformerModel
-from recformer.train.collators import PretrainCollator, encode_item_sequences
+from recformer.model.batching import encode_item_sequences
+from recformer.train.collators import PretrainCollator
 
 from .conftest import tiny_config
 

@@ -15,8 +15,9 @@ from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import encode_items, evaluate, length_batches, sequence_lengths
 from recformer.model import attention as attention_module
 from recformer.model.attention import AttentionUnavailable, fused_linear
+from recformer.model.batching import encode_item_sequences
 from recformer.model.item_tokens import tokenize_catalogue
-from recformer.train.collators import FinetuneCollator, PretrainCollator, encode_item_sequences
+from recformer.train.collators import FinetuneCollator, PretrainCollator
 from recformer.train.finetune import Finetuner
 
 from .conftest import tiny_config
@@ -108,7 +109,7 @@ def test_packed_item_table_equals_items_encoded_one_by_one(tokenizer, table):
 
 
 def test_vectorised_packing_equals_packing_the_tokenizer_layout(tokenizer, table):
-    from recformer.train.collators import pack_item_sequences
+    from recformer.model.batching import pack_item_sequences
 
     config = tiny_config(max_token_num=60, max_item_embeddings=9)
     tokenizer.config = config

@@ -23,10 +23,10 @@ from recformer.io.cache import cached
 from recformer.io.checkpoint import torch_load
 from recformer.io.fileio import atomic_torch_save
 from recformer.metrics import check_finite_scores, compute_ranks, metrics_from_ranks
+from recformer.model.batching import ItemTable, encode_item_sequences, pack_item_sequences
 from recformer.model.item_tokens import TokenizedItems
 from recformer.model.modeling import RecformerForSeqRec, RecformerModel
 from recformer.model.tokenization import RecformerTokenizer
-from recformer.train.collators import ItemTable, encode_item_sequences, pack_item_sequences
 
 logger = logging.getLogger(__name__)
 
