@@ -42,6 +42,9 @@ from typing import Any
 import torch
 from torch import nn
 
+# defined in .defaults so that the parsers import neither torch nor transformers; importable from here too
+from .defaults import TRUST_CHECKPOINT_HELP as TRUST_CHECKPOINT_HELP
+
 logger = logging.getLogger(__name__)
 
 PREFIX = "longformer."
@@ -70,11 +73,6 @@ class UntrustedCheckpointError(CheckpointError):
 
 
 # What `--trust_checkpoint` does and risks (the flag's help on every tool that has it).
-TRUST_CHECKPOINT_HELP = (
-    "unpickle checkpoint files fully (torch.load weights_only=False) instead of reading only tensors, plain "
-    "data and the few Python types a Lightning or DeepSpeed checkpoint of this project holds; a crafted file "
-    "runs any code it likes while it loads, so use it only for files you made yourself"
-)
 
 
 @dataclass

@@ -3,7 +3,6 @@ function that builds it for every command (`build_config`)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,20 +10,11 @@ from typing import Any
 
 from transformers import LongformerConfig
 
+# defined in .args and .defaults so that the parsers import neither torch nor transformers; importable from here too
+from .args import add_recformer_field_args as add_recformer_field_args
+from .defaults import DEFAULT_MODEL as DEFAULT_MODEL
+from .defaults import REFERENCE_SCRIPT_VALUES
 from .fileio import read_json
-
-# The Longformer every reference script starts from.
-DEFAULT_MODEL = "allenai/longformer-base-4096"
-
-# What every reference script sets on top of the Longformer config (3 attributes of at most 32
-# tokens per item, 50 items + `<s>`, window 64 in every layer, 1024 tokens per sequence).
-REFERENCE_SCRIPT_VALUES = {
-    "max_attr_num": 3,
-    "max_attr_length": 32,
-    "max_item_embeddings": 51,
-    "attention_window": [64] * 12,
-    "max_token_num": 1024,
-}
 
 
 class RecformerConfig(LongformerConfig):
@@ -152,17 +142,6 @@ def build_config(
         config.finetune_negative_sample_size = finetune_negative_sample_size
     config.validate_recformer_fields()
     return config
-
-
-def add_recformer_field_args(parser: argparse.ArgumentParser) -> None:
-    """The Recformer field flags of every CLI; unset ones take a saved Recformer config's value or the
-    reference scripts' value (3/32/51/64/1024)."""
-    group = parser.add_argument_group("Recformer fields (default: the reference scripts' values)")
-    group.add_argument("--max_attr_num", type=int, default=None, help="attributes kept per item (3)")
-    group.add_argument("--max_attr_length", type=int, default=None, help="tokens per attribute (32)")
-    group.add_argument("--max_item_embeddings", type=int, default=None, help="items per sequence + 1 (51)")
-    group.add_argument("--attention_window", type=int, nargs="+", default=None, help="one window or one per layer (64)")
-    group.add_argument("--max_token_num", type=int, default=None, help="tokens per sequence (1024)")
 
 
 def field_values(args: Any) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 Writes umap.json, smap.json, train.json, val.json, test.json, meta_data.json, stats.json and manifest.json
 to --output_path. Example:
 
-    recformer-process-finetune --file_path Industrial_and_Scientific_5.json.gz \
+    recformer-process-finetune --file_path Industrial_and_Scientific_5.json.gz \\
         --meta_file_path meta_Industrial_and_Scientific.json.gz --output_path Scientific
 
 (`python finetune_data/process.py` takes the same flags.)
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 
+from recformer.args import HelpFormatter
 from recformer.data.cli import run_cli
 from recformer.data.finetune_writer import process_finetune
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--file_path", required=True, help="review file <Category>_5.json.gz (or plain .json)"

@@ -19,17 +19,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from recformer.args import RecommendArgs
 from recformer.args import build_parser as build_args_parser
-from recformer.checkpoint import CheckpointError
-from recformer.configuration import field_values
-from recformer.devices import keep_freed_memory
-from recformer.fileio import atomic_open, dumps_json
+from recformer.cli import argument_error
 from recformer.inputs import HistoryLine, InputError, read_histories
-from recformer.recommender import META_FILE, IndexMismatch, Recommender
+
+if TYPE_CHECKING:  # torch and transformers load in main, after the arguments are parsed
+    from recformer.recommender import Recommender
 
 # Users encoded and scored per step while the output is written.
 USERS_PER_BLOCK = 4096
@@ -42,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
 def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
     """The recommender and a note for the summary: a saved index (new or changed --items added and saved
     back), or a new index from --ckpt and --items (saved to --index_dir when given)."""
+    from recformer.configuration import field_values
+    from recformer.recommender import META_FILE, Recommender
+
     index = Path(args.index_dir) if args.index_dir else None
     common = dict(device=args.device, batch_size=args.batch_size, attn_implementation=args.attn_implementation,
                   progress=args.progress, compile=args.compile)  # fmt: skip
@@ -92,6 +93,10 @@ def write_recommendations(
     output: str, lines: list[HistoryLine], histories: list[list], rec: Recommender, k: int, exclude: bool, progress: bool
 ) -> None:
     """Recommend for every line, in blocks of users, into `output` (renamed into place when complete)."""
+    from tqdm.auto import tqdm
+
+    from recformer.fileio import atomic_open, dumps_json
+
     rec.progress = False  # one bar for the whole run instead of one per block
     with atomic_open(output, "wb") as f, tqdm(total=len(lines), desc="recommend", unit="user", disable=not progress) as bar:
         for start in range(0, len(lines), USERS_PER_BLOCK):
@@ -107,6 +112,13 @@ def write_recommendations(
 
 def main(argv: list[str] | None = None) -> int:
     args = RecommendArgs(**vars(build_parser().parse_args(argv)))
+    if (code := argument_error(args)) is not None:
+        return code
+    # torch and transformers load only now: --help and bad flags answer at once
+    from recformer.checkpoint import CheckpointError
+    from recformer.devices import keep_freed_memory
+    from recformer.recommender import IndexMismatch
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     keep_freed_memory()
