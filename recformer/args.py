@@ -330,7 +330,9 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
     temp: float | None = flag(None, "similarity temperature (config default 0.05)")
     fix_word_embedding: bool = flag(False, "freeze the word embeddings")
     valid_step: int = flag(
-        2000, "validate (and checkpoint) every N optimizer steps (N x --gradient_accumulation_steps batches)"
+        250,
+        "validate (and checkpoint) every N optimizer steps, N x --gradient_accumulation_steps batches (default: 250, "
+        "the reference's 2000 batches at its accumulation of 8; the reference counted batches)",
     )
     log_step: int = flag(2000, "log every N optimizer steps")
     preprocessing_num_workers: int = flag(

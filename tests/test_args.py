@@ -19,7 +19,7 @@ PRETRAIN_DEFAULTS = {
     "train_file": "t.json", "dev_file": "d.json", "item_attr_file": "m.json", "output_dir": "o", "ckpt": None,
     "num_train_epochs": 10, "max_steps": -1, "gradient_accumulation_steps": 8, "batch_size": 2, "learning_rate": 5e-5,
     "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "mlm_probability": 0.15, "mlm_weight": None,
-    "temp": None, "fix_word_embedding": False, "valid_step": 2000, "log_step": 2000, "preprocessing_num_workers": min(8, CORES),
+    "temp": None, "fix_word_embedding": False, "valid_step": 250, "log_step": 2000, "preprocessing_num_workers": min(8, CORES),
     "dataloader_num_workers": min(2, CORES), "device": "auto", "accelerator": "auto", "strategy": "auto", "num_nodes": 1,
     "fp16": False, "precision": None, "attn_implementation": "auto", "compile": False, "seed": 42, "cache_dir": None, "progress": True, "trust_checkpoint": False,
     **RECFORMER_FIELDS,
