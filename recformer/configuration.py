@@ -1,5 +1,9 @@
 """Recformer configuration: a Longformer configuration plus the fields Recformer adds, and the one
-function that builds it for every command (`build_config`)."""
+function that builds it for every command (`build_config`).
+
+Importing this module registers `RecformerConfig` with transformers' `AutoConfig` under the model type
+`recformer` (see `register_auto_config`); `recformer.modeling` registers the models.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from transformers import LongformerConfig
+from transformers import AutoConfig, LongformerConfig
 
 # defined in .args and .defaults so that the parsers import neither torch nor transformers; importable from here too
 from .args import add_recformer_field_args as add_recformer_field_args
@@ -20,8 +24,10 @@ from .fileio import read_json
 class RecformerConfig(LongformerConfig):
     """Configuration of Recformer models.
 
-    As `LongformerConfig` (its `model_type` stays `longformer`, so configs written by the reference
-    code load), plus:
+    As `LongformerConfig`, under its own `model_type` (`recformer`, so that `AutoConfig` and `AutoModel`
+    know it), plus the fields below. Config files with `model_type: longformer` (the reference code's
+    and this package's before it had its own type, and every Longformer config the commands start from)
+    load as well, without a warning: `get_config_dict` reads that type as this one.
 
     Args:
         token_type_size: rows of the token-type table (`<s>`, key, value, pad).
@@ -37,7 +43,10 @@ class RecformerConfig(LongformerConfig):
             full softmax over all items.
     """
 
-    model_type = "longformer"
+    model_type = "recformer"
+    # The model types a config file may carry to load into this class: ours, and the one every Recformer
+    # config.json had before (the reference code's and this package's), which plain Longformer configs carry too.
+    accepted_model_types = ("recformer", "longformer")
 
     attention_window: list[int] | int = 64
     sep_token_id: int | None = 2
@@ -51,6 +60,21 @@ class RecformerConfig(LongformerConfig):
     mlm_weight: float = 0.1
     item_num: int = 0
     finetune_negative_sample_size: int = 0
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        # A config dict of an accepted older type (`from_dict`, `RecformerConfig(**dict)`) keeps this class's type.
+        if kwargs.get("model_type") in self.accepted_model_types:
+            del kwargs["model_type"]
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict, dict]:
+        """transformers' `get_config_dict`, with an accepted older `model_type` read as `recformer`
+        (`from_pretrained` would otherwise warn that a Longformer config makes a Recformer model)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") in cls.accepted_model_types:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
 
     def validate_recformer_fields(self) -> None:
         """Raise a ValueError naming the field when a Recformer field cannot work."""
@@ -74,8 +98,23 @@ class RecformerConfig(LongformerConfig):
 
 
 def is_recformer_config_dict(config_dict: dict) -> bool:
-    """True when a config.json was written by a Recformer model (it carries the Recformer fields)."""
+    """True when a config.json was written by a Recformer model (it carries the Recformer fields; the
+    older ones say `model_type: longformer`)."""
     return all(name in config_dict for name in ("max_item_embeddings", "max_attr_num", "max_token_num"))
+
+
+def register_auto_config() -> None:
+    """Make `AutoConfig.from_pretrained` return a `RecformerConfig` for `model_type: recformer`.
+
+    Called once when this module is imported, as transformers' own model modules are registered by
+    importing them: without it, a folder this package saved would be unknown to `AutoConfig` (and to
+    `AutoTokenizer`, which reads the config). Idempotent (`exist_ok=True`, the same class each time), it
+    only adds the `recformer` key, which transformers does not use, and changes nothing else.
+    """
+    AutoConfig.register(RecformerConfig.model_type, RecformerConfig, exist_ok=True)
+
+
+register_auto_config()
 
 
 def check_model_source(model_name_or_path: str | os.PathLike) -> None:
