@@ -135,9 +135,10 @@ def model_card(folder: str | os.PathLike, class_name: str, config: Any) -> str:
         "tokenizer = RecformerTokenizer.from_pretrained(folder, model.config)  # when the folder has tokenizer files",
         "```",
         "",
-        "Also `transformers.AutoModel.from_pretrained(folder)` (the encoder) and, for the pretraining model,",
-        "`AutoModelForPreTraining`, once `recformer.modeling` is imported (`from recformer import RecformerModel`",
-        "does it): importing it registers the classes under the model type `recformer`. Recommending from a",
+        "Also `transformers.AutoModel.from_pretrained(folder)` (the encoder), `AutoTokenizer` and, for the",
+        "pretraining model, `AutoModelForPreTraining`, once `recformer.modeling` is imported (`from recformer",
+        "import RecformerModel` does it): importing it registers the classes under the model type `recformer`.",
+        "Recommending from a",
         "catalogue of item texts: `recformer.Recommender.from_pretrained(folder, items)`.",
         "",
     ])

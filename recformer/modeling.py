@@ -930,3 +930,7 @@ def register_auto_models() -> None:
 
 
 register_auto_models()
+
+# The tokenizer module registers RecformerTokenizer with AutoTokenizer when imported; importing it here
+# makes one import (any model class) enough for every auto class.
+from . import tokenization as _tokenization  # noqa: E402, F401

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, LongformerConfig
+from transformers import AutoConfig, AutoModel, AutoModelForPreTraining, AutoTokenizer, LongformerConfig
 
 from recformer import (
     RecformerConfig,
@@ -50,6 +50,10 @@ def seqrec(config, items: int = 5) -> RecformerForSeqRec:
     return model.eval()
 
 
+def batch_items() -> tuple[list]:
+    return ([[{"title": "red pen"}, {"title": "blue ink"}]],)
+
+
 def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -71,9 +75,13 @@ def test_auto_classes_return_recformer_models(tmp_path, config, tokenizer):
 
     encoder = AutoModel.from_pretrained(tmp_path / "seqrec").eval()  # the encoder of a model with a head
     assert type(encoder) is RecformerModel and same_weights(encoder, model.longformer)
-    batch = tokenizer([[{"title": "red pen"}, {"title": "blue ink"}]], return_tensor=True)
+    batch = tokenizer(*batch_items(), return_tensor=True)
     with torch.no_grad():
         torch.testing.assert_close(encoder(**batch).pooler_output, model.longformer(**batch).pooler_output)
+
+    auto_tokenizer = AutoTokenizer.from_pretrained(tmp_path / "seqrec")  # with the folder's Recformer fields
+    assert type(auto_tokenizer) is type(tokenizer) and auto_tokenizer.config.max_token_num == config.max_token_num
+    assert auto_tokenizer(*batch_items(), return_tensor=True)["input_ids"].tolist() == batch["input_ids"].tolist()
 
     pretraining = RecformerForPretraining(config)
     pretraining.save_pretrained(tmp_path / "pretraining")
@@ -92,14 +100,15 @@ def test_registration_is_idempotent_and_leaves_transformers_types_alone():
     assert AutoModel._model_mapping[LongformerConfig].__name__ == "LongformerModel"
 
 
-def test_a_fresh_process_needs_only_a_model_import(tmp_path, config):
-    RecformerModel(config).save_pretrained(tmp_path / "encoder")
-    code = ("import sys; from recformer import RecformerModel; from transformers import AutoModel; "
-            "print(type(AutoModel.from_pretrained(sys.argv[1])).__name__)")  # fmt: skip
+def test_a_fresh_process_needs_only_a_model_import(tmp_path, config, tokenizer):
+    save_pretrained_folder(tmp_path / "encoder", RecformerModel(config), tokenizer)
+    code = ("import sys; from recformer import RecformerModel; from transformers import AutoModel, AutoTokenizer; "
+            "print(type(AutoModel.from_pretrained(sys.argv[1])).__name__, "
+            "type(AutoTokenizer.from_pretrained(sys.argv[1])).__name__)")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "encoder")], capture_output=True, text=True,
                           cwd=ROOT, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "RecformerModel"
+    assert done.stdout.strip().splitlines()[-1] == "RecformerModel RecformerTokenizer"
 
 
 def test_folders_of_the_older_longformer_type_still_load(tmp_path, config, tokenizer):
