@@ -138,8 +138,7 @@ def model_card(folder: str | os.PathLike, class_name: str, config: Any) -> str:
         "Also `transformers.AutoModel.from_pretrained(folder)` (the encoder), `AutoTokenizer` and, for the",
         "pretraining model, `AutoModelForPreTraining`, once `recformer.modeling` is imported (`from recformer",
         "import RecformerModel` does it): importing it registers the classes under the model type `recformer`.",
-        "Recommending from a",
-        "catalogue of item texts: `recformer.Recommender.from_pretrained(folder, items)`.",
+        "Recommending from a catalogue of item texts: `recformer.Recommender.from_pretrained(folder, items)`.",
         "",
     ])
 
