@@ -21,7 +21,14 @@
 #   Games       <- Video_Games (paper used --user_sample_rate 0.2)
 #   Pet         <- Pet_Supplies
 # Outputs: <output_dir>/<dataset>/ (best_model.bin, best_model/, metrics.json, train_log.jsonl, ...).
+#
+# Python: $PYTHON when set, else .venv/bin/python beside this script when it exists (what `make demo`
+# and `make test` create), else `python` from the PATH.
 set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$HERE/.venv/bin/python" ]; then PYTHON=$HERE/.venv/bin/python; else PYTHON=python; fi
+fi
 DATA_PATH=${1:-${DATA_PATH:-}}
 PRETRAIN_CKPT=${2:-${PRETRAIN_CKPT:-pretrain_ckpt/recformer_seqrec_ckpt.bin}}
 DEVICE=${3:-${DEVICE:-auto}}
@@ -35,7 +42,7 @@ if [ $# -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then NUM_GPUS=$1; shift; fi
 if [ -z "${NUM_GPUS:-}" ]; then
     NUM_GPUS=1
     if [ "$DEVICE" = "auto" ] || [ "$DEVICE" = "cuda" ]; then
-        NUM_GPUS=$(python -c "import torch; print(torch.cuda.device_count())")
+        NUM_GPUS=$("$PYTHON" -c "import torch; print(torch.cuda.device_count())")
         if [ "$NUM_GPUS" -lt 1 ]; then NUM_GPUS=1; fi
     fi
 fi
@@ -45,9 +52,9 @@ if ! [[ "$NUM_GPUS" =~ ^[1-9][0-9]*$ ]]; then
 fi
 FP16=--fp16
 if [ "$DEVICE" = "cpu" ] || [ "$DEVICE" = "-1" ]; then FP16=; fi
-LAUNCH=(python)
-if [ "$NUM_GPUS" -gt 1 ]; then LAUNCH=(python -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS"); fi
-exec "${LAUNCH[@]}" "$(dirname "$0")/finetune.py" \
+LAUNCH=("$PYTHON")
+if [ "$NUM_GPUS" -gt 1 ]; then LAUNCH=("$PYTHON" -m torch.distributed.run --standalone --nproc_per_node "$NUM_GPUS"); fi
+exec "${LAUNCH[@]}" "$HERE/finetune.py" \
     --pretrain_ckpt "$PRETRAIN_CKPT" \
     --data_path "$DATA_PATH" \
     --num_train_epochs 128 \

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The reference pretraining run: per-GPU batch 16, gradient accumulation 8, 32 epochs,
-# lr 5e-5, fp16, frozen word embeddings, DeepSpeed ZeRO-2, seed 42, validation every 2000 batches.
+# lr 5e-5, fp16, frozen word embeddings, DeepSpeed ZeRO-2, seed 42, validation every 2000 batches
+# (--valid_step 250: it counts optimizer steps, 250 x 8 accumulated batches).
 # Nothing to edit: GPUs and nodes come from the environment.
 #
 #   bash lightning_run.sh                         # every visible GPU of this machine
@@ -9,11 +10,19 @@
 #
 # Paths (override through the environment): DATA_DIR (train.json, dev.json, meta_data.json),
 # OUTPUT_DIR, MODEL (Longformer hub id or folder), START (start point from save_longformer_ckpt.py;
-# made here when missing). Extra arguments are passed on to lightning_pretrain.py.
+# made here when missing), WORKERS (tokenizer threads and data-loader workers per process: 8, as the
+# reference, or fewer when this machine has fewer cores). Extra arguments are passed on to
+# lightning_pretrain.py.
+# Python: $PYTHON when set, else .venv/bin/python beside this script when it exists (what `make demo`
+# and `make test` create), else `python` from the PATH.
 set -euo pipefail
 cd "$(dirname "$0")"
 
-PYTHON=${PYTHON:-python}
+if [[ -z "${PYTHON:-}" ]]; then
+    if [[ -x .venv/bin/python ]]; then PYTHON=$PWD/.venv/bin/python; else PYTHON=python; fi
+fi
+CORES=$(nproc 2>/dev/null || echo 8)
+WORKERS=${WORKERS:-$(( CORES < 8 ? CORES : 8 ))}
 MODEL=${MODEL:-allenai/longformer-base-4096}
 START=${START:-longformer_ckpt/longformer-base-4096.bin}
 DATA_DIR=${DATA_DIR:-pretrain_data}
@@ -40,12 +49,12 @@ exec "$PYTHON" lightning_pretrain.py \
     --output_dir "$OUTPUT_DIR" \
     --num_train_epochs 32 \
     --gradient_accumulation_steps 8 \
-    --preprocessing_num_workers 8 \
-    --dataloader_num_workers 8 \
+    --preprocessing_num_workers "$WORKERS" \
+    --dataloader_num_workers "$WORKERS" \
     --batch_size 16 \
     --learning_rate 5e-5 \
     --temp 0.05 \
-    --valid_step 2000 \
+    --valid_step 250 \
     --log_step 100 \
     --device "$NUM_GPUS" \
     --num_nodes "$NUM_NODES" \

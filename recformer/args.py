@@ -4,7 +4,12 @@ dataclasses.
 Each field is one command-line flag: its name, default and help text are defined here once, and
 `build_parser` turns a dataclass into an `argparse` parser, so the flags and the API cannot drift.
 Flag names and defaults are the reference scripts'. The five Recformer field flags come from
-`configuration.add_recformer_field_args`.
+`add_recformer_field_args`.
+
+This module imports neither torch nor transformers (only `recformer.defaults`), so that every command
+answers `--help` and argument errors before the model libraries load; the commands import those after
+parsing. That is also why the parsers are plain argparse: `import transformers.hf_argparser` alone took
+0.7 s on the 2-core development machine (the whole `--help` now takes about 0.2 s, bench/bench_startup.py).
 """
 
 from __future__ import annotations
@@ -17,10 +22,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from recformer.devices import PRECISIONS
-from recformer.io.checkpoint import TRUST_CHECKPOINT_HELP
-from recformer.model.attention import ATTN_IMPLEMENTATIONS, check_attn_implementation
-from recformer.model.configuration import DEFAULT_MODEL, REFERENCE_SCRIPT_VALUES, add_recformer_field_args
+from recformer.defaults import (
+    ATTN_IMPLEMENTATIONS,
+    DEFAULT_MODEL,
+    PRECISIONS,
+    REFERENCE_SCRIPT_VALUES,
+    TRUST_CHECKPOINT_HELP,
+    capped_workers,
+    check_attn_name,
+)
 
 # Finetuning keeps the checkpoint with the best dev value of this metric.
 TARGET_METRIC = "NDCG@10"
@@ -41,6 +51,43 @@ EVAL_BATCH_HELP = (
     "sequences per batch for item encoding and evaluation (default: batches of a token budget measured "
     "fastest on the device, see recformer.inference.evaluation.token_budget)"
 )
+RECOMMEND_BATCH_HELP = (
+    "sequences per batch for item and history encoding (default: batches of a token budget measured "
+    "fastest on the device, see recformer.inference.evaluation.token_budget)"
+)
+METRIC_KS_HELP = "cut-offs k of the metrics (NDCG@k, Recall@k)"
+SEED_HELP = "random seed (initialisation, shuffling, sampling, dropout)"
+# Tokenizer threads and data-loader workers by default: the reference's numbers, or the machine's cores when fewer.
+TOKENIZER_THREADS = capped_workers(8)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description keeps its line breaks (the examples); each flag's help ends with its default.
+
+    The default is left out where it says nothing: required flags, switches (`store_true`/`store_false`),
+    a None default (the help text says what happens) and help that already states it ("default: ...").
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        default = action.default
+        if (action.required or default is None or default is argparse.SUPPRESS or action.nargs == 0
+                or "default:" in help_text or "%(default)" in help_text):  # fmt: skip
+            return help_text
+        shown = " ".join(map(str, default)) if isinstance(default, (list, tuple)) else str(default)
+        return f"{help_text} (default: {shown.replace('%', '%%')})"
+
+
+def add_recformer_field_args(parser: argparse.ArgumentParser) -> None:
+    """The Recformer field flags of every CLI; unset ones take a saved Recformer config's value or the
+    reference scripts' value (3/32/51/64/1024)."""
+    group = parser.add_argument_group("Recformer fields (default: a saved Recformer config's values, else the "
+                                      "reference scripts' values in brackets)")  # fmt: skip
+    group.add_argument("--max_attr_num", type=int, default=None, help="attributes kept per item [3]")
+    group.add_argument("--max_attr_length", type=int, default=None, help="tokens per attribute [32]")
+    group.add_argument("--max_item_embeddings", type=int, default=None, help="items per sequence + 1 [51]")
+    group.add_argument("--attention_window", type=int, nargs="+", default=None, help="one window or one per layer [64]")
+    group.add_argument("--max_token_num", type=int, default=None, help="tokens per sequence [1024]")
 
 
 def positive_int(text: str) -> int:
@@ -126,7 +173,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
 
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
     """An argparse parser with one flag per field of the argument dataclass `cls`."""
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_dataclass_args(parser, cls)
     return parser
 
@@ -148,7 +195,11 @@ class _Validated:
     def _check_attention(self) -> None:
         """--attn_implementation names an implementation (the error lists the valid names)."""
         try:
-            check_attn_implementation(self.attn_implementation)
+            check_attn_name(self.attn_implementation)
+            if self.attn_implementation == "flex_attention":  # only this one asks what torch can do
+                from recformer.model.attention import check_attn_implementation
+
+                check_attn_implementation(self.attn_implementation)
         except (ValueError, ImportError) as e:
             raise ValueError(f"--attn_implementation: {e}") from None
 
@@ -170,13 +221,13 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     model_name_or_path: str = flag(DEFAULT_MODEL, "Longformer/Recformer config + tokenizer")
     output_dir: str = flag("checkpoints", "outputs go to <output_dir>/<dataset name>/")
     ckpt: str = flag("best_model.bin", "file name of the best checkpoint")
-    train_file: str = flag("train.json")
-    dev_file: str = flag("val.json")
-    test_file: str = flag("test.json")
-    item2id_file: str = flag("smap.json")
-    meta_file: str = flag("meta_data.json")
+    train_file: str = flag("train.json", "training sequences, in --data_path")
+    dev_file: str = flag("val.json", "dev targets, in --data_path")
+    test_file: str = flag("test.json", "test targets, in --data_path")
+    item2id_file: str = flag("smap.json", "item id -> index map, in --data_path")
+    meta_file: str = flag("meta_data.json", "item attributes, in --data_path")
     num_train_epochs: int = flag(16, "epochs per stage (at most)")
-    gradient_accumulation_steps: int = flag(8, type=positive_int)
+    gradient_accumulation_steps: int = flag(8, "batches per optimizer step", type=positive_int)
     global_batch_size: int | None = flag(
         None,
         "sequences per optimizer step over all processes, whatever their number: each process's batch "
@@ -185,12 +236,12 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
         type=positive_int,
     )
     finetune_negative_sample_size: int = flag(1000, "sampled negatives per user; <= 0 = full softmax over all items")
-    metric_ks: list[int] = flag([10, 50])
-    batch_size: int = flag(16, type=positive_int)
+    metric_ks: list[int] = flag([10, 50], METRIC_KS_HELP + "; must include 10 (model selection uses NDCG@10)")
+    batch_size: int = flag(16, "training sequences per process per batch", type=positive_int)
     eval_batch_size: int | None = flag(None, EVAL_BATCH_HELP, type=positive_int)
-    learning_rate: float = flag(5e-5)
-    weight_decay: float = flag(0.0)
-    warmup_steps: int = flag(100)
+    learning_rate: float = flag(5e-5, "peak learning rate of AdamW (linear warm-up, then linear decay)")
+    weight_decay: float = flag(0.0, "AdamW weight decay (not on biases and LayerNorm weights)")
+    warmup_steps: int = flag(100, "optimizer steps of linear warm-up")
     device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
     fp16: bool = flag(False, FP16_HELP)
     bf16: bool = flag(False, BF16_HELP)
@@ -198,9 +249,11 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     compile: bool = flag(False, COMPILE_HELP)
     fix_word_embedding: bool = flag(False, "freeze the word embeddings")
     verbose: int = flag(3, "evaluate dev every N epochs", type=positive_int)
-    preprocessing_num_workers: int = flag(8, "tokenizer threads", type=positive_int)
-    dataloader_num_workers: int = flag(0)
-    seed: int = flag(42)
+    preprocessing_num_workers: int = flag(
+        TOKENIZER_THREADS, "tokenizer threads (default: 8, or the cores of this machine when fewer)", type=positive_int
+    )
+    dataloader_num_workers: int = flag(0, "data-loader worker processes (0: batches are built in the main process)")
+    seed: int = flag(42, SEED_HELP)
     max_grad_norm: float | None = flag(None, "clip gradients to this norm (off by default)")
     exclude_history: bool = flag(False, "never recommend items already in the history")
     resume: bool = flag(False, "continue from the last evaluation in the output folder")
@@ -263,30 +316,38 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
     train_file: str = flag(help="JSON list of asin lists")
     dev_file: str = flag(help="JSON list of asin lists")
     item_attr_file: str = flag(help="meta_data.json: {asin: {title, brand, category}}")
-    output_dir: str = flag()
+    output_dir: str = flag(help="run folder: checkpoints/, tensorboard/, args.json, recformer_config/, cache/")
     ckpt: str | None = flag(None, "Lightning checkpoint to resume from (model, optimizer, schedule, epoch, step)")
-    num_train_epochs: int = flag(10)
+    num_train_epochs: int = flag(10, "epochs (at most)")
     max_steps: int = flag(-1, "optimizer steps (overrides the epochs when > 0)")
-    gradient_accumulation_steps: int = flag(8)
+    gradient_accumulation_steps: int = flag(8, "batches per optimizer step")
     batch_size: int = flag(2, "sequences per device per batch")
-    learning_rate: float = flag(5e-5)
-    weight_decay: float = flag(0.0)
-    warmup_steps: int = flag(0)
+    learning_rate: float = flag(5e-5, "peak learning rate of AdamW (linear warm-up, then linear decay)")
+    weight_decay: float = flag(0.0, "AdamW weight decay (not on biases and LayerNorm weights)")
+    warmup_steps: int = flag(0, "optimizer steps of linear warm-up")
     max_grad_norm: float = flag(1.0, "clip gradients to this norm (<= 0: no clipping)")
-    mlm_probability: float = flag(0.15)
+    mlm_probability: float = flag(0.15, "share of words masked for the MLM loss")
     mlm_weight: float | None = flag(None, "weight of each MLM loss (config default 0.1)")
     temp: float | None = flag(None, "similarity temperature (config default 0.05)")
     fix_word_embedding: bool = flag(False, "freeze the word embeddings")
-    valid_step: int = flag(2000, "validate (and checkpoint) every N training batches")
+    valid_step: int = flag(
+        250,
+        "validate (and checkpoint) every N optimizer steps, N x --gradient_accumulation_steps batches (default: 250, "
+        "the reference's 2000 batches at its accumulation of 8; the reference counted batches)",
+    )
     log_step: int = flag(2000, "log every N optimizer steps")
-    preprocessing_num_workers: int = flag(8, "tokenizer threads")
-    dataloader_num_workers: int = flag(2)
+    preprocessing_num_workers: int = flag(
+        TOKENIZER_THREADS, "tokenizer threads (default: 8, or the cores of this machine when fewer)"
+    )
+    dataloader_num_workers: int = flag(
+        capped_workers(2), "data-loader worker processes per device (default: 2, or the cores of this machine when fewer)"
+    )
     device: str = flag("auto", "'cpu', 'auto', a number of GPUs per node (the reference's meaning), or GPU ids '0,1'")
     accelerator: str = flag("auto", "Lightning accelerator: auto, gpu, cpu, ...")
     strategy: str = flag(
         "auto", "auto = DeepSpeed ZeRO-2 on CUDA GPUs, a plain strategy otherwise; or any Lightning strategy name"
     )
-    num_nodes: int = flag(1)
+    num_nodes: int = flag(1, "machines (Lightning num_nodes)")
     fp16: bool = flag(False, "fp16 mixed precision (GPU; CPU runs fall back to fp32): for GPUs without bf16 (V100, T4)")
     precision: str | None = flag(
         None, "instead of --fp16 (not together with it, unless 16-mixed); bf16-mixed on Ampere or newer GPUs "
@@ -294,7 +355,7 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
     )
     attn_implementation: str = flag("auto", ATTN_HELP)
     compile: bool = flag(False, COMPILE_HELP)
-    seed: int = flag(42)
+    seed: int = flag(42, SEED_HELP)
     cache_dir: str | None = flag(None, "tokenized-item cache (default <output_dir>/cache)")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
     trust_checkpoint: bool = flag(False, f"for --ckpt: {TRUST_CHECKPOINT_HELP}")
@@ -329,7 +390,7 @@ class EvaluateArgs(RecformerFieldArgs, _Validated):
     model_name_or_path: str | None = flag(
         None, "config + tokenizer (default: the checkpoint when it is a save_pretrained folder, else " + DEFAULT_MODEL + ")"
     )
-    metric_ks: list[int] = flag([10, 50])
+    metric_ks: list[int] = flag([10, 50], METRIC_KS_HELP)
     exclude_history: bool = flag(False, "never rank items already in the history")
     output: str | None = flag(None, "write the metrics here as JSON")
     reencode_items: bool = flag(
@@ -391,7 +452,7 @@ class RecommendArgs(RecformerFieldArgs, _Validated):
         choices=["error", "skip"],
     )
     device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
-    batch_size: int | None = flag(None, EVAL_BATCH_HELP.replace("evaluation", "histories"), type=positive_int)
+    batch_size: int | None = flag(None, RECOMMEND_BATCH_HELP, type=positive_int)
     attn_implementation: str = flag("auto", ATTN_HELP)
     compile: bool = flag(False, COMPILE_HELP)
     cache_dir: str | None = flag(None, "cache the tokenized items and item vectors here")

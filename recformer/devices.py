@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-logger = logging.getLogger(__name__)
+# defined in .defaults so that the parsers import neither torch nor transformers; importable from here too
+from recformer.defaults import PRECISIONS as PRECISIONS
 
-# Lightning precisions the pretraining command offers.
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
+logger = logging.getLogger(__name__)
 # The thread-pool size variable the `tokenizers` Rust library (rayon) reads when RAYON_NUM_THREADS is unset.
 TOKENIZER_THREADS_ENV = "RAYON_RS_NUM_CPUS"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import asdict, replace
 
@@ -9,6 +10,7 @@ import pytest
 
 from recformer.args import FinetuneArgs, PretrainArgs, build_parser, parse_args
 
+CORES = len(os.sched_getaffinity(0))  # the worker flags default to at most the cores of the machine
 RECFORMER_FIELDS = {"max_attr_num": None, "max_attr_length": None, "max_item_embeddings": None,
                     "attention_window": None, "max_token_num": None}  # fmt: skip
 PRETRAIN_REQUIRED = ["--train_file", "t.json", "--dev_file", "d.json", "--item_attr_file", "m.json", "--output_dir", "o"]
@@ -17,8 +19,8 @@ PRETRAIN_DEFAULTS = {
     "train_file": "t.json", "dev_file": "d.json", "item_attr_file": "m.json", "output_dir": "o", "ckpt": None,
     "num_train_epochs": 10, "max_steps": -1, "gradient_accumulation_steps": 8, "batch_size": 2, "learning_rate": 5e-5,
     "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "mlm_probability": 0.15, "mlm_weight": None,
-    "temp": None, "fix_word_embedding": False, "valid_step": 2000, "log_step": 2000, "preprocessing_num_workers": 8,
-    "dataloader_num_workers": 2, "device": "auto", "accelerator": "auto", "strategy": "auto", "num_nodes": 1,
+    "temp": None, "fix_word_embedding": False, "valid_step": 250, "log_step": 2000, "preprocessing_num_workers": min(8, CORES),
+    "dataloader_num_workers": min(2, CORES), "device": "auto", "accelerator": "auto", "strategy": "auto", "num_nodes": 1,
     "fp16": False, "precision": None, "attn_implementation": "auto", "compile": False, "seed": 42, "cache_dir": None, "progress": True, "trust_checkpoint": False,
     **RECFORMER_FIELDS,
 }  # fmt: skip
@@ -29,7 +31,7 @@ FINETUNE_DEFAULTS = {
     "test_file": "test.json", "item2id_file": "smap.json", "meta_file": "meta_data.json", "num_train_epochs": 16,
     "gradient_accumulation_steps": 8, "global_batch_size": None, "finetune_negative_sample_size": 1000, "metric_ks": [10, 50], "batch_size": 16,
     "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "device": "auto",
-    "fp16": False, "bf16": False, "attn_implementation": "auto", "compile": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": 8,
+    "fp16": False, "bf16": False, "attn_implementation": "auto", "compile": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": min(8, CORES),
     "dataloader_num_workers": 0, "seed": 42, "max_grad_norm": None, "exclude_history": False, "resume": False,
     "temp": None, "cache_dir": None, "progress": True, **RECFORMER_FIELDS,
 }  # fmt: skip
@@ -173,3 +175,12 @@ def test_every_model_command_takes_attn_implementation_and_refuses_unknown_names
         cls(**required, attn_implementation="fast").validate()
     with pytest.raises(ValueError, match="flash_attention_2' cannot run Recformer: flash-attn has no global tokens"):
         cls(**required, attn_implementation="flash_attention_2").validate()
+
+
+def test_worker_defaults_never_exceed_the_cores(monkeypatch):
+    from recformer import defaults
+
+    monkeypatch.setattr(defaults.os, "sched_getaffinity", lambda pid: {0})
+    assert defaults.available_cores() == 1 and defaults.capped_workers(8) == 1
+    monkeypatch.setattr(defaults.os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert defaults.capped_workers(8) == 8

@@ -228,6 +228,7 @@ def finetune_sh(tmp_path, *argv: str, gpus: int = 0, env: dict[str, str] | None 
         **os.environ,
         "PATH": f"{stub.parent}:{os.environ['PATH']}",
         "FAKE_GPUS": str(gpus),
+        "PYTHON": str(stub),  # not the .venv that `make test` leaves beside the script
         **(env or {}),
     }
     done = subprocess.run(

@@ -85,6 +85,8 @@ def test_files_written(full_run):
     torch.testing.assert_close(restored.item_embedding.weight, state["item_embedding.weight"])
     tokenizer = RecformerTokenizer.from_pretrained(str(folder / "best_model"), restored.config)
     assert tokenizer.encode_item({"title": "red"})[0] == [263, 273]
+    card = (folder / "best_model" / "README.md").read_text()  # the model card, with the run's test metrics
+    assert f"| test (best dev checkpoint) | {metrics['test']['NDCG@10']:.4f} |" in card and "RecformerForSeqRec" in card
 
 
 def test_final_test_metrics_are_those_of_the_best_checkpoint(full_run, assets):

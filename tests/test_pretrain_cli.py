@@ -102,6 +102,7 @@ def test_training_lowers_the_loss_and_writes_its_outputs(ws):
     assert json.loads((out / "args.json").read_text())["max_steps"] == STEPS
     assert "strategy: a plain Lightning strategy" in log and "resolved arguments:" in log
     assert "1 asins missing from the metadata skipped; 1 sequences with fewer than 2 items skipped" in log
+    assert "weights_only" not in log  # last.ckpt is saved saying what it holds; Lightning does not guess
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["global_step"] == STEPS and summary["tokens_per_s"] > 0
     assert 0.0 <= summary["best_val_accuracy"] <= 1.0
@@ -112,6 +113,16 @@ def test_training_lowers_the_loss_and_writes_its_outputs(ws):
     load_checkpoint(trained, checkpoints / "last.ckpt")
     before, after = dev_loss(ws, start), dev_loss(ws, trained)
     assert after < before - 0.1, (before, after)
+
+
+def test_valid_step_counts_optimizer_steps_as_max_steps_and_log_step_do(ws, tmp_path):
+    out = tmp_path / "accumulated"
+    ok(run(*pretrain_args(ws, out, "--max_steps", "4", "--gradient_accumulation_steps", "3", "--valid_step", "2",
+                          "--log_step", "2")))  # fmt: skip
+    # 12 batches, 4 optimizer steps: validations after steps 2 and 4 (not after every 2 batches)
+    steps = sorted(int(p.name.split("-")[0].split("=")[1]) for p in (out / "checkpoints").glob("step=*-acc=*.ckpt"))
+    assert steps == [2, 4]
+    assert json.loads((out / "train_summary.json").read_text())["global_step"] == 4
 
 
 def test_resume_continues_the_step_count(ws):

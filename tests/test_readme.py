@@ -42,3 +42,17 @@ def test_readme_notebook_snippet_runs(tmp_path, monkeypatch):
     assert namespace["out"].pooler_output.shape == (2, 32)
     assert namespace["scores"].shape == (2, 3)
     assert torch.isfinite(namespace["loss"])
+    assert not namespace["model"].training and not namespace["seqrec"].training
+    assert not namespace["out"].pooler_output.requires_grad and not namespace["loss"].requires_grad
+
+    # the snippet run again gives the same numbers (training mode would draw other dropout masks)
+    again: dict = {}
+    exec(compile(code, str(README), "exec"), again)
+    assert torch.equal(again["out"].pooler_output, namespace["out"].pooler_output)
+    assert torch.equal(again["scores"], namespace["scores"])
+    # ...and it is eval() that makes them agree: the same model in training mode does not
+    model, batch = namespace["model"], namespace["batch"]
+    model.train()
+    with torch.no_grad():
+        first, second = model(**batch).pooler_output, model(**batch).pooler_output
+    assert not torch.equal(first, second)

@@ -8,7 +8,7 @@ into `--output_dir`:
     recformer_seqrec_ckpt.bin   RecformerForSeqRec form (`longformer.*` + `lm_head.*`): finetune.py --pretrain_ckpt
     recformer/, recformer_seqrec/   save_pretrained folders (config, weights, tokenizer)
 
-    python convert_pretrain_ckpt.py --lightning_ckpt result/recformer_pretraining/checkpoints/last.ckpt \
+    python convert_pretrain_ckpt.py --lightning_ckpt result/recformer_pretraining/checkpoints/last.ckpt \\
         --longformer_ckpt longformer_ckpt/longformer-base-4096.bin --output_dir pretrain_ckpt
 """
 
@@ -18,16 +18,17 @@ import argparse
 import logging
 import sys
 
-from recformer.io.checkpoint import TRUST_CHECKPOINT_HELP
+from recformer.args import HelpFormatter
+from recformer.defaults import TRUST_CHECKPOINT_HELP
 
 RESTORE_CHOICES = {"auto": None, "yes": True, "no": False}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--lightning_ckpt", required=True, help="DeepSpeed folder, Lightning .ckpt or consolidated .bin")
     p.add_argument("--longformer_ckpt", required=True, help="the start point written by save_longformer_ckpt.py")
-    p.add_argument("--output_dir", required=True)
+    p.add_argument("--output_dir", required=True, help="folder for the released files and save_pretrained folders")
     p.add_argument("--model_name_or_path", default=None,
                    help="config + tokenizer folder (default: the save_pretrained folder beside --longformer_ckpt)")
     p.add_argument("--restore_word_embeddings", choices=tuple(RESTORE_CHOICES), default="auto",

@@ -14,15 +14,9 @@ import argparse
 import logging
 import sys
 
-from recformer import distributed
 from recformer.args import EvaluateArgs
 from recformer.args import build_parser as build_args_parser
-from recformer.data.finetune_reader import DataError
-from recformer.devices import keep_freed_memory
-from recformer.inference.checkpoint_eval import evaluate_checkpoint
-from recformer.io.checkpoint import CheckpointError
-from recformer.io.fileio import atomic_write_json
-from recformer.metrics import NonFiniteScores, format_metrics_table
+from recformer.cli import argument_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +25,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = EvaluateArgs(**vars(build_parser().parse_args(argv)))
+    if (code := argument_error(args)) is not None:
+        return code
+    # torch and transformers load only now: --help and bad flags answer at once
+    from recformer import distributed
+    from recformer.data.finetune_reader import DataError
+    from recformer.devices import keep_freed_memory
+    from recformer.inference.checkpoint_eval import evaluate_checkpoint
+    from recformer.io.checkpoint import CheckpointError
+    from recformer.io.fileio import atomic_write_json
+    from recformer.metrics import NonFiniteScores, format_metrics_table
+
     logging.basicConfig(
         level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -1,10 +1,9 @@
 """Finetune a pretrained Recformer on one processed dataset (two stages) and evaluate it.
 
-Flags keep the reference script's names and defaults; see `python finetune.py --help`.
-Several GPUs or nodes: start it with torchrun (`torchrun --nproc_per_node 4 finetune.py ...`).
-Example:
-    python finetune.py --pretrain_ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin \
-        --data_path finetune_data/Scientific --num_train_epochs 128 --batch_size 16 --device 0 --fp16 \
+Flags keep the reference script's names and defaults. Several GPUs or nodes: start it with torchrun
+(`torchrun --nproc_per_node 4 finetune.py ...`). Example (the reference run; `bash finetune.sh DATA CKPT`):
+    python finetune.py --pretrain_ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin \\
+        --data_path finetune_data/Scientific --num_train_epochs 128 --batch_size 16 --device 0 --fp16 \\
         --finetune_negative_sample_size -1
 """
 
@@ -16,14 +15,9 @@ import logging
 import sys
 from dataclasses import asdict
 
-from recformer import distributed
 from recformer.args import FinetuneArgs
 from recformer.args import build_parser as build_args_parser
-from recformer.data.finetune_reader import DataError
-from recformer.devices import keep_freed_memory, set_tokenizer_threads
-from recformer.io.checkpoint import CheckpointError
-from recformer.metrics import NonFiniteScores, format_metrics_table
-from recformer.train.finetune import Finetuner, TrainingDiverged
+from recformer.cli import argument_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = FinetuneArgs(**vars(build_parser().parse_args(argv)))
+    if (code := argument_error(args)) is not None:
+        return code
+    # torch and transformers load only now: --help and bad flags answer at once
+    from recformer import distributed
+    from recformer.data.finetune_reader import DataError
+    from recformer.devices import keep_freed_memory, set_tokenizer_threads
+    from recformer.io.checkpoint import CheckpointError
+    from recformer.metrics import NonFiniteScores, format_metrics_table
+    from recformer.train.finetune import Finetuner, TrainingDiverged
+
     logging.basicConfig(
         level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -4,12 +4,13 @@ DeepSpeed ZeRO-2 is the default strategy on CUDA GPUs; CPU runs use a plain stra
 (top 5 by dev contrastive accuracy, plus `last.ckpt`) go to `<output_dir>/checkpoints/`, the
 TensorBoard log to `<output_dir>/tensorboard/`, the resolved arguments to `<output_dir>/args.json`
 and the config + tokenizer to `<output_dir>/recformer_config/`. Resume a killed run with
-`--ckpt <output_dir>/checkpoints/last.ckpt`.
+`--ckpt <output_dir>/checkpoints/last.ckpt`. `--valid_step`, `--log_step` and `--max_steps` all count
+optimizer steps (one step = --gradient_accumulation_steps batches).
 
-    python lightning_pretrain.py --model_name_or_path allenai/longformer-base-4096 \
-        --longformer_ckpt longformer_ckpt/longformer-base-4096.bin \
-        --train_file pretrain_data/train.json --dev_file pretrain_data/dev.json \
-        --item_attr_file pretrain_data/meta_data.json --output_dir result/recformer_pretraining \
+    python lightning_pretrain.py --model_name_or_path allenai/longformer-base-4096 \\
+        --longformer_ckpt longformer_ckpt/longformer-base-4096.bin \\
+        --train_file pretrain_data/train.json --dev_file pretrain_data/dev.json \\
+        --item_attr_file pretrain_data/meta_data.json --output_dir result/recformer_pretraining \\
         --batch_size 16 --gradient_accumulation_steps 8 --fp16 --fix_word_embedding
 """
 
@@ -21,7 +22,7 @@ import sys
 
 from recformer.args import PretrainArgs
 from recformer.args import build_parser as build_args_parser
-from recformer.devices import keep_freed_memory
+from recformer.cli import argument_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = PretrainArgs(**vars(build_parser().parse_args(argv)))
+    if (code := argument_error(args)) is not None:
+        return code
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # torch, transformers and Lightning load only now: --help and bad flags answer at once
+    from recformer.devices import keep_freed_memory
     from recformer.train.pretraining import PretrainingSetupError, run_pretraining
 
     keep_freed_memory()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from recformer.args import HelpFormatter
 from recformer.data.cli import run_cli
 from recformer.data.formats import PRETRAIN
 from recformer.data.pretrain_writer import (
@@ -26,7 +27,7 @@ from recformer.data.pretrain_writer import (
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--seq_root", required=True, help="folder holding <Category>_5.json.gz")
     parser.add_argument("--output_dir", required=True, help="output folder (created if missing)")

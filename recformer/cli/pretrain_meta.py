@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 
+from recformer.args import HelpFormatter
 from recformer.data.cli import run_cli
 from recformer.data.formats import PRETRAIN
 from recformer.data.pretrain_writer import PRETRAIN_CATEGORIES, process_pretrain_meta
@@ -20,7 +21,7 @@ from recformer.data.pretrain_writer import PRETRAIN_CATEGORIES, process_pretrain
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument("--meta_root", required=True, help="folder holding meta_<Category>.json.gz")
     parser.add_argument("--seq_root", required=True, help="folder holding <Category>_5.json.gz")

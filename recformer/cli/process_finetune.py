@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 
+from recformer.args import HelpFormatter
 from recformer.data.cli import run_cli
 from recformer.data.finetune_writer import process_finetune, process_finetune_tables
 from recformer.data.tables import TableFields, recbole_item_file
@@ -36,7 +37,7 @@ TABLE_FLAGS = ("user_field", "item_field", "time_field", "text_fields", "item_ta
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=__doc__, formatter_class=HelpFormatter
     )
     parser.add_argument(
         "--format",

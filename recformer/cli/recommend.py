@@ -4,9 +4,9 @@ Input: JSON lines {"user": ..., "history": [id or {attributes}, ...]}, oldest it
 be in the catalogue (--items) or the saved index (--index_dir); an attribute dict is an item never
 seen before (cold start). Output: JSON lines {"user": ..., "items": [...], "scores": [...]} in input
 order, best first, written atomically; --with_text adds "texts": [...], each item's text from --items
-(its attribute values joined by " | "), to judge the recommendations at a glance. Items already in a history are not recommended to it unless
---keep_history is given. k < 1 is refused; k larger than the catalogue is clipped to its size with a
-warning.
+(its attribute values joined by " | "), to judge the recommendations at a glance. Items already in a
+history are not recommended to it unless --keep_history is given. k < 1 is refused; k larger than the
+catalogue is clipped to its size with a warning.
 
 Example:
     python recommend.py --ckpt pretrain_ckpt/recformer_seqrec_ckpt.bin --items finetune_data/Scientific/meta_data.json \\
@@ -20,17 +20,15 @@ import logging
 import sys
 import time
 from pathlib import Path
-
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING
 
 from recformer.args import RecommendArgs
 from recformer.args import build_parser as build_args_parser
-from recformer.devices import keep_freed_memory
+from recformer.cli import argument_error
 from recformer.inference.inputs import HistoryLine, InputError, item_text, read_histories, read_items
-from recformer.inference.recommender import META_FILE, IndexMismatch, Recommender
-from recformer.io.checkpoint import CheckpointError
-from recformer.io.fileio import atomic_open, dumps_json
-from recformer.model.configuration import field_values
+
+if TYPE_CHECKING:  # torch and transformers load in main, after the arguments are parsed
+    from recformer.inference.recommender import Recommender
 
 # Users encoded and scored per step while the output is written.
 USERS_PER_BLOCK = 4096
@@ -43,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
     """The recommender and a note for the summary: a saved index (new or changed --items added and saved
     back), or a new index from --ckpt and --items (saved to --index_dir when given)."""
+    from recformer.inference.recommender import META_FILE, Recommender
+    from recformer.model.configuration import field_values
+
     index = Path(args.index_dir) if args.index_dir else None
     common = dict(device=args.device, batch_size=args.batch_size, attn_implementation=args.attn_implementation,
                   progress=args.progress, compile=args.compile)  # fmt: skip
@@ -107,6 +108,10 @@ def write_recommendations(
 ) -> None:
     """Recommend for every line, in blocks of users, into `output` (renamed into place when complete); with
     `texts`, each line also gets the recommended items' texts (None for an id `texts` lacks)."""
+    from tqdm.auto import tqdm
+
+    from recformer.io.fileio import atomic_open, dumps_json
+
     rec.progress = False  # one bar for the whole run instead of one per block
     with atomic_open(output, "wb") as f, tqdm(total=len(lines), desc="recommend", unit="user", disable=not progress) as bar:
         for start in range(0, len(lines), USERS_PER_BLOCK):
@@ -124,6 +129,13 @@ def write_recommendations(
 
 def main(argv: list[str] | None = None) -> int:
     args = RecommendArgs(**vars(build_parser().parse_args(argv)))
+    if (code := argument_error(args)) is not None:
+        return code
+    # torch and transformers load only now: --help and bad flags answer at once
+    from recformer.devices import keep_freed_memory
+    from recformer.inference.recommender import IndexMismatch
+    from recformer.io.checkpoint import CheckpointError
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     keep_freed_memory()

@@ -18,18 +18,20 @@ import argparse
 import logging
 import sys
 
+from recformer.args import HelpFormatter
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="recformer-report",
         description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument(
         "run_dirs", nargs="+", metavar="RUN_DIR", help="finetuning run folders (with metrics.json)"
     )
     parser.add_argument(
-        "--output_dir", default="report", help="where report.md and the plots go (default: report)"
+        "--output_dir", default="report", help="where report.md and the plots go"
     )
     parser.add_argument(
         "--metrics",

@@ -4,7 +4,7 @@ Writes the reference file (a state dict with the reference key names, `torch.sav
 a `save_pretrained` folder named after the file (config, weights, tokenizer), so later steps need no
 hub access:
 
-    python save_longformer_ckpt.py --model_name_or_path allenai/longformer-base-4096 \
+    python save_longformer_ckpt.py --model_name_or_path allenai/longformer-base-4096 \\
         --output longformer_ckpt/longformer-base-4096.bin
     # -> longformer_ckpt/longformer-base-4096.bin and longformer_ckpt/longformer-base-4096/
 """
@@ -15,12 +15,12 @@ import argparse
 import logging
 import sys
 
-from recformer.args import DEFAULT_START
-from recformer.model.configuration import DEFAULT_MODEL, add_recformer_field_args, field_values
+from recformer.args import DEFAULT_START, HelpFormatter, add_recformer_field_args
+from recformer.defaults import DEFAULT_MODEL
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="Longformer masked-LM: hub id or local folder")
     parser.add_argument("--output", default=DEFAULT_START, help="start-point state dict file")
     parser.add_argument("--seed", type=int, default=42, help="seed of the new item-position table")
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recformer.io.conversion import write_start_point
+    from recformer.model.configuration import field_values
 
     try:
         start = write_start_point(args.model_name_or_path, args.output, field_values(args), seed=args.seed)

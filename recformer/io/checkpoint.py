@@ -42,6 +42,8 @@ from typing import Any
 import torch
 from torch import nn
 
+# defined in .defaults so that the parsers import neither torch nor transformers; importable from here too
+from recformer.defaults import TRUST_CHECKPOINT_HELP as TRUST_CHECKPOINT_HELP
 from recformer.errors import RecformerError
 
 logger = logging.getLogger(__name__)
@@ -72,11 +74,6 @@ class UntrustedCheckpointError(CheckpointError):
 
 
 # What `--trust_checkpoint` does and risks (the flag's help on every tool that has it).
-TRUST_CHECKPOINT_HELP = (
-    "unpickle checkpoint files fully (torch.load weights_only=False) instead of reading only tensors, plain "
-    "data and the few Python types a Lightning or DeepSpeed checkpoint of this project holds; a crafted file "
-    "runs any code it likes while it loads, so use it only for files you made yourself"
-)
 
 
 @dataclass

@@ -30,19 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# defined in .defaults so that the parsers import neither torch nor transformers; importable from here too
+from recformer.defaults import ATTN_IMPLEMENTATIONS as ATTN_IMPLEMENTATIONS
+from recformer.defaults import REFUSED_IMPLEMENTATIONS as REFUSED_IMPLEMENTATIONS
+from recformer.defaults import check_attn_name
 from recformer.errors import RecformerError
 
 logger = logging.getLogger(__name__)
-
-# The names `config._attn_implementation` takes (transformers' names), "auto" first: the default.
-ATTN_IMPLEMENTATIONS = ("auto", "eager", "sdpa", "flex_attention")
-# Names transformers knows that Recformer accepts only to refuse, with the reason.
-REFUSED_IMPLEMENTATIONS = {
-    "flash_attention_2": (
-        "attn_implementation='flash_attention_2' cannot run Recformer: flash-attn has no global tokens, "
-        "which Recformer's <s> needs; use 'sdpa', 'flex_attention' or 'auto'"
-    ),
-}
 
 
 class AttentionUnavailable(RecformerError, RuntimeError, ValueError):
@@ -60,10 +54,7 @@ def check_attn_implementation(name: str | None) -> str:
     """
     if name is None:
         return "auto"
-    if name in REFUSED_IMPLEMENTATIONS:
-        raise ValueError(REFUSED_IMPLEMENTATIONS[name])
-    if name not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"unknown attn_implementation {name!r}; valid names: {', '.join(ATTN_IMPLEMENTATIONS)}")
+    check_attn_name(name)
     if name == "flex_attention" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
         raise ImportError(
             f"attn_implementation='flex_attention' needs torch >= 2.5 (FlexAttention); this is torch {torch.__version__}"

@@ -1,37 +1,33 @@
 """Recformer configuration: a Longformer configuration plus the fields Recformer adds, and the one
-function that builds it for every command (`build_config`)."""
+function that builds it for every command (`build_config`).
+
+Importing this module registers `RecformerConfig` with transformers' `AutoConfig` under the model type
+`recformer` (see `register_auto_config`); `recformer.model.modeling` registers the models.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from transformers import LongformerConfig
+from transformers import AutoConfig, LongformerConfig
 
+# defined in .args and .defaults so that the parsers import neither torch nor transformers; importable from here too
+from recformer.args import add_recformer_field_args as add_recformer_field_args
+from recformer.defaults import DEFAULT_MODEL as DEFAULT_MODEL
+from recformer.defaults import REFERENCE_SCRIPT_VALUES
 from recformer.io.fileio import read_json
-
-# The Longformer every reference script starts from.
-DEFAULT_MODEL = "allenai/longformer-base-4096"
-
-# What every reference script sets on top of the Longformer config (3 attributes of at most 32
-# tokens per item, 50 items + `<s>`, window 64 in every layer, 1024 tokens per sequence).
-REFERENCE_SCRIPT_VALUES = {
-    "max_attr_num": 3,
-    "max_attr_length": 32,
-    "max_item_embeddings": 51,
-    "attention_window": [64] * 12,
-    "max_token_num": 1024,
-}
 
 
 class RecformerConfig(LongformerConfig):
     """Configuration of Recformer models.
 
-    As `LongformerConfig` (its `model_type` stays `longformer`, so configs written by the reference
-    code load), plus:
+    As `LongformerConfig`, under its own `model_type` (`recformer`, so that `AutoConfig` and `AutoModel`
+    know it), plus the fields below. Config files with `model_type: longformer` (the reference code's
+    and this package's before it had its own type, and every Longformer config the commands start from)
+    load as well, without a warning: `get_config_dict` reads that type as this one.
 
     Args:
         token_type_size: rows of the token-type table (`<s>`, key, value, pad).
@@ -51,7 +47,10 @@ class RecformerConfig(LongformerConfig):
             lengths of the two sides (`bench/bench_throughput.py` measures both).
     """
 
-    model_type = "longformer"
+    model_type = "recformer"
+    # The model types a config file may carry to load into this class: ours, and the one every Recformer
+    # config.json had before (the reference code's and this package's), which plain Longformer configs carry too.
+    accepted_model_types = ("recformer", "longformer")
 
     attention_window: list[int] | int = 64
     sep_token_id: int | None = 2
@@ -66,6 +65,21 @@ class RecformerConfig(LongformerConfig):
     item_num: int = 0
     finetune_negative_sample_size: int = 0
     pack_sides: bool = False
+
+    def __post_init__(self, **kwargs: Any) -> None:
+        # A config dict of an accepted older type (`from_dict`, `RecformerConfig(**dict)`) keeps this class's type.
+        if kwargs.get("model_type") in self.accepted_model_types:
+            del kwargs["model_type"]
+        super().__post_init__(**kwargs)
+
+    @classmethod
+    def get_config_dict(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs: Any) -> tuple[dict, dict]:
+        """transformers' `get_config_dict`, with an accepted older `model_type` read as `recformer`
+        (`from_pretrained` would otherwise warn that a Longformer config makes a Recformer model)."""
+        config_dict, kwargs = super().get_config_dict(pretrained_model_name_or_path, **kwargs)
+        if config_dict.get("model_type") in cls.accepted_model_types:
+            config_dict = {**config_dict, "model_type": cls.model_type}
+        return config_dict, kwargs
 
     def validate_recformer_fields(self) -> None:
         """Raise a ValueError naming the field when a Recformer field cannot work."""
@@ -89,8 +103,23 @@ class RecformerConfig(LongformerConfig):
 
 
 def is_recformer_config_dict(config_dict: dict) -> bool:
-    """True when a config.json was written by a Recformer model (it carries the Recformer fields)."""
+    """True when a config.json was written by a Recformer model (it carries the Recformer fields; the
+    older ones say `model_type: longformer`)."""
     return all(name in config_dict for name in ("max_item_embeddings", "max_attr_num", "max_token_num"))
+
+
+def register_auto_config() -> None:
+    """Make `AutoConfig.from_pretrained` return a `RecformerConfig` for `model_type: recformer`.
+
+    Called once when this module is imported, as transformers' own model modules are registered by
+    importing them: without it, a folder this package saved would be unknown to `AutoConfig` (and to
+    `AutoTokenizer`, which reads the config). Idempotent (`exist_ok=True`, the same class each time), it
+    only adds the `recformer` key, which transformers does not use, and changes nothing else.
+    """
+    AutoConfig.register(RecformerConfig.model_type, RecformerConfig, exist_ok=True)
+
+
+register_auto_config()
 
 
 def check_model_source(model_name_or_path: str | os.PathLike) -> None:
@@ -157,17 +186,6 @@ def build_config(
         config.finetune_negative_sample_size = finetune_negative_sample_size
     config.validate_recformer_fields()
     return config
-
-
-def add_recformer_field_args(parser: argparse.ArgumentParser) -> None:
-    """The Recformer field flags of every CLI; unset ones take a saved Recformer config's value or the
-    reference scripts' value (3/32/51/64/1024)."""
-    group = parser.add_argument_group("Recformer fields (default: the reference scripts' values)")
-    group.add_argument("--max_attr_num", type=int, default=None, help="attributes kept per item (3)")
-    group.add_argument("--max_attr_length", type=int, default=None, help="tokens per attribute (32)")
-    group.add_argument("--max_item_embeddings", type=int, default=None, help="items per sequence + 1 (51)")
-    group.add_argument("--attention_window", type=int, nargs="+", default=None, help="one window or one per layer (64)")
-    group.add_argument("--max_token_num", type=int, default=None, help="tokens per sequence (1024)")
 
 
 def field_values(args: Any) -> dict[str, Any]:

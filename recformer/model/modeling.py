@@ -4,19 +4,24 @@
 The encoder is Longformer's (`transformers.models.longformer`) with Recformer's embeddings in front
 of it and a parameter-free pooler behind it. Parameter names and shapes match the reference
 checkpoints exactly (see `tests/test_state_dict_keys.py`).
+
+Importing this module registers the models with transformers' auto classes (`register_auto_models`), so
+that `AutoModel.from_pretrained(folder)` of any folder this package saved returns a `RecformerModel`.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as hf_init
 from transformers.models.longformer.modeling_longformer import LongformerEncoder, LongformerLMHead
 
+from recformer.io.model_card import write_model_card
 from recformer.model.attention import AttentionLayout, check_attn_implementation, resolve_attn_implementation
 from recformer.model.configuration import RecformerConfig
 from recformer.model.layers import (
@@ -60,6 +65,13 @@ class RecformerPreTrainedModel(PreTrainedModel):
 
     def get_correct_attn_implementation(self, requested_attention: str | None, is_init_check: bool = False) -> str:
         return check_attn_implementation(requested_attention)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, **kwargs) -> None:
+        """transformers' `save_pretrained`, plus a model card (`README.md`, `recformer.io.model_card`): the
+        method, the model, the run's data and metrics when the folder is in a finetuning run, how to load it."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            write_model_card(save_directory, type(self).__name__, self.config)
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -458,3 +470,25 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
             return F.cross_entropy(logits.float(), labels)
         logits = self.similarity_score(pooled, self.sample_candidates(labels, k))  # [B, 1 + K]
         return F.cross_entropy(logits.float(), torch.zeros_like(labels))
+
+
+def register_auto_models() -> None:
+    """Register `RecformerModel` with transformers' `AutoModel` for `model_type: recformer` (a
+    `RecformerForSeqRec` or pretraining folder gives its encoder, as `AutoModel` does for any model with a
+    head). `AutoModelForPreTraining` -> `RecformerForPretraining` is registered by `modeling_pretraining`.
+    No auto class of transformers means sequential recommendation, so `RecformerForSeqRec` is loaded by name.
+
+    Called once when this module is imported, as transformers' own model modules are registered by importing
+    them (importing `recformer.model.configuration`, which this module does, registers the config).
+    Idempotent (`exist_ok=True`, the same classes each time); it adds mappings for `RecformerConfig` only and
+    changes nothing for transformers' own model types.
+    """
+    AutoModel.register(RecformerConfig, RecformerModel, exist_ok=True)
+
+
+register_auto_models()
+
+# The pretraining model registers AutoModelForPreTraining and the tokenizer module AutoTokenizer when
+# imported; importing them here makes one import (any model class) enough for every auto class.
+import recformer.model.modeling_pretraining  # noqa: E402, F401
+import recformer.model.tokenization  # noqa: E402, F401

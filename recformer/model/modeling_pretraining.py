@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from transformers import AutoModelForPreTraining
 from transformers.models.longformer.modeling_longformer import LongformerLMHead
 
 from recformer.model.configuration import RecformerConfig
@@ -250,3 +251,7 @@ class RecformerForPretraining(RecformerPreTrainedModel):
             attentions=outputs_a.attentions,
             global_attentions=outputs_a.global_attentions,
         )
+
+
+# Registered when this module is imported (idempotent; see `modeling.register_auto_models`).
+AutoModelForPreTraining.register(RecformerConfig, RecformerForPretraining, exist_ok=True)

@@ -16,17 +16,16 @@ import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoTokenizer
 from transformers.models.roberta.tokenization_roberta import RobertaTokenizer
 
-from recformer.model.configuration import RecformerConfig
-from recformer.model.layout import (
-    TOKEN_TYPE_KEY,
-    TOKEN_TYPE_VALUE,
-    SequenceLayout,
-)
+from recformer.io.fileio import read_json
+from recformer.model.configuration import RecformerConfig, is_recformer_config_dict
+from recformer.model.layout import TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE, SequenceLayout
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,8 @@ class RecformerTokenizer(RobertaTokenizer):
 
     Load with `RecformerTokenizer.from_pretrained(path_or_hub_id, config)`; the Recformer fields
     (`max_attr_num`, `max_attr_length`, `max_item_embeddings`, `max_token_num`) are read from that
-    config at call time, per instance. Distinct items are tokenized once (an LRU cache keyed by the
+    config at call time, per instance. Without a config, a folder's own Recformer config.json is used
+    (so `AutoTokenizer.from_pretrained(folder)` of a saved folder gets its fields), else the defaults. Distinct items are tokenized once (an LRU cache keyed by the
     kept attributes and the two attribute limits).
     """
 
@@ -97,6 +97,10 @@ class RecformerTokenizer(RobertaTokenizer):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: RecformerConfig | None = None, **kwargs):
         tokenizer = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        if config is None:
+            config_file = Path(pretrained_model_name_or_path) / "config.json"
+            if config_file.is_file() and is_recformer_config_dict(read_json(config_file)):
+                config = RecformerConfig.from_pretrained(pretrained_model_name_or_path)
         tokenizer.config = config if config is not None else RecformerConfig()
         return tokenizer
 
@@ -255,3 +259,17 @@ def build_bpe_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, voc
     )
     tokenizer.save_pretrained(str(output_dir))
     return str(output_dir)
+
+
+def register_auto_tokenizer() -> None:
+    """Make `AutoTokenizer.from_pretrained(folder)` of a Recformer folder (`model_type: recformer`) return a
+    `RecformerTokenizer` with the folder's Recformer fields.
+
+    Called once when this module is imported, as `configuration.register_auto_config` and
+    `modeling.register_auto_models` are (transformers registers its own classes the same way, by importing
+    their modules). Idempotent (`exist_ok=True`); it maps `RecformerConfig` only.
+    """
+    AutoTokenizer.register(RecformerConfig, tokenizer_class=RecformerTokenizer, exist_ok=True)
+
+
+register_auto_tokenizer()

@@ -80,7 +80,8 @@ INPUT_FLAGS = (
     "data_path", "pretrain_ckpt", "model_name_or_path", "train_file", "dev_file", "test_file", "item2id_file", "meta_file",
 )  # fmt: skip
 # Config entries that say nothing about the numbers.
-CONFIG_NOT_FINGERPRINTED = ("transformers_version", "_name_or_path", "name_or_path", "_commit_hash")
+# model_type: "longformer" in runs started before RecformerConfig had its own type; it changes no number.
+CONFIG_NOT_FINGERPRINTED = ("transformers_version", "_name_or_path", "name_or_path", "_commit_hash", "model_type")
 
 
 def _mix_seed(*parts: int) -> int:

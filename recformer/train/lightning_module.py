@@ -263,7 +263,8 @@ class RecformerPretrainModule(pl.LightningModule):
             self._totals["sequences"] += n_seq
             self._totals["tokens"] = self._totals["tokens"] + n_tok
             self._totals["batches"] += 1
-        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+        # a throughput window per --log_step optimizer steps, as the other logged values
+        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps * self.trainer.accumulate_grad_batches) == 0:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             now = time.perf_counter()

@@ -6,6 +6,10 @@ DeepSpeed ZeRO-2 is the default strategy on CUDA GPUs; CPU runs use a plain stra
 TensorBoard log to `<output_dir>/tensorboard/`, the resolved arguments to `<output_dir>/args.json`,
 the config + tokenizer to `<output_dir>/recformer_config/` and the throughput summary to
 `<output_dir>/train_summary.json`. Lightning is imported only when a run starts.
+
+`--max_steps`, `--log_step` and `--valid_step` all count optimizer steps (one step is
+`--gradient_accumulation_steps` batches); Lightning's `val_check_interval` counts batches, so
+`validation_interval` converts.
 """
 
 from __future__ import annotations
@@ -40,6 +44,11 @@ from recformer.model.modeling_pretraining import RecformerForPretraining
 from recformer.model.tokenization import RecformerTokenizer
 
 logger = logging.getLogger(__name__)
+
+
+def validation_interval(args: PretrainArgs) -> int:
+    """Lightning's `val_check_interval` (training batches) for `--valid_step` (optimizer steps)."""
+    return args.valid_step * args.gradient_accumulation_steps
 
 
 class PretrainingSetupError(RecformerError, ValueError):
@@ -157,8 +166,8 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
         max_steps=args.max_steps,
         accumulate_grad_batches=args.gradient_accumulation_steps,
         gradient_clip_val=args.max_grad_norm if args.max_grad_norm > 0 else None,
-        val_check_interval=args.valid_step,
-        check_val_every_n_epoch=None,  # validate every `valid_step` batches, across epochs
+        val_check_interval=validation_interval(args),
+        check_val_every_n_epoch=None,  # validate every `valid_step` optimizer steps, across epochs
         num_sanity_val_steps=0,
         log_every_n_steps=args.log_step,
         logger=TensorBoardLogger(str(output_dir), name="tensorboard"),
@@ -183,7 +192,9 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
         trainer.fit(module, datamodule=data, ckpt_path=args.ckpt, weights_only=bool(safe))
     # The last steps since the last validation are kept too (a later --ckpt resumes from here).
     last = output_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(last)
+    # Lightning's weights_only here means "leave out the optimizer and schedule", which a resume needs;
+    # saying False keeps Lightning from logging that it defaulted (files are still read weights-only).
+    trainer.save_checkpoint(last, weights_only=False)
     if not trainer.is_global_zero:
         return None
     best_score = checkpoints.best_model_score
