@@ -24,6 +24,8 @@ from .devices import PRECISIONS
 
 # Finetuning keeps the checkpoint with the best dev value of this metric.
 TARGET_METRIC = "NDCG@10"
+# Stage 2's learning-rate schedule in finetuning: the original's one schedule, or its own.
+STAGE2_SCHEDULES = ("shared", "restart")
 # The reference default start point of pretraining.
 DEFAULT_START = "longformer_ckpt/longformer-base-4096.bin"
 
@@ -191,6 +193,13 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     learning_rate: float = flag(5e-5)
     weight_decay: float = flag(0.0)
     warmup_steps: int = flag(100)
+    stage2_schedule: str = flag(
+        "shared",
+        "learning-rate schedule of stage 2. shared (the original): one warm-up + linear decay sized for stage "
+        "1, so stage 2 starts where it ended (at 0 after a full stage 1: its training is then skipped, its "
+        "result is the stage-1 best model); restart: stage 2 gets its own warm-up and linear decay",
+        choices=list(STAGE2_SCHEDULES),
+    )
     device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
     fp16: bool = flag(False, FP16_HELP)
     bf16: bool = flag(False, BF16_HELP)
@@ -216,6 +225,8 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
         self._above(0, "learning_rate", "temp")
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16 are exclusive")
+        if self.stage2_schedule not in STAGE2_SCHEDULES:
+            raise ValueError(f"--stage2_schedule must be one of {', '.join(STAGE2_SCHEDULES)}, got {self.stage2_schedule!r}")
         self._check_attention()
         if not self.metric_ks or any(k < 1 for k in self.metric_ks):
             raise ValueError(f"--metric_ks must be positive integers, got {self.metric_ks}")

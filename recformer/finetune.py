@@ -5,6 +5,10 @@
 3. Stage 1: every epoch re-encode all items into the frozen table, train one epoch, evaluate dev
    every `verbose` epochs, keep the best dev NDCG@10, stop after 5 evaluations without improvement.
 4. Stage 2: reload the best, keep its table as it is, train; patience 3; save only on improvement.
+   Its learning rate follows `--stage2_schedule`: `shared` (the original) continues stage 1's one
+   schedule, which a full stage 1 has used up, so stage 2 would train at learning rate 0 and change
+   nothing; its training is then skipped and its records written as that run would write them
+   (`skip_stage_two`). `restart` gives stage 2 its own warm-up and linear decay.
 5. Reload the best and evaluate test.
 
 Differences from the reference loop: the scheduler steps after the optimizer, the last partial
@@ -191,11 +195,20 @@ class Finetuner:
         logger.info("global batch %d = %d sequences x %d accumulation steps x %d processes", self.global_batch,
                     self.micro_batch, accumulation, world)  # fmt: skip
         self.steps_per_epoch = math.ceil(len(self.train_sequences) / self.global_batch)
-        total_steps = self.steps_per_epoch * args.num_train_epochs
         # AdamW without weight decay on biases and LayerNorm weights.
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, args.weight_decay), lr=args.learning_rate)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, args.warmup_steps, max(total_steps, 1))
+        self.scheduler = self.new_schedule()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+
+    def new_schedule(self) -> Any:
+        """--warmup_steps of linear warm-up, then linear decay to 0 at the end of --num_train_epochs epochs.
+
+        Stage 1 starts one; stage 2 starts another with --stage2_schedule restart, and continues stage 1's
+        with shared (the original). Both have the same shape, so a resume file's scheduler state
+        (its step count) fits either.
+        """
+        total_steps = self.steps_per_epoch * self.args.num_train_epochs
+        return get_linear_schedule_with_warmup(self.optimizer, self.args.warmup_steps, max(total_steps, 1))
 
     def _setup_ddp(self) -> None:
         """`train_model`, what training calls: the model in DistributedDataParallel on several processes
@@ -428,6 +441,51 @@ class Finetuner:
                 logger.info("stage %d: no improvement in %d evaluations, stopping", stage, STAGE_PATIENCE[stage])
                 break
 
+    def stage_two_learning_rate_is_zero(self) -> bool:
+        """Whether every step stage 2 can still take would run at learning rate 0: with the shared schedule,
+        a stage 1 that ran all its epochs used the whole schedule up. Training then changes nothing (AdamW
+        moves no weight at learning rate 0), so its result is known: the stage-1 best model.
+
+        False when stage 2 would evaluate dev while no dev evaluation has been recorded (nothing to repeat).
+        """
+        args, state = self.args, self.state
+        remaining = self.steps_per_epoch * (args.num_train_epochs - state.epoch - 1)
+        if remaining <= 0:
+            return False
+        evaluates = any((epoch + 1) % args.verbose == 0 for epoch in range(state.epoch + 1, args.num_train_epochs))
+        if evaluates and state.metrics["best_dev"] is None:
+            return False
+        now = self.scheduler.last_epoch
+        return all(rate(step) == 0 for rate in self.scheduler.lr_lambdas for step in range(now, now + remaining))
+
+    def skip_stage_two(self) -> None:
+        """Record what training stage 2 at learning rate 0 would record, without training it.
+
+        The model is the stage-1 best, and stays it at learning rate 0: each of stage 2's dev evaluations
+        would measure the best dev metrics again, improve nothing and use up the patience. Those records
+        (stage, epoch, step, metrics), the TensorBoard dev scalars and the step count are written as that
+        run writes them; train_log.jsonl gets no stage-2 steps, since none ran.
+        """
+        args, state = self.args, self.state
+        logger.info("stage 2: its learning rate would be 0 at every step (--stage2_schedule shared: the one "
+                    "schedule ended with stage 1), so its training is skipped and its result is the stage-1 best "
+                    "model; --stage2_schedule restart trains it")  # fmt: skip
+        best = state.metrics["best_dev"]
+        metrics = {k: v for k, v in (best or {}).items() if k not in ("stage", "epoch", "step")}
+        for epoch in range(state.epoch + 1, args.num_train_epochs):
+            state.global_step += self.steps_per_epoch
+            state.epoch = epoch
+            if (epoch + 1) % args.verbose != 0:
+                continue
+            state.metrics["dev"].append({"stage": 2, "epoch": epoch, "step": state.global_step, **metrics})
+            self.log.log_dev(metrics, state.global_step)
+            state.patience -= 1
+            if state.patience <= 0:
+                state.epoch = args.num_train_epochs
+                break
+        self.save_state()
+        self.log.write_metrics(state.metrics)
+
     def run(self) -> dict:
         """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json."""
         args = self.args
@@ -452,9 +510,14 @@ class Finetuner:
             logger.info("stage 2: loading the best stage-1 checkpoint %s", self.ckpt_path)
             self.load_best()
             self.state.stage, self.state.epoch, self.state.patience = 2, -1, STAGE_PATIENCE[2]
+            if args.stage2_schedule == "restart":
+                self.scheduler = self.new_schedule()
             self.save_state()
         if self.state.stage == 2 and not self.state.done:
-            self.run_stage(2)
+            if self.stage_two_learning_rate_is_zero():
+                self.skip_stage_two()
+            else:
+                self.run_stage(2)
         self.load_best()
         self.state.metrics["test"] = self.checked_evaluation("test", "final test evaluation (best checkpoint)")
         self.state.done = True

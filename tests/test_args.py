@@ -28,7 +28,7 @@ FINETUNE_DEFAULTS = {
     "output_dir": "checkpoints", "ckpt": "best_model.bin", "train_file": "train.json", "dev_file": "val.json",
     "test_file": "test.json", "item2id_file": "smap.json", "meta_file": "meta_data.json", "num_train_epochs": 16,
     "gradient_accumulation_steps": 8, "global_batch_size": None, "finetune_negative_sample_size": 1000, "metric_ks": [10, 50], "batch_size": 16,
-    "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "device": "auto",
+    "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "stage2_schedule": "shared", "device": "auto",
     "fp16": False, "bf16": False, "attn_implementation": "auto", "compile": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": 8,
     "dataloader_num_workers": 0, "seed": 42, "max_grad_norm": None, "exclude_history": False, "resume": False,
     "temp": None, "cache_dir": None, "progress": True, **RECFORMER_FIELDS,
@@ -173,3 +173,12 @@ def test_every_model_command_takes_attn_implementation_and_refuses_unknown_names
         cls(**required, attn_implementation="fast").validate()
     with pytest.raises(ValueError, match="flash_attention_2' cannot run Recformer: flash-attn has no global tokens"):
         cls(**required, attn_implementation="flash_attention_2").validate()
+
+
+def test_stage2_schedule_takes_shared_or_restart(capsys):
+    assert parse_args(FinetuneArgs, [*FINETUNE_REQUIRED, "--stage2_schedule", "restart"]).stage2_schedule == "restart"
+    with pytest.raises(SystemExit):
+        parse_args(FinetuneArgs, [*FINETUNE_REQUIRED, "--stage2_schedule", "cosine"])
+    assert "argument --stage2_schedule: invalid choice: 'cosine'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^--stage2_schedule must be one of shared, restart, got 'cosine'$"):
+        FinetuneArgs(pretrain_ckpt="c.bin", data_path="data", stage2_schedule="cosine").validate()

@@ -140,8 +140,54 @@ def test_stage_two_starts_from_stage_one_best(assets, tmp_path, monkeypatch):
         return original(self, stage)
 
     monkeypatch.setattr(Finetuner, "run_stage", spy)
-    Finetuner(make_args(assets, tmp_path, num_train_epochs=2)).run()
+    Finetuner(make_args(assets, tmp_path, num_train_epochs=2, stage2_schedule="restart")).run()
     assert seen["equal"]
+
+
+def step_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_stage_two_at_learning_rate_zero_is_skipped_and_gives_what_training_it_gives(
+    full_run, assets, tmp_path, monkeypatch
+):
+    """full_run (--stage2_schedule shared, a full stage 1) skipped stage 2; a run forced to train it at
+    learning rate 0 writes the same metrics.json, checkpoint and save_pretrained folder."""
+    skipped_folder, skipped = full_run
+    assert all(r["stage"] == 1 for r in step_log(skipped_folder))  # no stage-2 step ran
+    monkeypatch.setattr(Finetuner, "stage_two_learning_rate_is_zero", lambda self: False)
+    trained = Finetuner(make_args(assets, tmp_path)).run()
+    folder = tmp_path / "Tiny"
+    stage2 = [r for r in step_log(folder) if r["stage"] == 2]
+    assert stage2 and all(r["lr"] == 0.0 for r in stage2)  # the premise: the shared schedule is used up
+    assert [r["stage"] for r in trained["dev"]] == [1, 1, 1, 2, 2, 2]
+    assert trained == skipped
+    assert (folder / "metrics.json").read_text() == (skipped_folder / "metrics.json").read_text()
+    for a, b in ((torch.load(folder / "best_model.bin"), torch.load(skipped_folder / "best_model.bin")),):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for path in (skipped_folder / "best_model").iterdir():
+        assert (folder / "best_model" / path.name).read_bytes() == path.read_bytes(), path.name
+    state = torch.load(folder / "training_state.pt", weights_only=True)["state"]
+    skipped_state = torch.load(skipped_folder / "training_state.pt", weights_only=True)["state"]
+    assert state == skipped_state  # stage, epoch, step count, patience, best
+
+
+def test_skipping_stage_two_says_so_in_one_line(assets, tmp_path, monkeypatch, caplog):
+    original = Finetuner.run_stage
+    monkeypatch.setattr(Finetuner, "run_stage", lambda self, stage: original(self, stage) if stage == 1 else pytest.fail())
+    with caplog.at_level("INFO", logger="recformer.finetune"):
+        Finetuner(make_args(assets, tmp_path, num_train_epochs=1)).run()
+    lines = [r.getMessage() for r in caplog.records if "stage 2:" in r.getMessage() and "skipped" in r.getMessage()]
+    assert len(lines) == 1 and "--stage2_schedule restart trains it" in lines[0], caplog.text
+
+
+def test_stage_two_restart_gives_stage_two_its_own_warm_up_and_decay(assets, tmp_path):
+    Finetuner(make_args(assets, tmp_path, stage2_schedule="restart")).run()
+    log = step_log(tmp_path / "Tiny")
+    stage1 = [r["lr"] for r in log if r["stage"] == 1]
+    stage2 = [r["lr"] for r in log if r["stage"] == 2]
+    assert stage1[-1] == 0.0 and stage2 and stage2[0] > 0
+    assert stage2 == stage1[: len(stage2)]  # the same warm-up and linear decay, started again
 
 
 def test_patience_and_best_checkpoint_selection(assets, tmp_path, monkeypatch):
@@ -481,6 +527,7 @@ def test_resume_on_a_regenerated_data_folder_is_refused(assets, finished_run, tm
         (["--num_train_epochs", "3"], "--num_train_epochs was 0, now 3"),
         (["--max_attr_num", "2"], "config max_attr_num was 3, now 2; "),  # and the flag: was None, now 2
         (["--dataloader_num_workers", "1"], "--dataloader_num_workers was 0, now 1"),  # targets are drawn per worker
+        (["--stage2_schedule", "restart"], "--stage2_schedule was 'shared', now 'restart'"),
     ],
 )
 def test_resume_with_a_flag_that_changes_the_result_is_refused(assets, finished_run, tmp_path, capsys, flags, phrase):
