@@ -105,15 +105,38 @@ def _plain(obj: Any) -> Any:
     return json.loads(dumps_json(obj))
 
 
+def run_folder_model(checkpoint: str | os.PathLike) -> str | None:
+    """The config + tokenizer source of a checkpoint file inside a finetuning run folder (one with
+    `args.json`): the run's `best_model/` when it holds a config and tokenizer, else the
+    `model_name_or_path` its `args.json` names; None for a checkpoint outside a run folder."""
+    path = Path(checkpoint)
+    args_file = path.parent / "args.json"
+    if not path.is_file() or not args_file.is_file():
+        return None
+    best = path.parent / "best_model"
+    if (best / "config.json").is_file() and any((best / name).is_file() for name in TOKENIZER_FILES):
+        return str(best)
+    try:
+        saved = read_json(args_file).get("model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, str) and saved else None
+
+
 def model_sources(checkpoint: str | os.PathLike, model_name_or_path: str | os.PathLike | None) -> tuple[str, str]:
-    """(config source, tokenizer source): `model_name_or_path` when given, else the checkpoint when it is
-    a `save_pretrained` folder (with its tokenizer files when it has them), else the default Longformer."""
+    """(config source, tokenizer source) of a checkpoint, the one rule of every model command's
+    `--model_name_or_path` default: the flag's value when given; else the checkpoint's own: a
+    `save_pretrained` folder (with its tokenizer files when it has them), or, for a checkpoint file in
+    a finetuning run folder, that run's model (`run_folder_model`); else the default Longformer."""
     if model_name_or_path is not None:
         return str(model_name_or_path), str(model_name_or_path)
     folder = Path(checkpoint)
     if folder.is_dir() and (folder / "config.json").is_file():
         has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
         return str(folder), str(folder) if has_tokenizer else DEFAULT_MODEL
+    run_model = run_folder_model(folder)
+    if run_model is not None:
+        return run_model, run_model
     return DEFAULT_MODEL, DEFAULT_MODEL
 
 
