@@ -36,8 +36,9 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from . import distributed
-from .args import TARGET_METRIC, FinetuneArgs
+from .args import TARGET_METRIC, FinetuneArgs, run_arguments
 from .attention import configure_attention, resolve_attn_implementation
 from .cache import file_fingerprint, item_table_path, tokenizer_fingerprint
 from .checkpoint import load_checkpoint
@@ -63,8 +64,9 @@ from .item_tokens import tokenize_catalogue
 from .metrics import NonFiniteScores, format_metrics
 from .modeling import RecformerForSeqRec
 from .optimization import parameter_groups
-from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
-from .run_log import RunLog
+from .output_paths import check_output_dir, check_output_file, refuse_existing_run, save_pretrained_folder
+from .recommender import model_sources
+from .run_log import METRICS_FILE, RunLog
 from .tokenization import RecformerTokenizer
 from .training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
 
@@ -72,12 +74,13 @@ logger = logging.getLogger(__name__)
 
 STAGE_PATIENCE = {1: 5, 2: 3}
 BEST_MODEL_FOLDER = "best_model"  # save_pretrained folder of the best model and the tokenizer
+ARGS_FILE = "args.json"  # the run's flags (`args.run_arguments`): a --config file that reproduces the run
 # Flags that cannot change a run's numbers, so they may differ between a run and its resumption: display,
 # tokenizer threads (same tokens), where caches live (keyed by content), the output folder (the resume file
 # is found in it) and the device index (the device *type* is part of the fingerprint).
 # --global_batch_size is free too: the global batch it gives is fingerprinted (see `fingerprint`).
 RESUME_FREE_FLAGS = ("progress", "preprocessing_num_workers", "cache_dir", "resume", "output_dir", "device",
-                     "global_batch_size")  # fmt: skip
+                     "global_batch_size", "overwrite_output_dir")  # fmt: skip
 # Flags naming inputs: the fingerprint holds their content, so a moved folder with the same files resumes.
 INPUT_FLAGS = (
     "data_path", "pretrain_ckpt", "model_name_or_path", "train_file", "dev_file", "test_file", "item2id_file", "meta_file",
@@ -154,6 +157,9 @@ class Finetuner:
         self.ckpt_path = check_file(self.out_dir / args.ckpt)
         self.state_path = check_file(self.out_dir / STATE_FILE)
         check_dir(self.out_dir / BEST_MODEL_FOLDER)
+        if main and not (args.resume or args.overwrite_output_dir):
+            refuse_existing_run(self.out_dir, (STATE_FILE, METRICS_FILE, args.ckpt, BEST_MODEL_FOLDER),
+                                "finetuning run", "--resume")  # fmt: skip
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
@@ -166,12 +172,17 @@ class Finetuner:
 
     def _setup_model(self) -> None:
         args = self.args
+        # --model_name_or_path, else --pretrain_ckpt's own config and tokenizer, as evaluate.py and recommend.py
+        config_source, tokenizer_source = model_sources(args.pretrain_ckpt, args.model_name_or_path)
+        if args.model_name_or_path is None:
+            logger.info("config from %s, tokenizer from %s (pass --model_name_or_path for others)", config_source,
+                        tokenizer_source)  # fmt: skip
         self.config = build_config(
-            args.model_name_or_path, field_values(args), temp=args.temp,
+            config_source, field_values(args), temp=args.temp,
             finetune_negative_sample_size=args.finetune_negative_sample_size,
         )  # fmt: skip
         self.config.item_num = self.data.num_items
-        self.tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, self.config)
+        self.tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, self.config)
         self.model = RecformerForSeqRec(self.config)
         report = load_checkpoint(self.model, args.pretrain_ckpt)
         logger.info("pretrained checkpoint %s: %s", args.pretrain_ckpt, report.summary())
@@ -486,21 +497,40 @@ class Finetuner:
         self.save_state()
         self.log.write_metrics(state.metrics)
 
-    def run(self) -> dict:
-        """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json."""
+    def clear_previous_run(self) -> None:
+        """Remove what an earlier run left in the output folder (a fresh start there: --overwrite_output_dir,
+        or --resume without a resume file), so no file of it outlives this run: its checkpoint, resume
+        file, save_pretrained folder, metrics, step log and TensorBoard events. Caches stay (keyed by
+        their content)."""
+        for name in (self.args.ckpt, STATE_FILE):
+            (self.out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.out_dir / BEST_MODEL_FOLDER, ignore_errors=True)
+        self.log.start_fresh()
+
+    def run(self, on_start: Callable[[bool], None] | None = None) -> dict:
+        """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json.
+
+        `on_start(resumed)` is called on rank 0 once the folder is taken: after a resumption was accepted
+        (True) or an earlier run's outputs removed (False); a refused resumption leaves the folder as it
+        was and never calls it. The command starts its run.log there.
+        """
         args = self.args
         exists = args.resume and distributed.broadcast_object(self.state_path.is_file())  # rank 0's view
         with distributed.fail_together():  # an unreadable or refused resume file stops every rank
             resumed = args.resume and self.load_state(exists)  # a refused resumption leaves the folder as it was
-        distributed.on_main(lambda: atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True))
         if not resumed:
-            self.log.start_fresh()
+            distributed.on_main(self.clear_previous_run)
+        if on_start is not None:
+            distributed.on_main(lambda: on_start(bool(resumed)))
+        distributed.on_main(lambda: atomic_write_json(self.out_dir / ARGS_FILE, run_arguments(args), indent=True))
+        if not resumed:
             random.seed(args.seed)
             np.random.seed(args.seed % 2**32)
             torch.manual_seed(args.seed)
             self._set_item_table(self.initial_item_table())
             zero_shot = self.checked_evaluation("test", "zero-shot test evaluation (before training)")
             self.state.metrics["zero_shot_test"] = zero_shot
+            self.log.log_test("zero_shot_test", zero_shot, 0)
             logger.info("zero-shot test: %s", format_metrics(zero_shot))
             self.save_best()  # the zero-shot model is the best so far until a dev evaluation says otherwise
             self.save_state()
@@ -522,6 +552,8 @@ class Finetuner:
         self.state.metrics["test"] = self.checked_evaluation("test", "final test evaluation (best checkpoint)")
         self.state.done = True
         self.log.write_metrics(self.state.metrics)
+        self.log.log_test("test", self.state.metrics["test"], self.state.global_step)
+        self.log.log_hparams(run_arguments(args), {k: self.state.metrics[k] for k in ("zero_shot_test", "test")})
         self.save_state()
         self.export_best()
         self.log.close()

@@ -574,3 +574,93 @@ def test_resume_from_an_unusable_state_file_is_one_line(assets, finished_run, tm
     line = refused_resume(code, err, folder, before)
     expected = "not a complete PyTorch checkpoint file" if damage == "truncated" else "refused: it holds Python objects"
     assert expected in line and not marker.exists()
+
+
+def test_a_folder_that_holds_a_run_is_refused_without_resume_or_overwrite(assets, finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    folder = out / "Tiny"
+    before = snapshot(folder)
+    code, err = run_cli(cli_args(assets, assets["data"], out), capsys)
+    assert code == 2
+    assert err == (f"error: {folder}: holds a finetuning run (training_state.pt, metrics.json, best_model.bin, "
+                   "best_model); pass --resume to continue it or --overwrite_output_dir to replace it\n")  # fmt: skip
+    assert snapshot(folder) == before
+
+
+def test_overwrite_output_dir_replaces_the_run_and_leaves_nothing_of_it(assets, finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    folder = out / "Tiny"
+    old_events = {p.name for p in (folder / "tensorboard").rglob("events.out.tfevents.*")}
+    (folder / "best_model" / "stale.txt").write_text("from the earlier run")
+    (folder / "run.log").write_text("EARLIER RUN\n")
+    code, err = run_cli(cli_args(assets, assets["data"], out, "--overwrite_output_dir"), capsys)
+    assert code == 0, err
+    assert not (folder / "best_model" / "stale.txt").exists()
+    assert not old_events & {p.name for p in (folder / "tensorboard").rglob("events.out.tfevents.*")}
+    assert "EARLIER RUN" not in (folder / "run.log").read_text()
+    assert json.loads((folder / "metrics.json").read_text()) == json.loads((finished_run / "Tiny" / "metrics.json").read_text())
+
+
+def test_run_log_holds_what_the_console_showed(finished_run):
+    text = (finished_run / "Tiny" / "run.log").read_text()
+    assert text.startswith("finetune arguments: {")
+    assert "finetuned test" in text and "NDCG@10" in text and f"outputs: {finished_run / 'Tiny'}" in text
+    assert "\r" not in text
+
+
+def test_args_json_is_a_config_that_reproduces_the_run(assets, tmp_path, capsys):
+    first = tmp_path / "first"
+    argv = cli_args(assets, assets["data"], first, "--num_train_epochs", "1", "--batch_size", "8", "--verbose", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    saved = first / "Tiny" / "args.json"
+    assert not {"resume", "overwrite_output_dir"} & set(json.loads(saved.read_text()))
+    again = tmp_path / "again"
+    code, err = run_cli(["--config", str(saved), "--output_dir", str(again)], capsys)
+    assert code == 0, err
+    for name in ("metrics.json", "train_log.jsonl"):
+        a, b = ((f / "Tiny" / name).read_text().splitlines() for f in (first, again))
+        drop = ("seqs_per_s", "tokens_per_s")  # timings
+        assert [{k: v for k, v in json.loads(x).items() if k not in drop} for x in a] == [
+            {k: v for k, v in json.loads(x).items() if k not in drop} for x in b
+        ] if name == "train_log.jsonl" else a == b
+
+
+def test_tensorboard_gets_zero_shot_test_and_hyper_parameters(full_run):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    folder, metrics = full_run
+    scalars, hparams = {}, {}
+    for path in (folder / "tensorboard").rglob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    hparams = {k: v for k, v in data.session_start_info.hparams.items()}
+                elif not value.tag.startswith("_hparams_"):
+                    scalars[value.tag] = float(tensor_util.make_ndarray(value.tensor))
+    assert scalars["zero_shot_test/NDCG@10"] == pytest.approx(metrics["zero_shot_test"]["NDCG@10"])
+    assert scalars["test/NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"])
+    assert scalars["hparam/test/NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"])
+    assert hparams["learning_rate"].number_value == pytest.approx(1e-3)
+    assert hparams["stage2_schedule"].string_value == "shared"
+    assert hparams["metric_ks"].string_value == "[10, 50]"
+
+
+def test_model_name_or_path_defaults_to_the_checkpoint_s_own_model(full_run, assets, tmp_path, caplog):
+    """As evaluate.py and recommend.py: a checkpoint in a run folder brings that run's config and tokenizer."""
+    folder, _ = full_run
+    args = make_args(assets, tmp_path, pretrain_ckpt=str(folder / "best_model.bin"), model_name_or_path=None,
+                     num_train_epochs=0)  # fmt: skip
+    with caplog.at_level("INFO", logger="recformer.finetune"):
+        metrics = Finetuner(args).run()
+    assert f"config from {folder / 'best_model'}, tokenizer from {folder / 'best_model'}" in caplog.text
+    assert metrics["test"] is not None
+    assert json.loads((tmp_path / "Tiny" / "args.json").read_text())["model_name_or_path"] is None  # resolved again

@@ -15,7 +15,7 @@ import logging
 import sys
 
 from recformer import distributed
-from recformer.args import EvaluateArgs
+from recformer.args import EvaluateArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.checkpoint_eval import evaluate_checkpoint
@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = EvaluateArgs(**vars(build_parser().parse_args(argv)))
+    args = parse_command_line(EvaluateArgs, build_parser(), argv)
     logging.basicConfig(
         level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

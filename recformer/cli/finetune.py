@@ -17,13 +17,14 @@ import sys
 from dataclasses import asdict
 
 from recformer import distributed
-from recformer.args import FinetuneArgs
+from recformer.args import FinetuneArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.data.finetune_reader import DataError
 from recformer.devices import keep_freed_memory, set_tokenizer_threads
 from recformer.finetune import Finetuner, TrainingDiverged
 from recformer.metrics import NonFiniteScores, format_metrics_table
+from recformer.run_log import RUN_LOG, ConsoleLog
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = FinetuneArgs(**vars(build_parser().parse_args(argv)))
+    args = parse_command_line(FinetuneArgs, build_parser(), argv)
+    with ConsoleLog() as console:  # copied into the run folder's run.log once the folder is accepted
+        return finetune(args, console)
+
+
+def finetune(args: FinetuneArgs, console: ConsoleLog) -> int:
     logging.basicConfig(
         level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -42,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         distributed.init_from_env(args.device)
         finetuner = Finetuner(args)
-        metrics = finetuner.run()
+        metrics = finetuner.run(on_start=lambda resumed: console.attach(finetuner.out_dir / RUN_LOG, append=resumed))
         distributed.barrier()  # leave together: a rank that tears down while another still sends aborts
     except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores,
             distributed.RankFailure) as e:  # fmt: skip

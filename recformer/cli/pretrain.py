@@ -19,9 +19,10 @@ import argparse
 import logging
 import sys
 
-from recformer.args import PretrainArgs
+from recformer.args import PretrainArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
 from recformer.devices import keep_freed_memory
+from recformer.run_log import RUN_LOG, ConsoleLog
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,14 +30,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = PretrainArgs(**vars(build_parser().parse_args(argv)))
+    args = parse_command_line(PretrainArgs, build_parser(), argv)
+    with ConsoleLog() as console:  # copied into <output_dir>/run.log once the folder is accepted
+        return pretrain(args, console)
+
+
+def pretrain(args: PretrainArgs, console: ConsoleLog) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from recformer.pretraining import PretrainingSetupError, run_pretraining
 
     keep_freed_memory()
 
     try:
-        summary = run_pretraining(args)
+        summary = run_pretraining(
+            args, on_output_dir=lambda folder: console.attach(folder / RUN_LOG, append=bool(args.ckpt))
+        )
     except PretrainingSetupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from recformer.args import RecommendArgs
+from recformer.args import RecommendArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.configuration import field_values
@@ -106,7 +106,7 @@ def write_recommendations(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = RecommendArgs(**vars(build_parser().parse_args(argv)))
+    args = parse_command_line(RecommendArgs, build_parser(), argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     keep_freed_memory()
