@@ -3,6 +3,8 @@ dataclasses.
 
 Each field is one command-line flag: its name, default and help text are defined here once, and
 `build_parser` turns a dataclass into an `argparse` parser, so the flags and the API cannot drift.
+`parse_command_line` also reads `--config FILE` (JSON or YAML: flag names without `--` as keys), whose
+values become the flags' defaults, so flags given on the command line override the file.
 Flag names and defaults are the reference scripts'. The five Recformer field flags come from
 `add_recformer_field_args`.
 
@@ -16,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from recformer.defaults import (
@@ -34,6 +38,8 @@ from recformer.defaults import (
 
 # Finetuning keeps the checkpoint with the best dev value of this metric.
 TARGET_METRIC = "NDCG@10"
+# Stage 2's learning-rate schedule in finetuning: the original's one schedule, or its own.
+STAGE2_SCHEDULES = ("shared", "restart")
 # The reference default start point of pretraining.
 DEFAULT_START = "longformer_ckpt/longformer-base-4096.bin"
 
@@ -47,6 +53,11 @@ ATTN_HELP = (
 BF16_HELP = "bfloat16 autocast: use it on Ampere or newer GPUs (A100, H100, RTX 30xx and later) and CPUs with bf16"
 FP16_HELP = "float16 autocast + gradient scaling (CUDA): for GPUs without bf16 (V100, T4, RTX 20xx)"
 COMPILE_HELP = "torch.compile the encoder (off by default: compiling takes minutes, then steps run faster on GPUs)"
+MODEL_HELP = (
+    "Longformer/Recformer config + tokenizer: hub id or folder (default: the checkpoint's own: a save_pretrained "
+    "folder's; for a checkpoint file in a finetuning run folder, that run's best_model/, else the model its "
+    f"args.json names; else {DEFAULT_MODEL})"
+)
 EVAL_BATCH_HELP = (
     "sequences per batch for item encoding and evaluation (default: batches of a token budget measured "
     "fastest on the device, see recformer.inference.evaluation.token_budget)"
@@ -171,16 +182,137 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
         add_recformer_field_args(parser)
 
 
+CONFIG_HELP = (
+    "JSON (.json) or YAML (.yaml, .yml) file of flag values, keyed by the flag names without '--' (e.g. "
+    "learning_rate: 1.0e-4); flags given on the command line override it. A finetuning or pretraining run's "
+    "args.json is such a file"
+)
+
+
+# What a run does with its output folder, given anew each time: never stored in a run's args.json.
+FOLDER_FLAGS = ("resume", "overwrite_output_dir")
+
+
+def run_arguments(args: Any) -> dict[str, Any]:
+    """An argument dataclass as a run folder's args.json holds it: every field but `FOLDER_FLAGS`, so
+    that `--config args.json` reproduces the run and never replaces or continues a folder by itself."""
+    return {k: v for k, v in dataclasses.asdict(args).items() if k not in FOLDER_FLAGS}
+
+
+class ConfigError(ValueError):
+    """A --config file that cannot be used; the message is one line naming the file (and key)."""
+
+
 def build_parser(cls: type, description: str | None = None) -> argparse.ArgumentParser:
-    """An argparse parser with one flag per field of the argument dataclass `cls`."""
+    """An argparse parser with one flag per field of the argument dataclass `cls`, and `--config`."""
     parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_dataclass_args(parser, cls)
+    parser.add_argument("--config", metavar="FILE", default=None, help=CONFIG_HELP)
     return parser
 
 
+def _read_mapping(path: Path) -> dict[str, Any]:
+    """The mapping a .json / .yaml / .yml file holds (ConfigError naming the file otherwise)."""
+    suffix = path.suffix.lower()
+    if suffix not in (".json", ".yaml", ".yml"):
+        raise ConfigError(f"{path}: --config takes a .json, .yaml or .yml file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read ({e})") from None
+    if suffix == ".json":
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    else:
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({' '.join(str(e).split())})") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: must hold a mapping of flag names to values, not a {type(values).__name__}")
+    return values
+
+
+def _config_value(action: argparse.Action, key: str, value: Any, path: Path) -> Any:
+    """`value` of `key` as the flag's own parsing makes it (its type, choices, one value or a list)."""
+    if value is None:
+        return None
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: {key} must be true or false, got {value!r}")
+        return value
+    many = action.nargs == "+"
+    if isinstance(value, list) and not many:
+        raise ConfigError(f"{path}: {key} takes one value, got a list")
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, dict) or any(isinstance(v, (dict, list)) for v in items):
+        raise ConfigError(f"{path}: {key} must be a value or a list of values, got {value!r}")
+    convert = action.type or str
+    try:  # as if given on the command line: a YAML `5e-5` (a string to YAML) is a float here
+        out = [convert(v if isinstance(v, str) else json.dumps(v) if isinstance(v, bool) else str(v)) for v in items]
+    except (ValueError, TypeError, argparse.ArgumentTypeError) as e:
+        raise ConfigError(f"{path}: {key}: {e}") from None
+    if action.choices is not None:
+        for v in out:
+            if v not in action.choices:
+                raise ConfigError(f"{path}: {key} must be one of {', '.join(map(str, action.choices))}, got {v!r}")
+    return out if many else out[0]
+
+
+def read_config(path: str | Path, cls: type, parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The field values a --config file gives the argument dataclass `cls`, each parsed as its flag
+    (`parser`'s) parses it.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not a mapping, has a key that is not a field of
+            `cls` (the first named), or a value its flag would refuse; one line naming the file.
+    """
+    path = Path(path)
+    values = _read_mapping(path)
+    names = {f.name for f in dataclasses.fields(cls)}
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    for key in values:
+        if key not in names:
+            raise ConfigError(f"{path}: unknown key {key!r}: not a flag of this command (keys are flag names without '--')")
+    return {key: _config_value(actions[key], key, value, path) for key, value in values.items()}
+
+
+def parse_command_line(cls: type[A], parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> A:
+    """Parse `argv` (default: the command line) with `parser` (from `build_parser(cls)`) into an instance of
+    `cls`: the values of a `--config` file, then the flags given, which override them.
+
+    A bad config file exits with status 2 and one line naming it (`ConfigError`); flag errors are
+    argparse's.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=None)
+    known, _ = pre.parse_known_args(argv)
+    if known.config is not None:
+        try:
+            values = read_config(known.config, cls, parser)
+        except ConfigError as e:
+            parser.exit(2, f"error: {e}\n")
+        parser.set_defaults(**values)
+        for action in parser._actions:
+            if action.dest in values:
+                action.required = False  # the file gives it
+    namespace = vars(parser.parse_args(argv))
+    namespace.pop("config", None)
+    return cls(**namespace)
+
+
 def parse_args(cls: type[A], argv: Sequence[str] | None = None, description: str | None = None) -> A:
-    """Parse `argv` (default: the command line) into an instance of the argument dataclass `cls`."""
-    return cls(**vars(build_parser(cls, description).parse_args(argv)))
+    """Parse `argv` (default: the command line, `--config` included) into an instance of the argument
+    dataclass `cls`."""
+    return parse_command_line(cls, build_parser(cls, description), argv)
 
 
 class _Validated:
@@ -218,7 +350,7 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
         help="released SeqRec/RecformerModel file, save_pretrained folder or finetuned checkpoint"
     )
     data_path: str = flag(help="processed dataset folder")
-    model_name_or_path: str = flag(DEFAULT_MODEL, "Longformer/Recformer config + tokenizer")
+    model_name_or_path: str | None = flag(None, MODEL_HELP.replace("the checkpoint", "--pretrain_ckpt", 1))
     output_dir: str = flag("checkpoints", "outputs go to <output_dir>/<dataset name>/")
     ckpt: str = flag("best_model.bin", "file name of the best checkpoint")
     train_file: str = flag("train.json", "training sequences, in --data_path")
@@ -242,6 +374,13 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     learning_rate: float = flag(5e-5, "peak learning rate of AdamW (linear warm-up, then linear decay)")
     weight_decay: float = flag(0.0, "AdamW weight decay (not on biases and LayerNorm weights)")
     warmup_steps: int = flag(100, "optimizer steps of linear warm-up")
+    stage2_schedule: str = flag(
+        "shared",
+        "learning-rate schedule of stage 2. shared (the original): one warm-up + linear decay sized for stage "
+        "1, so stage 2 starts where it ended (at 0 after a full stage 1: its training is then skipped, its "
+        "result is the stage-1 best model); restart: stage 2 gets its own warm-up and linear decay",
+        choices=list(STAGE2_SCHEDULES),
+    )
     device: str = flag("auto", "auto, cpu, cuda, cuda:N, or a GPU index (-1 = CPU)")
     fp16: bool = flag(False, FP16_HELP)
     bf16: bool = flag(False, BF16_HELP)
@@ -257,6 +396,10 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     max_grad_norm: float | None = flag(None, "clip gradients to this norm (off by default)")
     exclude_history: bool = flag(False, "never recommend items already in the history")
     resume: bool = flag(False, "continue from the last evaluation in the output folder")
+    overwrite_output_dir: bool = flag(
+        False, "replace the run in <output_dir>/<dataset name>/ (without it, or --resume, a folder that holds a "
+        "run is refused)"
+    )
     temp: float | None = flag(None, "similarity temperature (default: the config's, 0.05)")
     cache_dir: str | None = flag(None, "tokenized items and item tables (default <output>/cache)")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
@@ -269,6 +412,8 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
         self._above(0, "learning_rate", "temp")
         if self.fp16 and self.bf16:
             raise ValueError("--fp16 and --bf16 are exclusive")
+        if self.stage2_schedule not in STAGE2_SCHEDULES:
+            raise ValueError(f"--stage2_schedule must be one of {', '.join(STAGE2_SCHEDULES)}, got {self.stage2_schedule!r}")
         self._check_attention()
         if not self.metric_ks or any(k < 1 for k in self.metric_ks):
             raise ValueError(f"--metric_ks must be positive integers, got {self.metric_ks}")
@@ -359,6 +504,10 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
     cache_dir: str | None = flag(None, "tokenized-item cache (default <output_dir>/cache)")
     progress: bool = flag(True, "hide progress bars", flag="--no_progress")
     trust_checkpoint: bool = flag(False, f"for --ckpt: {TRUST_CHECKPOINT_HELP}")
+    overwrite_output_dir: bool = flag(
+        False, "replace the run in --output_dir (without it, or --ckpt to resume, a folder that holds a run is "
+        "refused)"
+    )
 
     def validate(self) -> None:
         """Raise a ValueError naming the flag for a value that cannot work."""
@@ -387,9 +536,7 @@ class EvaluateArgs(RecformerFieldArgs, _Validated):
     )
     data_path: str = flag(help="processed dataset folder (as finetune.py reads it)")
     split: str = flag("test", "test: input train + val, target test; val: input train, target val", choices=["test", "val"])
-    model_name_or_path: str | None = flag(
-        None, "config + tokenizer (default: the checkpoint when it is a save_pretrained folder, else " + DEFAULT_MODEL + ")"
-    )
+    model_name_or_path: str | None = flag(None, MODEL_HELP.replace("the checkpoint", "--ckpt", 1))
     metric_ks: list[int] = flag([10, 50], METRIC_KS_HELP)
     exclude_history: bool = flag(False, "never rank items already in the history")
     output: str | None = flag(None, "write the metrics here as JSON")
@@ -427,9 +574,7 @@ class RecommendArgs(RecformerFieldArgs, _Validated):
     items: str | None = flag(
         None, "catalogue: meta_data.json ({id: attributes}) or JSON lines ({\"id\": ..., attributes})"
     )
-    model_name_or_path: str | None = flag(
-        None, "config + tokenizer (default: the checkpoint when it is a save_pretrained folder, else " + DEFAULT_MODEL + ")"
-    )
+    model_name_or_path: str | None = flag(None, MODEL_HELP.replace("the checkpoint", "--ckpt", 1))
     index_dir: str | None = flag(
         None, "saved index: reused when present (new or changed items of --items are encoded and added), else written"
     )

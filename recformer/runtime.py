@@ -31,6 +31,7 @@ from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import cached_item_vectors, encode_items, evaluate, pooled_batches
 from recformer.io.cache import item_table_path
 from recformer.io.checkpoint import LoadReport, load_checkpoint
+from recformer.io.fileio import read_json
 from recformer.model.attention import configure_attention
 from recformer.model.configuration import DEFAULT_MODEL, RecformerConfig, build_config
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
@@ -39,14 +40,42 @@ from recformer.model.tokenization import RecformerTokenizer
 
 logger = logging.getLogger(__name__)
 
+# Files that make a folder a tokenizer source.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
+
+
+def run_folder_model(checkpoint: str | os.PathLike) -> str | None:
+    """The config + tokenizer source of a checkpoint file inside a finetuning run folder (one with
+    `args.json`): the run's `best_model/` when it holds a config and tokenizer, else the
+    `model_name_or_path` its `args.json` names; None for a checkpoint outside a run folder."""
+    path = Path(checkpoint)
+    args_file = path.parent / "args.json"
+    if not path.is_file() or not args_file.is_file():
+        return None
+    best = path.parent / "best_model"
+    if (best / "config.json").is_file() and any((best / name).is_file() for name in TOKENIZER_FILES):
+        return str(best)
+    try:
+        saved = read_json(args_file).get("model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return saved if isinstance(saved, str) and saved else None
+
 
 def model_sources(checkpoint: str | os.PathLike, model_name_or_path: str | os.PathLike | None) -> tuple[str, str]:
-    """(config source, tokenizer source) of a checkpoint: `model_name_or_path` when given, else the
-    checkpoint itself when it is a `save_pretrained` folder (it holds both), else the Longformer base."""
+    """(config source, tokenizer source) of a checkpoint, the one rule of every model command's
+    `--model_name_or_path` default: the flag's value when given; else the checkpoint's own: a
+    `save_pretrained` folder (with its tokenizer files when it has them), or, for a checkpoint file in
+    a finetuning run folder, that run's model (`run_folder_model`); else the default Longformer."""
     if model_name_or_path is not None:
         return str(model_name_or_path), str(model_name_or_path)
-    if Path(checkpoint).is_dir() and (Path(checkpoint) / "config.json").is_file():
-        return str(checkpoint), str(checkpoint)
+    folder = Path(checkpoint)
+    if folder.is_dir() and (folder / "config.json").is_file():
+        has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
+        return str(folder), str(folder) if has_tokenizer else DEFAULT_MODEL
+    run_model = run_folder_model(folder)
+    if run_model is not None:
+        return run_model, run_model
     return DEFAULT_MODEL, DEFAULT_MODEL
 
 

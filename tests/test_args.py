@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import asdict, replace
@@ -22,18 +23,19 @@ PRETRAIN_DEFAULTS = {
     "temp": None, "fix_word_embedding": False, "valid_step": 250, "log_step": 2000, "preprocessing_num_workers": min(8, CORES),
     "dataloader_num_workers": min(2, CORES), "device": "auto", "accelerator": "auto", "strategy": "auto", "num_nodes": 1,
     "fp16": False, "precision": None, "attn_implementation": "auto", "compile": False, "seed": 42, "cache_dir": None, "progress": True, "trust_checkpoint": False,
+    "overwrite_output_dir": False,
     **RECFORMER_FIELDS,
 }  # fmt: skip
 FINETUNE_REQUIRED = ["--pretrain_ckpt", "c.bin", "--data_path", "data"]
 FINETUNE_DEFAULTS = {
-    "pretrain_ckpt": "c.bin", "data_path": "data", "model_name_or_path": "allenai/longformer-base-4096",
+    "pretrain_ckpt": "c.bin", "data_path": "data", "model_name_or_path": None,
     "output_dir": "checkpoints", "ckpt": "best_model.bin", "train_file": "train.json", "dev_file": "val.json",
     "test_file": "test.json", "item2id_file": "smap.json", "meta_file": "meta_data.json", "num_train_epochs": 16,
     "gradient_accumulation_steps": 8, "global_batch_size": None, "finetune_negative_sample_size": 1000, "metric_ks": [10, 50], "batch_size": 16,
-    "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "device": "auto",
+    "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "stage2_schedule": "shared", "device": "auto",
     "fp16": False, "bf16": False, "attn_implementation": "auto", "compile": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": min(8, CORES),
     "dataloader_num_workers": 0, "seed": 42, "max_grad_norm": None, "exclude_history": False, "resume": False,
-    "temp": None, "cache_dir": None, "progress": True, **RECFORMER_FIELDS,
+    "temp": None, "cache_dir": None, "progress": True, "overwrite_output_dir": False, **RECFORMER_FIELDS,
 }  # fmt: skip
 
 
@@ -49,7 +51,7 @@ def test_flag_names_and_defaults_are_the_reference_scripts(cls, required, defaul
     args = parse_args(cls, required)
     assert asdict(args) == defaults
     assert asdict(cls(**{k: v for k, v in defaults.items() if f"--{k}" in required})) == defaults  # API = CLI
-    expected_flags = {f"--{k}" for k in defaults if k != "progress"} | {"--no_progress"}
+    expected_flags = {f"--{k}" for k in defaults if k != "progress"} | {"--no_progress", "--config"}
     assert flags(cls) == expected_flags
 
 
@@ -184,3 +186,108 @@ def test_worker_defaults_never_exceed_the_cores(monkeypatch):
     assert defaults.available_cores() == 1 and defaults.capped_workers(8) == 1
     monkeypatch.setattr(defaults.os, "sched_getaffinity", lambda pid: set(range(64)))
     assert defaults.capped_workers(8) == 8
+
+
+def test_stage2_schedule_takes_shared_or_restart(capsys):
+    assert parse_args(FinetuneArgs, [*FINETUNE_REQUIRED, "--stage2_schedule", "restart"]).stage2_schedule == "restart"
+    with pytest.raises(SystemExit):
+        parse_args(FinetuneArgs, [*FINETUNE_REQUIRED, "--stage2_schedule", "cosine"])
+    assert "argument --stage2_schedule: invalid choice: 'cosine'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"^--stage2_schedule must be one of shared, restart, got 'cosine'$"):
+        FinetuneArgs(pretrain_ckpt="c.bin", data_path="data", stage2_schedule="cosine").validate()
+
+
+def write_config(path, text: str):
+    path.write_text(text)
+    return str(path)
+
+
+def test_a_yaml_config_gives_the_values_and_flags_override_it(tmp_path):
+    config = write_config(tmp_path / "run.yaml", """
+pretrain_ckpt: c.bin
+data_path: data
+learning_rate: 5e-5        # a string to YAML: parsed as the flag parses it
+warmup_steps: 7
+metric_ks: [10, 20]
+progress: false
+stage2_schedule: restart
+attention_window: 64
+""")
+    args = parse_args(FinetuneArgs, ["--config", config])
+    assert (args.pretrain_ckpt, args.data_path, args.learning_rate, args.warmup_steps) == ("c.bin", "data", 5e-5, 7)
+    assert (args.metric_ks, args.progress, args.stage2_schedule, args.attention_window) == ([10, 20], False, "restart", [64])
+    args = parse_args(FinetuneArgs, ["--learning_rate", "1e-4", "--config", config, "--metric_ks", "10", "--data_path", "x"])
+    assert (args.learning_rate, args.metric_ks, args.data_path, args.warmup_steps) == (1e-4, [10], "x", 7)
+
+
+def test_a_json_config_is_read_too(tmp_path):
+    config = write_config(tmp_path / "run.json", json.dumps({"pretrain_ckpt": "c.bin", "data_path": "d", "batch_size": 4}))
+    args = parse_args(FinetuneArgs, ["--config", config])
+    assert asdict(args) == {**FINETUNE_DEFAULTS, "data_path": "d", "batch_size": 4}
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("run.yaml", "pretrain_ckpt: c\nlearn_rate: 0.1\n",
+         "unknown key 'learn_rate': not a flag of this command (keys are flag names without '--')"),
+        ("run.json", '{"batch_size": 0}', "batch_size: must be >= 1, got 0"),
+        ("run.yaml", "stage2_schedule: cosine\n", "stage2_schedule must be one of shared, restart, got 'cosine'"),
+        ("run.yaml", "fp16: 'yes'\n", "fp16 must be true or false, got 'yes'"),
+        ("run.yaml", "learning_rate: fast\n", "learning_rate: could not convert string to float: 'fast'"),
+        ("run.yaml", "data_path: [a, b]\n", "data_path takes one value, got a list"),
+        ("run.yaml", "- a\n- b\n", "must hold a mapping of flag names to values, not a list"),
+        ("run.json", "{", "not valid JSON (Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+        ("run.toml", "", "--config takes a .json, .yaml or .yml file"),
+        ("missing.yaml", None, "config file not found"),
+    ],
+)
+def test_a_bad_config_file_is_one_line_naming_it(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        parse_args(FinetuneArgs, ["--config", str(path), *FINETUNE_REQUIRED])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"error: {path}: {message}\n"
+
+
+def test_required_flags_missing_from_file_and_command_line_are_still_required(tmp_path, capsys):
+    config = write_config(tmp_path / "run.yaml", "pretrain_ckpt: c.bin\n")
+    with pytest.raises(SystemExit):
+        parse_args(FinetuneArgs, ["--config", config])
+    assert "the following arguments are required: --data_path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "module, cls, required",
+    [
+        ("finetune", "FinetuneArgs", {"pretrain_ckpt": "c", "data_path": "d"}),
+        ("evaluate", "EvaluateArgs", {"ckpt": "c", "data_path": "d"}),
+        ("recommend", "RecommendArgs", {"ckpt": "c", "items": "i", "input": "in", "output": "out"}),
+        ("pretrain", "PretrainArgs", {"train_file": "t", "dev_file": "d", "item_attr_file": "m", "output_dir": "o"}),
+    ],
+)
+def test_every_model_command_takes_a_config_file(tmp_path, module, cls, required):
+    import importlib
+
+    import recformer.args as args_module
+    from recformer.args import parse_command_line
+
+    cli = importlib.import_module(f"recformer.cli.{module}")
+    cls = getattr(args_module, cls)
+    assert "--config FILE" in cli.build_parser().format_help()
+    config = write_config(tmp_path / "c.yaml", "\n".join(f"{k}: {v}" for k, v in {**required, "device": "cpu"}.items()))
+    from_file = parse_command_line(cls, cli.build_parser(), ["--config", config, "--attn_implementation", "eager"])
+    flags = [x for k, v in required.items() for x in (f"--{k}", v)]
+    from_flags = parse_command_line(cls, cli.build_parser(), [*flags, "--device", "cpu", "--attn_implementation", "eager"])
+    assert from_file == from_flags and from_file.device == "cpu"
+
+
+def test_run_arguments_leave_out_what_to_do_with_the_folder():
+    from recformer.args import run_arguments
+
+    args = FinetuneArgs(pretrain_ckpt="c", data_path="d", resume=True, overwrite_output_dir=True)
+    saved = run_arguments(args)
+    assert "resume" not in saved and "overwrite_output_dir" not in saved
+    assert FinetuneArgs(**saved) == replace(args, resume=False, overwrite_output_dir=False)

@@ -84,3 +84,30 @@ def test_field_flags_and_field_values():
     ns = parser.parse_args(["--max_attr_num", "4", "--attention_window", "8", "16"])
     assert field_values(ns) == {"max_attr_num": 4, "max_attr_length": None, "max_item_embeddings": None,
                                 "attention_window": [8, 16], "max_token_num": None}  # fmt: skip
+
+
+def test_a_hub_id_offline_and_not_cached_is_one_line_naming_the_flag(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from recformer.model.configuration import check_model_source
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    with pytest.raises(FileNotFoundError) as error:
+        check_model_source("allenai/longformer-base-4096")
+    assert str(error.value) == (
+        "allenai/longformer-base-4096: not a local folder, and not in the Hugging Face cache while HF_HUB_OFFLINE "
+        "(or TRANSFORMERS_OFFLINE) is set; pass --model_name_or_path with a local folder that holds the config and "
+        "tokenizer"
+    )
+    # in the cache: transformers reads it from there, offline
+    repo = tmp_path / "models--allenai--longformer-base-4096"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "snapshots" / "abc123" / "config.json").write_text("{}")
+    check_model_source("allenai/longformer-base-4096")
+    # online, a hub id is left to transformers
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "0")
+    check_model_source("someone/not-cached")

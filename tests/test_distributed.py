@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from recformer.args import EvaluateArgs, FinetuneArgs
+from recformer.args import EvaluateArgs, FinetuneArgs, parse_command_line
 from recformer.cli import evaluate as evaluate_cli
 from recformer.inference.checkpoint_eval import evaluate_checkpoint
 from recformer.train.finetune import Finetuner
@@ -147,8 +147,8 @@ def test_evaluate_py_under_torchrun_equals_one_process(assets, one_process, tmp_
     folder, _ = one_process
     common = ["--ckpt", str(folder / "best_model.bin"), "--data_path", str(assets["data"]), "--model_name_or_path",
               str(assets["model"]), "--device", "cpu", "--batch_size", "7", "--no_progress", "--reencode_items"]  # fmt: skip
-    parsed = evaluate_cli.build_parser().parse_args([*common, "--cache_dir", str(tmp_path / "c1")])
-    one = evaluate_checkpoint(EvaluateArgs(**vars(parsed)))
+    parsed = parse_command_line(EvaluateArgs, evaluate_cli.build_parser(), [*common, "--cache_dir", str(tmp_path / "c1")])
+    one = evaluate_checkpoint(parsed)
     out = tmp_path / "two.json"
     code, stdout, stderr, _ = torchrun(
         "evaluate", *common, "--cache_dir", str(tmp_path / "c2"), "--output", str(out)

@@ -115,3 +115,33 @@ def test_refusals_name_the_problem(run, capsys, tmp_path):
     with pytest.raises(SystemExit):
         evaluate_cli.main(["--ckpt", "x", "--data_path", "y", "--split", "dev"])
     assert "invalid choice: 'dev'" in capsys.readouterr().err
+
+
+def test_a_checkpoint_in_a_run_folder_takes_the_run_s_model_and_tokenizer(run, capsys, tmp_path):
+    import shutil
+
+    result, _ = evaluate_main(run, capsys, tmp_path, run["folder"] / "best_model.bin", model=False)
+    assert result["metrics"] == pytest.approx(run["metrics"]["test"], abs=1e-6)
+    # a run folder without best_model/ (say, still running): the model its args.json names
+    copy = tmp_path / "copy"
+    shutil.copytree(run["folder"], copy, ignore=shutil.ignore_patterns("best_model", "cache", "tensorboard"))
+    result, _ = evaluate_main(run, capsys, tmp_path, copy / "best_model.bin", model=False)
+    assert result["metrics"] == pytest.approx(run["metrics"]["test"], abs=1e-6)
+
+
+def test_offline_without_the_model_is_one_line_naming_the_flag(run, capsys, tmp_path, monkeypatch):
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    start = time.perf_counter()
+    code = evaluate_cli.main(["--ckpt", str(run["ckpt"]), "--data_path", str(run["data"]), "--device", "cpu",
+                              "--no_progress"])  # fmt: skip
+    assert code == 2 and time.perf_counter() - start < 5
+    assert capsys.readouterr().err == (
+        "error: allenai/longformer-base-4096: not a local folder, and not in the Hugging Face cache while "
+        "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set; pass --model_name_or_path with a local folder that holds "
+        "the config and tokenizer\n"
+    )

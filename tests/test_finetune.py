@@ -143,8 +143,54 @@ def test_stage_two_starts_from_stage_one_best(assets, tmp_path, monkeypatch):
         return original(self, stage)
 
     monkeypatch.setattr(Finetuner, "run_stage", spy)
-    Finetuner(make_args(assets, tmp_path, num_train_epochs=2)).run()
+    Finetuner(make_args(assets, tmp_path, num_train_epochs=2, stage2_schedule="restart")).run()
     assert seen["equal"]
+
+
+def step_log(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_stage_two_at_learning_rate_zero_is_skipped_and_gives_what_training_it_gives(
+    full_run, assets, tmp_path, monkeypatch
+):
+    """full_run (--stage2_schedule shared, a full stage 1) skipped stage 2; a run forced to train it at
+    learning rate 0 writes the same metrics.json, checkpoint and save_pretrained folder."""
+    skipped_folder, skipped = full_run
+    assert all(r["stage"] == 1 for r in step_log(skipped_folder))  # no stage-2 step ran
+    monkeypatch.setattr(Finetuner, "stage_two_learning_rate_is_zero", lambda self: False)
+    trained = Finetuner(make_args(assets, tmp_path)).run()
+    folder = tmp_path / "Tiny"
+    stage2 = [r for r in step_log(folder) if r["stage"] == 2]
+    assert stage2 and all(r["lr"] == 0.0 for r in stage2)  # the premise: the shared schedule is used up
+    assert [r["stage"] for r in trained["dev"]] == [1, 1, 1, 2, 2, 2]
+    assert trained == skipped
+    assert (folder / "metrics.json").read_text() == (skipped_folder / "metrics.json").read_text()
+    for a, b in ((torch.load(folder / "best_model.bin"), torch.load(skipped_folder / "best_model.bin")),):
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for path in (skipped_folder / "best_model").iterdir():
+        assert (folder / "best_model" / path.name).read_bytes() == path.read_bytes(), path.name
+    state = torch.load(folder / "training_state.pt", weights_only=True)["state"]
+    skipped_state = torch.load(skipped_folder / "training_state.pt", weights_only=True)["state"]
+    assert state == skipped_state  # stage, epoch, step count, patience, best
+
+
+def test_skipping_stage_two_says_so_in_one_line(assets, tmp_path, monkeypatch, caplog):
+    original = Finetuner.run_stage
+    monkeypatch.setattr(Finetuner, "run_stage", lambda self, stage: original(self, stage) if stage == 1 else pytest.fail())
+    with caplog.at_level("INFO", logger="recformer.train.finetune"):
+        Finetuner(make_args(assets, tmp_path, num_train_epochs=1)).run()
+    lines = [r.getMessage() for r in caplog.records if "stage 2:" in r.getMessage() and "skipped" in r.getMessage()]
+    assert len(lines) == 1 and "--stage2_schedule restart trains it" in lines[0], caplog.text
+
+
+def test_stage_two_restart_gives_stage_two_its_own_warm_up_and_decay(assets, tmp_path):
+    Finetuner(make_args(assets, tmp_path, stage2_schedule="restart")).run()
+    log = step_log(tmp_path / "Tiny")
+    stage1 = [r["lr"] for r in log if r["stage"] == 1]
+    stage2 = [r["lr"] for r in log if r["stage"] == 2]
+    assert stage1[-1] == 0.0 and stage2 and stage2[0] > 0
+    assert stage2 == stage1[: len(stage2)]  # the same warm-up and linear decay, started again
 
 
 def test_patience_and_best_checkpoint_selection(assets, tmp_path, monkeypatch):
@@ -484,6 +530,7 @@ def test_resume_on_a_regenerated_data_folder_is_refused(assets, finished_run, tm
         (["--num_train_epochs", "3"], "--num_train_epochs was 0, now 3"),
         (["--max_attr_num", "2"], "config max_attr_num was 3, now 2; "),  # and the flag: was None, now 2
         (["--dataloader_num_workers", "1"], "--dataloader_num_workers was 0, now 1"),  # targets are drawn per worker
+        (["--stage2_schedule", "restart"], "--stage2_schedule was 'shared', now 'restart'"),
     ],
 )
 def test_resume_with_a_flag_that_changes_the_result_is_refused(assets, finished_run, tmp_path, capsys, flags, phrase):
@@ -530,3 +577,93 @@ def test_resume_from_an_unusable_state_file_is_one_line(assets, finished_run, tm
     line = refused_resume(code, err, folder, before)
     expected = "not a complete PyTorch checkpoint file" if damage == "truncated" else "refused: it holds Python objects"
     assert expected in line and not marker.exists()
+
+
+def test_a_folder_that_holds_a_run_is_refused_without_resume_or_overwrite(assets, finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    folder = out / "Tiny"
+    before = snapshot(folder)
+    code, err = run_cli(cli_args(assets, assets["data"], out), capsys)
+    assert code == 2
+    assert err == (f"error: {folder}: holds a finetuning run (training_state.pt, metrics.json, best_model.bin, "
+                   "best_model); pass --resume to continue it or --overwrite_output_dir to replace it\n")  # fmt: skip
+    assert snapshot(folder) == before
+
+
+def test_overwrite_output_dir_replaces_the_run_and_leaves_nothing_of_it(assets, finished_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(finished_run, out)
+    folder = out / "Tiny"
+    old_events = {p.name for p in (folder / "tensorboard").rglob("events.out.tfevents.*")}
+    (folder / "best_model" / "stale.txt").write_text("from the earlier run")
+    (folder / "run.log").write_text("EARLIER RUN\n")
+    code, err = run_cli(cli_args(assets, assets["data"], out, "--overwrite_output_dir"), capsys)
+    assert code == 0, err
+    assert not (folder / "best_model" / "stale.txt").exists()
+    assert not old_events & {p.name for p in (folder / "tensorboard").rglob("events.out.tfevents.*")}
+    assert "EARLIER RUN" not in (folder / "run.log").read_text()
+    assert json.loads((folder / "metrics.json").read_text()) == json.loads((finished_run / "Tiny" / "metrics.json").read_text())
+
+
+def test_run_log_holds_what_the_console_showed(finished_run):
+    text = (finished_run / "Tiny" / "run.log").read_text()
+    assert text.startswith("finetune arguments: {")
+    assert "finetuned test" in text and "NDCG@10" in text and f"outputs: {finished_run / 'Tiny'}" in text
+    assert "\r" not in text
+
+
+def test_args_json_is_a_config_that_reproduces_the_run(assets, tmp_path, capsys):
+    first = tmp_path / "first"
+    argv = cli_args(assets, assets["data"], first, "--num_train_epochs", "1", "--batch_size", "8", "--verbose", "1")
+    assert run_cli(argv, capsys)[0] == 0
+    saved = first / "Tiny" / "args.json"
+    assert not {"resume", "overwrite_output_dir"} & set(json.loads(saved.read_text()))
+    again = tmp_path / "again"
+    code, err = run_cli(["--config", str(saved), "--output_dir", str(again)], capsys)
+    assert code == 0, err
+    for name in ("metrics.json", "train_log.jsonl"):
+        a, b = ((f / "Tiny" / name).read_text().splitlines() for f in (first, again))
+        drop = ("seqs_per_s", "tokens_per_s")  # timings
+        assert [{k: v for k, v in json.loads(x).items() if k not in drop} for x in a] == [
+            {k: v for k, v in json.loads(x).items() if k not in drop} for x in b
+        ] if name == "train_log.jsonl" else a == b
+
+
+def test_tensorboard_gets_zero_shot_test_and_hyper_parameters(full_run):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import plugin_data_pb2
+    from tensorboard.util import tensor_util
+
+    folder, metrics = full_run
+    scalars, hparams = {}, {}
+    for path in (folder / "tensorboard").rglob("events.out.tfevents.*"):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                if value.tag == "_hparams_/session_start_info":
+                    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+                    hparams = {k: v for k, v in data.session_start_info.hparams.items()}
+                elif not value.tag.startswith("_hparams_"):
+                    scalars[value.tag] = float(tensor_util.make_ndarray(value.tensor))
+    assert scalars["zero_shot_test/NDCG@10"] == pytest.approx(metrics["zero_shot_test"]["NDCG@10"])
+    assert scalars["test/NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"])
+    assert scalars["hparam/test/NDCG@10"] == pytest.approx(metrics["test"]["NDCG@10"])
+    assert hparams["learning_rate"].number_value == pytest.approx(1e-3)
+    assert hparams["stage2_schedule"].string_value == "shared"
+    assert hparams["metric_ks"].string_value == "[10, 50]"
+
+
+def test_model_name_or_path_defaults_to_the_checkpoint_s_own_model(full_run, assets, tmp_path, caplog):
+    """As evaluate.py and recommend.py: a checkpoint in a run folder brings that run's config and tokenizer."""
+    folder, _ = full_run
+    args = make_args(assets, tmp_path, pretrain_ckpt=str(folder / "best_model.bin"), model_name_or_path=None,
+                     num_train_epochs=0)  # fmt: skip
+    with caplog.at_level("INFO", logger="recformer.train.finetune"):
+        metrics = Finetuner(args).run()
+    assert f"config from {folder / 'best_model'}, tokenizer from {folder / 'best_model'}" in caplog.text
+    assert metrics["test"] is not None
+    assert json.loads((tmp_path / "Tiny" / "args.json").read_text())["model_name_or_path"] is None  # resolved again

@@ -101,6 +101,10 @@ def test_training_lowers_the_loss_and_writes_its_outputs(ws):
     assert list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert json.loads((out / "args.json").read_text())["max_steps"] == STEPS
     assert "strategy: a plain Lightning strategy" in log and "resolved arguments:" in log
+    run_log = (out / "run.log").read_text()  # the console's copy: log lines too, no progress-bar redraws
+    assert "resolved arguments:" in run_log and "done: 30 optimizer steps" in run_log and "\r" not in run_log
+    saved = json.loads((out / "args.json").read_text())
+    assert "overwrite_output_dir" not in saved and saved["strategy"] == "auto"  # the flags as given: a --config file
     assert "1 asins missing from the metadata skipped; 1 sequences with fewer than 2 items skipped" in log
     assert "weights_only" not in log  # last.ckpt is saved saying what it holds; Lightning does not guess
     summary = json.loads((out / "train_summary.json").read_text())
@@ -312,3 +316,38 @@ def test_resume_refuses_a_crafted_checkpoint(ws, tmp_path):
     result = run(*pretrain_args(ws, tmp_path / "resumed", "--max_steps", str(STEPS + 1), "--ckpt", crafted))
     refused(result, crafted)
     assert not marker.exists()
+
+
+def test_a_folder_that_holds_a_pretraining_run_is_refused_unless_overwritten(tmp_path, capsys):
+    from recformer.cli import pretrain as pretrain_cli
+
+    from .finetune_fixtures import make_model_folder
+
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "args.json").write_text("{}")
+    (out / "cache").mkdir()
+    missing = tmp_path / "train.json"
+    argv = ["--model_name_or_path", str(make_model_folder(tmp_path)), "--train_file", str(missing), "--dev_file",
+            str(missing), "--item_attr_file", str(missing), "--output_dir", str(out), "--device", "cpu", "--no_progress"]  # fmt: skip
+    assert pretrain_cli.main(argv) == 2
+    resume = out / "checkpoints" / "last.ckpt"
+    assert capsys.readouterr().err == (f"error: {out}: holds a pretraining run (checkpoints, args.json); pass --ckpt "
+                                       f"{resume} to continue it or --overwrite_output_dir to replace it\n")  # fmt: skip
+    assert not (out / "run.log").exists()
+    # accepted with --overwrite_output_dir; the earlier run is removed only once this one's inputs are read
+    assert pretrain_cli.main([*argv, "--overwrite_output_dir"]) == 2
+    err = capsys.readouterr().err
+    assert str(missing) in err and "holds a pretraining run" not in err
+    assert (out / "args.json").is_file() and err.strip() in (out / "run.log").read_text()
+
+
+def test_clear_run_folder_removes_the_outputs_of_a_run_and_keeps_the_cache(tmp_path):
+    from recformer.train.pretraining import RUN_OUTPUTS, clear_run_folder
+
+    for name in RUN_OUTPUTS:
+        (tmp_path / name).mkdir() if "." not in name else (tmp_path / name).write_text("{}")
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("x")
+    (tmp_path / "cache").mkdir()
+    clear_run_folder(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["cache"]

@@ -317,3 +317,30 @@ def test_catalogue_ids_and_forms(tmp_path):
         read_items({1: {"t": "a"}, "1": {"t": "b"}})
     with pytest.raises(FileNotFoundError, match=r"missing.json: file not found"):
         read_items(tmp_path / "missing.json")
+
+
+def test_model_sources_one_rule_for_every_command(tmp_path):
+    """--model_name_or_path; else the checkpoint's own (save_pretrained folder, or a run folder's model);
+    else the default Longformer."""
+    from recformer.model.configuration import DEFAULT_MODEL
+    from recformer.runtime import model_sources
+
+    released = tmp_path / "pretrain_ckpt" / "recformer_seqrec_ckpt.bin"
+    released.parent.mkdir()
+    released.write_bytes(b"weights")
+    assert model_sources(released, None) == (DEFAULT_MODEL, DEFAULT_MODEL)
+    assert model_sources(released, "models/mine") == ("models/mine", "models/mine")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best_model.bin").write_bytes(b"weights")
+    (run / "args.json").write_text(json.dumps({"model_name_or_path": "models/longformer-small"}))
+    assert model_sources(run / "best_model.bin", None) == ("models/longformer-small", "models/longformer-small")
+    (run / "best_model").mkdir()
+    (run / "best_model" / "config.json").write_text("{}")
+    (run / "best_model" / "vocab.json").write_text("{}")
+    best = str(run / "best_model")
+    assert model_sources(run / "best_model.bin", None) == (best, best)
+    assert model_sources(run / "best_model", None) == (best, best)  # the save_pretrained folder itself
+    (run / "args.json").write_text(json.dumps({"model_name_or_path": None}))
+    (run / "best_model" / "config.json").unlink()
+    assert model_sources(run / "best_model.bin", None) == (DEFAULT_MODEL, DEFAULT_MODEL)

@@ -58,3 +58,40 @@ def test_trim_without_a_log_and_start_fresh(tmp_path):
     log.start_fresh()
     assert not log.step_log.exists()
     log.close()
+
+
+def test_console_log_keeps_each_line_as_it_finally_stood(tmp_path, capsys):
+    import sys
+
+    from recformer.train.run_log import ConsoleLog
+
+    with ConsoleLog() as console:
+        print("before the folder is known")
+        sys.stderr.write("\rstage 1 epoch 0:   0%| 0/3\rstage 1 epoch 0:  33%| 1/3\rstage 1 epoch 0: 100%| 3/3\n")
+        console.attach(tmp_path / "run.log")
+        sys.stderr.write("\revaluate:  50%| 1/2\r                    \r")  # a bar cleared from its line (leave=False)
+        print("INFO zero-shot test: NDCG@10 0.1")
+        sys.stdout.write("no newline at the end")
+    assert (tmp_path / "run.log").read_text() == (
+        "before the folder is known\nstage 1 epoch 0: 100%| 3/3\nINFO zero-shot test: NDCG@10 0.1\nno newline at the end\n"
+    )
+    shown = capsys.readouterr()
+    assert "\rstage 1 epoch 0:  33%| 1/3" in shown.err and "no newline at the end" in shown.out  # the console is unchanged
+    with ConsoleLog() as console:
+        console.attach(tmp_path / "run.log", append=True)  # a resumed run continues the log
+        print("resumed")
+    assert (tmp_path / "run.log").read_text().endswith("no newline at the end\nresumed\n")
+    with ConsoleLog():
+        print("a refused folder: nothing is written anywhere")
+    assert "refused" not in (tmp_path / "run.log").read_text()
+
+
+def test_start_fresh_forgets_the_metrics_and_events_of_an_earlier_run(tmp_path):
+    log = RunLog(tmp_path)
+    log.log_step(record(1))
+    log.write_metrics({"test": None})
+    log.close()
+    assert (tmp_path / "tensorboard").is_dir()
+    RunLog(tmp_path).start_fresh()
+    assert not log.step_log.exists() and not (tmp_path / "metrics.json").exists()
+    assert not (tmp_path / "tensorboard").exists()

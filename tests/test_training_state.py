@@ -201,3 +201,13 @@ def test_fingerprint_differences():
         "--metric_ks was [10, 50], now [10]",
     ]
     assert fingerprint_differences({"config": {"temp": 0.05}}, {"config": {"temp": 0.1}}) == ["config temp was 0.05, now 0.1"]
+
+
+def test_a_resume_file_from_before_stage2_schedule_existed_ran_the_shared_schedule():
+    from recformer.train.training_state import fingerprint_differences
+
+    before = {"flags": {"learning_rate": 5e-5}}
+    assert fingerprint_differences(before, {"flags": {"learning_rate": 5e-5, "stage2_schedule": "shared"}}) == []
+    assert fingerprint_differences(before, {"flags": {"learning_rate": 5e-5, "stage2_schedule": "restart"}}) == [
+        "--stage2_schedule was 'shared', now 'restart'"
+    ]

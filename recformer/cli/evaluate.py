@@ -14,9 +14,9 @@ import argparse
 import logging
 import sys
 
-from recformer.args import EvaluateArgs
+from recformer.args import EvaluateArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
-from recformer.cli import argument_error
+from recformer.cli import argument_error, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,17 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = EvaluateArgs(**vars(build_parser().parse_args(argv)))
+    args = parse_command_line(EvaluateArgs, build_parser(), argv)
     if (code := argument_error(args)) is not None:
         return code
+    return run_command(lambda: evaluate(args))
+
+
+def evaluate(args: EvaluateArgs) -> int:
     # torch and transformers load only now: --help and bad flags answer at once
     from recformer import distributed
-    from recformer.data.finetune_reader import DataError
     from recformer.devices import keep_freed_memory
     from recformer.inference.checkpoint_eval import evaluate_checkpoint
-    from recformer.io.checkpoint import CheckpointError
     from recformer.io.fileio import atomic_write_json
-    from recformer.metrics import NonFiniteScores, format_metrics_table
+    from recformer.metrics import format_metrics_table
 
     logging.basicConfig(
         level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -46,10 +48,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:
             distributed.on_main(lambda: atomic_write_json(args.output, result.to_json(), indent=True))
         distributed.barrier()  # leave together: a rank that tears down while another still sends aborts
-    except (DataError, CheckpointError, OSError, ValueError, NonFiniteScores, distributed.RankFailure) as e:
-        if line := distributed.error_line(e):
-            print(line, file=sys.stderr, flush=True)
-        return 2
     finally:
         distributed.teardown()
     if distributed.env_rank() != 0:

@@ -14,10 +14,11 @@ import json
 import logging
 import sys
 from dataclasses import asdict
+from typing import Any
 
-from recformer.args import FinetuneArgs
+from recformer.args import FinetuneArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
-from recformer.cli import argument_error
+from recformer.cli import argument_error, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,16 +26,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = FinetuneArgs(**vars(build_parser().parse_args(argv)))
+    args = parse_command_line(FinetuneArgs, build_parser(), argv)
     if (code := argument_error(args)) is not None:
         return code
     # torch and transformers load only now: --help and bad flags answer at once
+    from recformer.train.run_log import ConsoleLog
+
+    with ConsoleLog() as console:  # copied into the run folder's run.log once the folder is accepted
+        return run_command(lambda: finetune(args, console))
+
+
+def finetune(args: FinetuneArgs, console: Any) -> int:
     from recformer import distributed
-    from recformer.data.finetune_reader import DataError
     from recformer.devices import keep_freed_memory, set_tokenizer_threads
-    from recformer.io.checkpoint import CheckpointError
-    from recformer.metrics import NonFiniteScores, format_metrics_table
-    from recformer.train.finetune import Finetuner, TrainingDiverged
+    from recformer.metrics import format_metrics_table
+    from recformer.train.finetune import Finetuner
+    from recformer.train.run_log import RUN_LOG
 
     logging.basicConfig(
         level=distributed.cli_log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -46,13 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         distributed.init_from_env(args.device)
         finetuner = Finetuner(args)
-        metrics = finetuner.run()
+        metrics = finetuner.run(on_start=lambda resumed: console.attach(finetuner.out_dir / RUN_LOG, append=resumed))
         distributed.barrier()  # leave together: a rank that tears down while another still sends aborts
-    except (DataError, CheckpointError, OSError, ValueError, TrainingDiverged, NonFiniteScores,
-            distributed.RankFailure) as e:  # fmt: skip
-        if line := distributed.error_line(e):
-            print(line, file=sys.stderr, flush=True)
-        return 2
     finally:
         distributed.teardown()
     if distributed.env_rank() == 0:

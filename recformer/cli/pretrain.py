@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from typing import Any
 
-from recformer.args import PretrainArgs
+from recformer.args import PretrainArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
-from recformer.cli import argument_error
+from recformer.cli import argument_error, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,21 +31,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = PretrainArgs(**vars(build_parser().parse_args(argv)))
+    args = parse_command_line(PretrainArgs, build_parser(), argv)
     if (code := argument_error(args)) is not None:
         return code
+    from recformer.train.run_log import ConsoleLog
+
+    with ConsoleLog() as console:  # copied into <output_dir>/run.log once the folder is accepted
+        return run_command(lambda: pretrain(args, console))
+
+
+def pretrain(args: PretrainArgs, console: Any) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # torch, transformers and Lightning load only now: --help and bad flags answer at once
     from recformer.devices import keep_freed_memory
-    from recformer.train.pretraining import PretrainingSetupError, run_pretraining
+    from recformer.train.pretraining import run_pretraining
+    from recformer.train.run_log import RUN_LOG
 
     keep_freed_memory()
-
-    try:
-        summary = run_pretraining(args)
-    except PretrainingSetupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    summary = run_pretraining(
+        args, on_output_dir=lambda folder: console.attach(folder / RUN_LOG, append=bool(args.ckpt))
+    )
     if summary is not None:  # the global-zero process
         print(f"done: {summary['global_step']} optimizer steps; best {summary['best_val_accuracy']} "
               f"at {summary['best_checkpoint'] or '-'}; last: {summary['last_checkpoint']}")  # fmt: skip

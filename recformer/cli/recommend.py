@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from recformer.args import RecommendArgs
+from recformer.args import RecommendArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
-from recformer.cli import argument_error
+from recformer.cli import argument_error, run_command
 from recformer.inference.inputs import HistoryLine, InputError, item_text, read_histories, read_items
 
 if TYPE_CHECKING:  # torch and transformers load in main, after the arguments are parsed
@@ -128,28 +128,25 @@ def write_recommendations(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = RecommendArgs(**vars(build_parser().parse_args(argv)))
+    args = parse_command_line(RecommendArgs, build_parser(), argv)
     if (code := argument_error(args)) is not None:
         return code
+    return run_command(lambda: recommend(args))
+
+
+def recommend(args: RecommendArgs) -> int:
     # torch and transformers load only now: --help and bad flags answer at once
     from recformer.devices import keep_freed_memory
-    from recformer.inference.recommender import IndexMismatch
-    from recformer.io.checkpoint import CheckpointError
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     keep_freed_memory()
-    try:
-        args.validate()
-        lines = read_histories(args.input)  # every line checked before any work
-        rec, note = open_index(args)
-        k = rec.clip_k(args.k)
-        histories, skipped = known_histories(lines, rec, args.input, args.on_unknown)
-        texts = catalogue_texts(args.items) if args.with_text else None
-        write_recommendations(args.output, lines, histories, rec, k, not args.keep_history, args.progress, texts)
-    except (InputError, IndexMismatch, CheckpointError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    lines = read_histories(args.input)  # every line checked before any work
+    rec, note = open_index(args)
+    k = rec.clip_k(args.k)
+    histories, skipped = known_histories(lines, rec, args.input, args.on_unknown)
+    texts = catalogue_texts(args.items) if args.with_text else None
+    write_recommendations(args.output, lines, histories, rec, k, not args.keep_history, args.progress, texts)
     empty = sum(1 for h in histories if not h)
     summary = f"{len(lines)} users, {len(rec)} items, top {k}, {time.perf_counter() - start:.1f} s; {note}"
     if args.on_unknown == "skip":

@@ -47,10 +47,11 @@ from recformer.io.checkpoint import (
 )
 from recformer.io.fileio import atomic_directory, dumps_json, read_json
 from recformer.model.attention import check_attn_implementation, configure_attention
-from recformer.model.configuration import DEFAULT_MODEL, RecformerConfig, build_config
+from recformer.model.configuration import RecformerConfig, build_config
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
 from recformer.model.modeling import RecformerForSeqRec
 from recformer.model.tokenization import RecformerTokenizer, TokenizedItem
+from recformer.runtime import load_model_parts
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ INDEX_FORMAT = 1
 SCORE_BATCH = 256
 DIGEST_BYTES = 8
 VECTOR_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 
 History = Sequence[str | int | Mapping[str, Any]]
 
@@ -104,35 +104,6 @@ class Fingerprint:
 def _plain(obj: Any) -> Any:
     """`obj` as JSON gives it back (tuples become lists), so saved and live values compare equal."""
     return json.loads(dumps_json(obj))
-
-
-def model_sources(checkpoint: str | os.PathLike, model_name_or_path: str | os.PathLike | None) -> tuple[str, str]:
-    """(config source, tokenizer source): `model_name_or_path` when given, else the checkpoint when it is
-    a `save_pretrained` folder (with its tokenizer files when it has them), else the default Longformer."""
-    if model_name_or_path is not None:
-        return str(model_name_or_path), str(model_name_or_path)
-    folder = Path(checkpoint)
-    if folder.is_dir() and (folder / "config.json").is_file():
-        has_tokenizer = any((folder / name).is_file() for name in TOKENIZER_FILES)
-        return str(folder), str(folder) if has_tokenizer else DEFAULT_MODEL
-    return DEFAULT_MODEL, DEFAULT_MODEL
-
-
-def load_model_parts(
-    checkpoint: str | os.PathLike,
-    model_name_or_path: str | os.PathLike | None = None,
-    fields: Mapping[str, Any] | None = None,
-    temp: float | None = None,
-) -> tuple[RecformerForSeqRec, RecformerTokenizer, Any]:
-    """A RecformerForSeqRec with the checkpoint loaded (its item table too, when it has one), its
-    tokenizer and the load report. Config and tokenizer come from `model_sources`."""
-    config_source, tokenizer_source = model_sources(checkpoint, model_name_or_path)
-    config = build_config(config_source, fields, temp=temp)
-    config.item_num = 0  # a finetuned folder's config counts its items; the table comes from the weights
-    tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, config)
-    model = RecformerForSeqRec(config)
-    report = load_checkpoint(model, checkpoint)
-    return model.eval(), tokenizer, report
 
 
 def item_digests(items: Sequence[Mapping[str, Any]]) -> np.ndarray:

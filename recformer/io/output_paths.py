@@ -84,6 +84,22 @@ def check_output_dir(path: str | os.PathLike) -> Path:
     return _check(path, is_dir=True)
 
 
+def refuse_existing_run(folder: str | os.PathLike, markers: Sequence[str], what: str, continue_hint: str) -> None:
+    """Refuse a run folder that holds any of `markers` (the outputs of a `what`), in one line naming it:
+    pass `continue_hint` (e.g. --resume) to continue that run or --overwrite_output_dir to replace it.
+
+    Raises:
+        OutputPathError: naming the folder, what it holds and both flags.
+    """
+    folder = Path(folder)
+    found = [name for name in markers if (folder / name).exists()]
+    if found:
+        raise OutputPathError(
+            f"{folder}: holds a {what} ({', '.join(found)}); pass {continue_hint} to continue it or "
+            "--overwrite_output_dir to replace it"
+        )
+
+
 def write_folder(
     folder: str | os.PathLike, write: Callable[[Path], None], required: Sequence[str] = ()
 ) -> Path:

@@ -122,9 +122,20 @@ def register_auto_config() -> None:
 register_auto_config()
 
 
+def hub_offline() -> bool:
+    """Whether the environment forbids reaching the Hugging Face hub (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
+    return any(
+        os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
+
+
 def check_model_source(model_name_or_path: str | os.PathLike) -> None:
-    """Raise FileNotFoundError for a model folder that does not exist and cannot be a hub id either
-    (transformers would report it as a malformed repo id)."""
+    """Raise FileNotFoundError, in one line naming `--model_name_or_path`, for a model folder that does
+    not exist and cannot be a hub id either (transformers would report it as a malformed repo id), and
+    for a hub id while the hub is offline (`hub_offline`) and not in the local Hugging Face cache:
+    transformers would fail on it only after a long message, or, without the offline setting, after
+    retrying the network."""
     if Path(model_name_or_path).exists():
         return
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -135,6 +146,15 @@ def check_model_source(model_name_or_path: str | os.PathLike) -> None:
         raise FileNotFoundError(
             f"{model_name_or_path}: model folder not found (and not a Hugging Face hub id)"
         ) from None
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(str(model_name_or_path), "config.json"), str):
+            raise FileNotFoundError(
+                f"{model_name_or_path}: not a local folder, and not in the Hugging Face cache while HF_HUB_OFFLINE "
+                "(or TRANSFORMERS_OFFLINE) is set; pass --model_name_or_path with a local folder that holds the "
+                "config and tokenizer"
+            )
 
 
 def build_config(

@@ -5,6 +5,10 @@
 3. Stage 1: every epoch re-encode all items into the frozen table, train one epoch, evaluate dev
    every `verbose` epochs, keep the best dev NDCG@10, stop after 5 evaluations without improvement.
 4. Stage 2: reload the best, keep its table as it is, train; patience 3; save only on improvement.
+   Its learning rate follows `--stage2_schedule`: `shared` (the original) continues stage 1's one
+   schedule, which a full stage 1 has used up, so stage 2 would train at learning rate 0 and change
+   nothing; its training is then skipped and its records written as that run would write them
+   (`skip_stage_two`). `restart` gives stage 2 its own warm-up and linear decay.
 5. Reload the best and evaluate test.
 
 Differences from the reference loop: the scheduler steps after the optimizer, the last partial
@@ -32,8 +36,9 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -45,7 +50,7 @@ from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from recformer import distributed
-from recformer.args import TARGET_METRIC, FinetuneArgs
+from recformer.args import TARGET_METRIC, FinetuneArgs, run_arguments
 from recformer.data.finetune_reader import FinetuneData, load_finetune_data
 from recformer.devices import InferenceSettings, autocast_context
 from recformer.errors import RecformerFailure
@@ -53,28 +58,35 @@ from recformer.inference.evaluation import cached_item_vectors, encode_items, ev
 from recformer.io.cache import file_fingerprint, item_table_path, tokenizer_fingerprint
 from recformer.io.checkpoint import load_checkpoint
 from recformer.io.fileio import atomic_torch_save, atomic_write_json
-from recformer.io.output_paths import check_output_dir, check_output_file, save_pretrained_folder
+from recformer.io.output_paths import (
+    check_output_dir,
+    check_output_file,
+    refuse_existing_run,
+    save_pretrained_folder,
+)
 from recformer.metrics import NonFiniteScores, format_metrics
 from recformer.model.attention import configure_attention, resolve_attn_implementation
 from recformer.model.configuration import build_config, field_values
 from recformer.model.item_tokens import tokenize_catalogue
 from recformer.model.modeling import RecformerForSeqRec
 from recformer.model.tokenization import RecformerTokenizer
+from recformer.runtime import model_sources
 from recformer.train.collators import FinetuneCollator, GlobalBatchCollator
 from recformer.train.optimization import parameter_groups
-from recformer.train.run_log import RunLog
+from recformer.train.run_log import METRICS_FILE, RunLog
 from recformer.train.training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
 
 logger = logging.getLogger(__name__)
 
 STAGE_PATIENCE = {1: 5, 2: 3}
 BEST_MODEL_FOLDER = "best_model"  # save_pretrained folder of the best model and the tokenizer
+ARGS_FILE = "args.json"  # the run's flags (`args.run_arguments`): a --config file that reproduces the run
 # Flags that cannot change a run's numbers, so they may differ between a run and its resumption: display,
 # tokenizer threads (same tokens), where caches live (keyed by content), the output folder (the resume file
 # is found in it) and the device index (the device *type* is part of the fingerprint).
 # --global_batch_size is free too: the global batch it gives is fingerprinted (see `fingerprint`).
 RESUME_FREE_FLAGS = ("progress", "preprocessing_num_workers", "cache_dir", "resume", "output_dir", "device",
-                     "global_batch_size")  # fmt: skip
+                     "global_batch_size", "overwrite_output_dir")  # fmt: skip
 # Flags naming inputs: the fingerprint holds their content, so a moved folder with the same files resumes.
 INPUT_FLAGS = (
     "data_path", "pretrain_ckpt", "model_name_or_path", "train_file", "dev_file", "test_file", "item2id_file", "meta_file",
@@ -154,6 +166,9 @@ class Finetuner:
         self.ckpt_path = check_file(self.out_dir / args.ckpt)
         self.state_path = check_file(self.out_dir / STATE_FILE)
         check_dir(self.out_dir / BEST_MODEL_FOLDER)
+        if main and not (args.resume or args.overwrite_output_dir):
+            refuse_existing_run(self.out_dir, (STATE_FILE, METRICS_FILE, args.ckpt, BEST_MODEL_FOLDER),
+                                "finetuning run", "--resume")  # fmt: skip
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
@@ -166,12 +181,17 @@ class Finetuner:
 
     def _setup_model(self) -> None:
         args = self.args
+        # --model_name_or_path, else --pretrain_ckpt's own config and tokenizer, as evaluate.py and recommend.py
+        config_source, tokenizer_source = model_sources(args.pretrain_ckpt, args.model_name_or_path)
+        if args.model_name_or_path is None:
+            logger.info("config from %s, tokenizer from %s (pass --model_name_or_path for others)", config_source,
+                        tokenizer_source)  # fmt: skip
         self.config = build_config(
-            args.model_name_or_path, field_values(args), temp=args.temp,
+            config_source, field_values(args), temp=args.temp,
             finetune_negative_sample_size=args.finetune_negative_sample_size,
         )  # fmt: skip
         self.config.item_num = self.data.num_items
-        self.tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, self.config)
+        self.tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, self.config)
         self.model = RecformerForSeqRec(self.config)
         report = load_checkpoint(self.model, args.pretrain_ckpt)
         logger.info("pretrained checkpoint %s: %s", args.pretrain_ckpt, report.summary())
@@ -195,11 +215,20 @@ class Finetuner:
         logger.info("global batch %d = %d sequences x %d accumulation steps x %d processes", self.global_batch,
                     self.micro_batch, accumulation, world)  # fmt: skip
         self.steps_per_epoch = math.ceil(len(self.train_sequences) / self.global_batch)
-        total_steps = self.steps_per_epoch * args.num_train_epochs
         # AdamW without weight decay on biases and LayerNorm weights.
         self.optimizer = torch.optim.AdamW(parameter_groups(self.model, args.weight_decay), lr=args.learning_rate)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, args.warmup_steps, max(total_steps, 1))
+        self.scheduler = self.new_schedule()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+
+    def new_schedule(self) -> Any:
+        """--warmup_steps of linear warm-up, then linear decay to 0 at the end of --num_train_epochs epochs.
+
+        Stage 1 starts one; stage 2 starts another with --stage2_schedule restart, and continues stage 1's
+        with shared (the original). Both have the same shape, so a resume file's scheduler state
+        (its step count) fits either.
+        """
+        total_steps = self.steps_per_epoch * self.args.num_train_epochs
+        return get_linear_schedule_with_warmup(self.optimizer, self.args.warmup_steps, max(total_steps, 1))
 
     def _setup_ddp(self) -> None:
         """`train_model`, what training calls: the model in DistributedDataParallel on several processes
@@ -429,21 +458,85 @@ class Finetuner:
                 logger.info("stage %d: no improvement in %d evaluations, stopping", stage, STAGE_PATIENCE[stage])
                 break
 
-    def run(self) -> dict:
-        """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json."""
+    def stage_two_learning_rate_is_zero(self) -> bool:
+        """Whether every step stage 2 can still take would run at learning rate 0: with the shared schedule,
+        a stage 1 that ran all its epochs used the whole schedule up. Training then changes nothing (AdamW
+        moves no weight at learning rate 0), so its result is known: the stage-1 best model.
+
+        False when stage 2 would evaluate dev while no dev evaluation has been recorded (nothing to repeat).
+        """
+        args, state = self.args, self.state
+        remaining = self.steps_per_epoch * (args.num_train_epochs - state.epoch - 1)
+        if remaining <= 0:
+            return False
+        evaluates = any((epoch + 1) % args.verbose == 0 for epoch in range(state.epoch + 1, args.num_train_epochs))
+        if evaluates and state.metrics["best_dev"] is None:
+            return False
+        now = self.scheduler.last_epoch
+        return all(rate(step) == 0 for rate in self.scheduler.lr_lambdas for step in range(now, now + remaining))
+
+    def skip_stage_two(self) -> None:
+        """Record what training stage 2 at learning rate 0 would record, without training it.
+
+        The model is the stage-1 best, and stays it at learning rate 0: each of stage 2's dev evaluations
+        would measure the best dev metrics again, improve nothing and use up the patience. Those records
+        (stage, epoch, step, metrics), the TensorBoard dev scalars and the step count are written as that
+        run writes them; train_log.jsonl gets no stage-2 steps, since none ran.
+        """
+        args, state = self.args, self.state
+        logger.info("stage 2: its learning rate would be 0 at every step (--stage2_schedule shared: the one "
+                    "schedule ended with stage 1), so its training is skipped and its result is the stage-1 best "
+                    "model; --stage2_schedule restart trains it")  # fmt: skip
+        best = state.metrics["best_dev"]
+        metrics = {k: v for k, v in (best or {}).items() if k not in ("stage", "epoch", "step")}
+        for epoch in range(state.epoch + 1, args.num_train_epochs):
+            state.global_step += self.steps_per_epoch
+            state.epoch = epoch
+            if (epoch + 1) % args.verbose != 0:
+                continue
+            state.metrics["dev"].append({"stage": 2, "epoch": epoch, "step": state.global_step, **metrics})
+            self.log.log_dev(metrics, state.global_step)
+            state.patience -= 1
+            if state.patience <= 0:
+                state.epoch = args.num_train_epochs
+                break
+        self.save_state()
+        self.log.write_metrics(state.metrics)
+
+    def clear_previous_run(self) -> None:
+        """Remove what an earlier run left in the output folder (a fresh start there: --overwrite_output_dir,
+        or --resume without a resume file), so no file of it outlives this run: its checkpoint, resume
+        file, save_pretrained folder, metrics, step log and TensorBoard events. Caches stay (keyed by
+        their content)."""
+        for name in (self.args.ckpt, STATE_FILE):
+            (self.out_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(self.out_dir / BEST_MODEL_FOLDER, ignore_errors=True)
+        self.log.start_fresh()
+
+    def run(self, on_start: Callable[[bool], None] | None = None) -> dict:
+        """Run (or resume) the whole procedure; returns the metrics record also written to metrics.json.
+
+        `on_start(resumed)` is called on rank 0 once the folder is taken: after a resumption was accepted
+        (True) or an earlier run's outputs removed (False); a refused resumption leaves the folder as it
+        was and never calls it. The command starts its run.log there.
+        """
         args = self.args
         exists = args.resume and distributed.broadcast_object(self.state_path.is_file())  # rank 0's view
         with distributed.fail_together():  # an unreadable or refused resume file stops every rank
             resumed = args.resume and self.load_state(exists)  # a refused resumption leaves the folder as it was
-        distributed.on_main(lambda: atomic_write_json(self.out_dir / "args.json", asdict(args), indent=True))
         if not resumed:
-            self.log.start_fresh()
+            distributed.on_main(self.clear_previous_run)
+        if on_start is not None:
+            distributed.on_main(lambda: on_start(bool(resumed)))
+        distributed.on_main(lambda: atomic_write_json(self.out_dir / ARGS_FILE, run_arguments(args), indent=True))
+        if not resumed:
             random.seed(args.seed)
             np.random.seed(args.seed % 2**32)
             torch.manual_seed(args.seed)
             self._set_item_table(self.initial_item_table())
             zero_shot = self.checked_evaluation("test", "zero-shot test evaluation (before training)")
             self.state.metrics["zero_shot_test"] = zero_shot
+            self.log.log_test("zero_shot_test", zero_shot, 0)
             logger.info("zero-shot test: %s", format_metrics(zero_shot))
             self.save_best()  # the zero-shot model is the best so far until a dev evaluation says otherwise
             self.save_state()
@@ -453,13 +546,20 @@ class Finetuner:
             logger.info("stage 2: loading the best stage-1 checkpoint %s", self.ckpt_path)
             self.load_best()
             self.state.stage, self.state.epoch, self.state.patience = 2, -1, STAGE_PATIENCE[2]
+            if args.stage2_schedule == "restart":
+                self.scheduler = self.new_schedule()
             self.save_state()
         if self.state.stage == 2 and not self.state.done:
-            self.run_stage(2)
+            if self.stage_two_learning_rate_is_zero():
+                self.skip_stage_two()
+            else:
+                self.run_stage(2)
         self.load_best()
         self.state.metrics["test"] = self.checked_evaluation("test", "final test evaluation (best checkpoint)")
         self.state.done = True
         self.log.write_metrics(self.state.metrics)
+        self.log.log_test("test", self.state.metrics["test"], self.state.global_step)
+        self.log.log_hparams(run_arguments(args), {k: self.state.metrics[k] for k in ("zero_shot_test", "test")})
         self.save_state()
         self.export_best()
         self.log.close()

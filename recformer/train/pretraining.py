@@ -3,9 +3,11 @@ trainer, fit, summary.
 
 DeepSpeed ZeRO-2 is the default strategy on CUDA GPUs; CPU runs use a plain strategy. Checkpoints
 (top 5 by dev contrastive accuracy, plus `last.ckpt`) go to `<output_dir>/checkpoints/`, the
-TensorBoard log to `<output_dir>/tensorboard/`, the resolved arguments to `<output_dir>/args.json`,
-the config + tokenizer to `<output_dir>/recformer_config/` and the throughput summary to
-`<output_dir>/train_summary.json`. Lightning is imported only when a run starts.
+TensorBoard log to `<output_dir>/tensorboard/`, the flags to `<output_dir>/args.json` (a `--config`
+file that reproduces the run; the resolved hardware settings are in the log), the config + tokenizer
+to `<output_dir>/recformer_config/` and the throughput summary to `<output_dir>/train_summary.json`.
+A folder that holds a run is refused unless `--ckpt` continues it or `--overwrite_output_dir` replaces
+it. Lightning is imported only when a run starts.
 
 `--max_steps`, `--log_step` and `--valid_step` all count optimizer steps (one step is
 `--gradient_accumulation_steps` batches); Lightning's `val_check_interval` counts batches, so
@@ -16,13 +18,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from recformer.args import DEFAULT_START, PretrainArgs
+from recformer.args import DEFAULT_START, PretrainArgs, run_arguments
 from recformer.devices import resolve_pretrain_hardware, set_tokenizer_threads
 from recformer.errors import RecformerError
 from recformer.io.checkpoint import (
@@ -33,6 +38,7 @@ from recformer.io.checkpoint import (
 )
 from recformer.io.conversion import build_start_point
 from recformer.io.fileio import atomic_write_json, read_json
+from recformer.io.output_paths import check_output_dir, refuse_existing_run
 from recformer.model.attention import configure_attention, resolve_attn_implementation
 from recformer.model.configuration import (
     RecformerConfig,
@@ -81,8 +87,44 @@ def build_pretraining_model(args: PretrainArgs, config: RecformerConfig) -> Recf
     return model
 
 
-def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
+# What a pretraining run writes in --output_dir (the tokenized-item cache aside).
+RUN_OUTPUTS = ("checkpoints", "tensorboard", "train_summary.json", "args.json", "recformer_config")
+
+
+def first_process() -> bool:
+    """Whether this is the process a pretraining command was started as: not a process that torchrun or
+    Lightning's launcher started for another rank (they run the command again)."""
+    return all(os.environ.get(name, "0") == "0" for name in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def check_run_folder(args: PretrainArgs) -> Path:
+    """--output_dir, refused (one line naming it) when it holds a pretraining run, unless --ckpt continues
+    a run or --overwrite_output_dir replaces it. Only the first process checks."""
+    output_dir = check_output_dir(args.output_dir)
+    if first_process() and not (args.ckpt or args.overwrite_output_dir):
+        resume = output_dir / "checkpoints" / "last.ckpt"
+        refuse_existing_run(output_dir, RUN_OUTPUTS, "pretraining run", f"--ckpt {resume}")
+    return output_dir
+
+
+def clear_run_folder(output_dir: Path) -> None:
+    """Remove an earlier run's outputs (--overwrite_output_dir without --ckpt), so that its checkpoints
+    and TensorBoard events do not mix with this run's."""
+    for name in RUN_OUTPUTS:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_pretraining(
+    args: PretrainArgs, on_output_dir: Callable[[Path], None] | None = None
+) -> dict[str, Any] | None:
     """Pretrain as `args` say and write the outputs listed in the module docstring.
+
+    `on_output_dir(folder)` is called once --output_dir is accepted (`check_run_folder`), before any
+    input is read (the command starts its run.log there).
 
     Returns:
         The run summary (also in `train_summary.json`) on the global-zero process; None on the others.
@@ -103,6 +145,10 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
     output_dir = Path(args.output_dir)
     try:
         args.validate()
+        check_run_folder(args)
+        if on_output_dir is not None and first_process():
+            output_dir.mkdir(parents=True, exist_ok=True)
+            on_output_dir(output_dir)
         set_tokenizer_threads(args.preprocessing_num_workers)
         pl.seed_everything(args.seed, workers=True)
         accelerator, devices, strategy, precision = resolve_pretrain_hardware(
@@ -138,6 +184,8 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
             refuse_unsafe_objects(args.ckpt, allowed)
     except (ValueError, OSError) as e:
         raise PretrainingSetupError(str(e)) from e
+    if args.overwrite_output_dir and not args.ckpt and first_process():
+        clear_run_folder(output_dir)
 
     module = RecformerPretrainModule(
         config,
@@ -180,7 +228,7 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
         resolved = {**asdict(args), "accelerator": accelerator, "devices": devices, "strategy": str(strategy),
                     "precision": precision, "world_size": trainer.world_size}  # fmt: skip
         logger.info("resolved arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in resolved.items()))
-        atomic_write_json(output_dir / "args.json", resolved, indent=True)
+        atomic_write_json(output_dir / "args.json", run_arguments(args), indent=True)  # a --config file
         config.save_pretrained(output_dir / "recformer_config")
         tokenizer.save_pretrained(output_dir / "recformer_config")
         for name, stats in data.stats.items():

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "training_state.pt"
 PAYLOAD_KEYS = ("state", "model", "optimizer", "scheduler", "scaler", "rng", "args", "fingerprint")
 START_FRESH = "to start fresh, run without --resume"
+# Flags added after resume files were first written, with the value every run that wrote such a file had.
+FLAGS_BEFORE_THEY_EXISTED = {"stage2_schedule": "shared"}
 
 
 class ResumeError(RecformerError, ValueError):
@@ -42,11 +44,14 @@ def fingerprint_differences(saved: Mapping[str, Any], current: Mapping[str, Any]
     """What differs between two run fingerprints, one phrase per difference.
 
     A fingerprint maps sections to {name: value}: `flags` (flag values), `files` (content hashes,
-    named by what they are), `config` (config fields) and `device` ({"type": ...}).
+    named by what they are), `config` (config fields) and `device` ({"type": ...}). A saved fingerprint
+    without a flag of `FLAGS_BEFORE_THEY_EXISTED` had that flag's value there.
     """
     out = []
     for section in sorted(set(saved) | set(current)):
         old, new = saved.get(section) or {}, current.get(section) or {}
+        if section == "flags":  # a file written before a flag existed ran with its one value then
+            old = {**{k: v for k, v in FLAGS_BEFORE_THEY_EXISTED.items() if k in new}, **old}
         for name in sorted(set(old) | set(new), key=str):
             a, b = old.get(name, "<absent>"), new.get(name, "<absent>")
             if a == b:
