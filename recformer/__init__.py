@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "CheckpointError": ".io.checkpoint",
+    "CheckpointError": ".io.checkpoint_files",
     "LoadReport": ".io.checkpoint",
     "load_checkpoint": ".io.checkpoint",
-    "read_state_dict": ".io.checkpoint",
+    "read_state_dict": ".io.checkpoint_files",
     "RecformerConfig": ".model.configuration",
     "ranking_metrics": ".metrics",
     "RecformerForPretraining": ".model.modeling_pretraining",
@@ -59,7 +59,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from recformer.inference.recommender import Recommender
-    from recformer.io.checkpoint import CheckpointError, LoadReport, load_checkpoint, read_state_dict
+    from recformer.io.checkpoint import LoadReport, load_checkpoint
+    from recformer.io.checkpoint_files import CheckpointError, read_state_dict
     from recformer.metrics import ranking_metrics
     from recformer.model.configuration import RecformerConfig
     from recformer.model.layers import RecformerModelOutput, RecformerPretrainingOutput

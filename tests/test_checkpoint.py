@@ -179,20 +179,22 @@ def test_unknown_extra_keys_fail_for_every_target(config, pretrain_state, target
 
 # -- the form rules, one helper each ---------------------------------------------------------------
 
-from recformer.io.checkpoint import (  # noqa: E402
+from recformer.io.checkpoint_files import (  # noqa: E402
     NEITHER,
     UntrustedCheckpointError,
+    read_training_checkpoint,
+    start_point_folder,
+    torch_load,
+    weights_only_loading,
+)
+from recformer.io.checkpoint_keys import (  # noqa: E402
     add_encoder_prefix,
     detect_form,
     fill_position_ids,
-    read_training_checkpoint,
     split_encoder,
-    start_point_folder,
     strip_wrapper_prefixes,
     tie_lm_head_bias,
-    torch_load,
     unwrap_training_container,
-    weights_only_loading,
 )
 
 

@@ -253,7 +253,7 @@ def test_real_checkpoints_hold_only_the_allow_listed_python_types(ws, zero2):
     """What weights-only loading must allow: nothing for a Lightning .ckpt, `deepspeed_checkpoint_types` for ZeRO."""
     from torch.serialization import get_unsafe_globals_in_checkpoint
 
-    from recformer.io.checkpoint import deepspeed_checkpoint_types
+    from recformer.io.checkpoint_files import deepspeed_checkpoint_types
 
     assert get_unsafe_globals_in_checkpoint(ws["out"] / "checkpoints" / "last.ckpt") == []
     found = {name for f in zero2.glob("checkpoint/*_states.pt") for name in get_unsafe_globals_in_checkpoint(f)}

@@ -20,7 +20,8 @@ from recformer.args import EvaluateArgs
 from recformer.data.finetune_reader import load_finetune_data
 from recformer.devices import InferenceSettings
 from recformer.io.cache import file_fingerprint
-from recformer.io.checkpoint import ITEM_TABLE_KEY, CheckpointError
+from recformer.io.checkpoint_files import CheckpointError
+from recformer.io.checkpoint_keys import ITEM_TABLE_KEY
 from recformer.model.configuration import field_values
 from recformer.runtime import ModelRuntime
 

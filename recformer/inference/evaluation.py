@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from recformer import distributed
 from recformer.devices import InferenceSettings
 from recformer.io.cache import cached
-from recformer.io.checkpoint import torch_load
+from recformer.io.checkpoint_files import torch_load
 from recformer.io.fileio import atomic_torch_save
 from recformer.metrics import check_finite_scores, compute_ranks, metrics_from_ranks
 from recformer.model.batching import ItemTable, encode_item_sequences, pack_item_sequences

@@ -38,13 +38,9 @@ from recformer.inference.evaluation import cached_item_vectors, encode_items, po
 from recformer.inference.inputs import ItemsSource, item_id, read_items
 from recformer.inference.ranking import per_query, top_k
 from recformer.io.cache import file_fingerprint, item_table_path, item_vector_fields, tokenizer_fingerprint
-from recformer.io.checkpoint import (
-    CheckpointError,
-    load_checkpoint,
-    read_state_dict,
-    split_encoder,
-    strip_wrapper_prefixes,
-)
+from recformer.io.checkpoint import load_checkpoint
+from recformer.io.checkpoint_files import CheckpointError, read_state_dict
+from recformer.io.checkpoint_keys import split_encoder, strip_wrapper_prefixes
 from recformer.io.fileio import atomic_directory, dumps_json, read_json
 from recformer.model.attention import check_attn_implementation, configure_attention
 from recformer.model.configuration import RecformerConfig, build_config

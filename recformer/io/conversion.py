@@ -33,13 +33,13 @@ from typing import Any
 
 import torch
 
-from recformer.io.checkpoint import (
+from recformer.io.checkpoint import _preview
+from recformer.io.checkpoint_files import CheckpointError
+from recformer.io.checkpoint_keys import (
     LM_DECODER_BIAS_KEY,
     LM_HEAD_PREFIX,
     POSITION_IDS_KEY,
     PREFIX,
-    CheckpointError,
-    _preview,
     add_encoder_prefix,
     fill_position_ids,
     has_encoder_prefix,
@@ -360,7 +360,8 @@ def write_start_point(
         fields: Recformer field values (see `configuration.build_config`).
         seed: seed of the new item-position table.
     """
-    from recformer.io.checkpoint import load_checkpoint, start_point_folder
+    from recformer.io.checkpoint import load_checkpoint
+    from recformer.io.checkpoint_files import start_point_folder
     from recformer.io.fileio import atomic_torch_save
     from recformer.model.configuration import build_config
     from recformer.model.modeling_pretraining import RecformerForPretraining
@@ -411,18 +412,14 @@ def write_released(
         model_name_or_path: config + tokenizer folder (default: the folder beside `start_point`).
         restore_word_embeddings: True/False forces it; None restores them when training froze them
             (the checkpoint's hyperparameters say so) or, failing that, when they are unchanged.
-        trust_checkpoint: unpickle the training checkpoint fully (see `checkpoint.torch_load`).
+        trust_checkpoint: unpickle the training checkpoint fully (see `checkpoint_files.torch_load`).
 
     Raises:
         CheckpointError: an unreadable or ill-fitting checkpoint, naming the keys.
         FileNotFoundError: no config.json in the config folder.
     """
-    from recformer.io.checkpoint import (
-        load_checkpoint,
-        read_state_dict,
-        read_training_checkpoint,
-        start_point_folder,
-    )
+    from recformer.io.checkpoint import load_checkpoint
+    from recformer.io.checkpoint_files import read_state_dict, read_training_checkpoint, start_point_folder
     from recformer.io.fileio import atomic_torch_save
     from recformer.model.modeling import RecformerForSeqRec, RecformerModel
     from recformer.model.tokenization import RecformerTokenizer

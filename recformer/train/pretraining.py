@@ -30,8 +30,8 @@ import torch
 from recformer.args import DEFAULT_START, PretrainArgs, run_arguments
 from recformer.devices import resolve_pretrain_hardware, set_tokenizer_threads
 from recformer.errors import RecformerError
-from recformer.io.checkpoint import (
-    load_checkpoint,
+from recformer.io.checkpoint import load_checkpoint
+from recformer.io.checkpoint_files import (
     refuse_unsafe_objects,
     training_checkpoint_types,
     weights_only_loading,

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from recformer.errors import RecformerError
-from recformer.io.checkpoint import CheckpointError, _preview, load_checkpoint, torch_load
+from recformer.io.checkpoint import _preview, load_checkpoint
+from recformer.io.checkpoint_files import CheckpointError, torch_load
 from recformer.io.fileio import atomic_torch_save
 
 logger = logging.getLogger(__name__)
