@@ -61,7 +61,7 @@ from .modeling import RecformerForSeqRec
 from .optimization import parameter_groups
 from .output_paths import check_output_dir, check_output_file, save_pretrained_folder
 from .run_log import RunLog
-from .tokenization import RecformerTokenizer
+from .tokenization import RecformerTokenizer, check_tokenizer_fits
 from .training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
 
 logger = logging.getLogger(__name__)
@@ -168,6 +168,7 @@ class Finetuner:
         )  # fmt: skip
         self.config.item_num = self.data.num_items
         self.tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, self.config)
+        check_tokenizer_fits(self.tokenizer, self.config, f"--model_name_or_path {args.model_name_or_path}")
         self.model = RecformerForSeqRec(self.config)
         report = load_checkpoint(self.model, args.pretrain_ckpt)
         logger.info("pretrained checkpoint %s: %s", args.pretrain_ckpt, report.summary())

@@ -127,6 +127,22 @@ class TokenizedItems(Sequence):
         }
         return fields, np.bincount(sequence_of[piece_of], minlength=len(rows)).astype(np.int64)
 
+    def identical_items(self) -> tuple[int, int]:
+        """(size of the largest group of items with the same token ids, one row of it); (0, -1) for an
+        empty table. Vectorised: only items of the most common length are compared."""
+        n = len(self)
+        if n == 0:
+            return 0, -1
+        lengths = self.lengths()
+        length = int(np.bincount(lengths).argmax())
+        rows = np.flatnonzero(lengths == length)
+        if len(rows) * 2 <= n:  # no length is shared by more than half: report the group that length gives
+            return 1, 0
+        tokens = self.ids[self.offsets[rows][:, None] + np.arange(length)] if length else np.zeros((len(rows), 0))
+        _, first, counts = np.unique(tokens, axis=0, return_index=True, return_counts=True)
+        best = int(counts.argmax())
+        return int(counts[best]), int(rows[first[best]])
+
     def save(self, path: str | os.PathLike) -> None:
         with atomic_open(path, "wb") as f:
             np.savez(
@@ -182,4 +198,22 @@ def tokenize_catalogue(
         return table
 
     path = tokenized_items_path(cache_dir, tokenizer, items, keys) if cache_dir is not None else None
-    return cached(path, build, load, TokenizedItems.save, "tokenized items", write=write_cache)
+    table = cached(path, build, load, TokenizedItems.save, "tokenized items", write=write_cache)
+    warn_identical_items(table)
+    return table
+
+
+def warn_identical_items(table: TokenizedItems) -> int:
+    """Log a warning, with the count and an example item, when more than half of the items of a table
+    (two or more) tokenize to the same ids: a tokenizer that pads or cuts every item alike, or a
+    catalogue without text. Returns the size of the largest group of identical items."""
+    count, row = table.identical_items()
+    if len(table) >= 2 and count * 2 > len(table):
+        ids, _ = table[row]
+        example = table.keys[row] if table.keys is not None else row
+        logger.warning(
+            "%d of %d items tokenize to the same %d token ids (e.g. item %r: %s%s); check the tokenizer "
+            "(padding, truncation, vocabulary) and the item texts",
+            count, len(table), len(ids), example, ids[:12], " ..." if len(ids) > 12 else "",
+        )  # fmt: skip
+    return count

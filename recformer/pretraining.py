@@ -31,7 +31,7 @@ from .conversion import build_start_point
 from .devices import resolve_pretrain_hardware, set_tokenizer_threads
 from .fileio import atomic_write_json, read_json
 from .modeling import RecformerForPretraining
-from .tokenization import RecformerTokenizer
+from .tokenization import RecformerTokenizer, check_tokenizer_fits
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +97,7 @@ def run_pretraining(args: PretrainArgs) -> dict[str, Any] | None:
         resolve_attn_implementation(args.attn_implementation, device, needs_grad=True)
         config = build_config(args.model_name_or_path, field_values(args), temp=args.temp, mlm_weight=args.mlm_weight)
         tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, config)
+        check_tokenizer_fits(tokenizer, config, f"--model_name_or_path {args.model_name_or_path}")
         data = PretrainDataModule(
             tokenizer,
             args.train_file,

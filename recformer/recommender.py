@@ -49,7 +49,7 @@ from .inputs import ItemsSource, item_id, read_items
 from .item_tokens import TokenizedItems, tokenize_catalogue
 from .modeling import RecformerForSeqRec
 from .ranking import per_query, top_k
-from .tokenization import RecformerTokenizer, TokenizedItem
+from .tokenization import RecformerTokenizer, TokenizedItem, check_tokenizer_fits
 
 logger = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def load_model_parts(
     config = build_config(config_source, fields, temp=temp)
     config.item_num = 0  # a finetuned folder's config counts its items; the table comes from the weights
     tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, config)
+    check_tokenizer_fits(tokenizer, config, f"{tokenizer_source} (tokenizer) with {config_source} (config)")
     model = RecformerForSeqRec(config)
     report = load_checkpoint(model, checkpoint)
     return model.eval(), tokenizer, report
