@@ -134,3 +134,74 @@ def test_a_catalogue_whose_items_tokenize_alike_is_warned_about(caplog):
         tokenize_catalogue(tok, items[3:], progress=False)  # 2 of 4 alike: not more than half
         tokenize_catalogue(RecformerTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR), tiny_config()), items, progress=False)
     assert caplog.records == []
+
+
+@pytest.fixture(scope="module")
+def small_table(tmp_path_factory):
+    """A model folder whose config has one embedding row fewer than its tokenizer (<mask> 274 has none), and
+    the inputs every command needs."""
+    from .finetune_fixtures import make_dataset, make_model_folder, make_pretrained_checkpoint
+    from .pretrain_fixtures import write_corpus
+
+    root = tmp_path_factory.mktemp("small-table")
+    model = make_model_folder(root)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "vocab_size": 274}))
+    return {"model": model, "ckpt": make_pretrained_checkpoint(root, vocab_size=274), "data": make_dataset(root),
+            "corpus": write_corpus(root / "corpus", n_items=20, n_train=8, n_dev=4), "root": root}  # fmt: skip
+
+
+def _finetune(a, out):
+    from recformer.cli import finetune
+
+    return finetune.main(["--pretrain_ckpt", str(a["ckpt"]), "--data_path", str(a["data"]), "--model_name_or_path",
+                          str(a["model"]), "--output_dir", str(out), "--device", "cpu", "--num_train_epochs", "0",
+                          "--no_progress"])  # fmt: skip
+
+
+def _evaluate(a, out):
+    from recformer.cli import evaluate
+
+    return evaluate.main(["--ckpt", str(a["ckpt"]), "--data_path", str(a["data"]), "--model_name_or_path", str(a["model"]),
+                          "--device", "cpu", "--no_progress", "--reencode_items"])  # fmt: skip
+
+
+def _recommend(a, out):
+    from recformer.cli import recommend
+
+    histories = out.parent / "histories.jsonl"
+    histories.write_text(json.dumps({"user": "u", "history": ["B000000001"]}) + "\n")
+    return recommend.main(["--ckpt", str(a["ckpt"]), "--items", str(a["data"] / "meta_data.json"), "--model_name_or_path",
+                           str(a["model"]), "--input", str(histories), "--output", str(out), "--device", "cpu",
+                           "--no_progress"])  # fmt: skip
+
+
+def _pretrain(a, out):
+    pytest.importorskip("pytorch_lightning")
+    from recformer.cli import pretrain
+
+    from .pretrain_fixtures import TINY_FIELD_FLAGS
+
+    c = a["corpus"]
+    return pretrain.main(["--model_name_or_path", str(a["model"]), "--longformer_ckpt", str(a["ckpt"]), "--train_file",
+                          str(c["train"]), "--dev_file", str(c["dev"]), "--item_attr_file", str(c["meta"]),
+                          "--output_dir", str(out), "--device", "cpu", "--max_steps", "1", "--dataloader_num_workers",
+                          "0", "--no_progress", *TINY_FIELD_FLAGS])  # fmt: skip
+
+
+@pytest.mark.parametrize("command", [_finetune, _evaluate, _recommend, _pretrain], ids=lambda f: f.__name__[1:])
+def test_every_command_refuses_a_tokenizer_with_ids_past_the_model_s_table(small_table, tmp_path, capsys, command):
+    code = command(small_table, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"{small_table['model']}" in err
+    assert "special tokens past the model's vocab_size 274: '<mask>' has id 274; use the tokenizer the model was trained with" in err
+
+
+def test_the_recommender_refuses_a_tokenizer_with_ids_past_the_model_s_table(small_table):
+    from recformer import Recommender
+
+    with pytest.raises(TokenizerError, match=r"'<mask>' has id 274"):
+        Recommender.from_pretrained(small_table["ckpt"], small_table["data"] / "meta_data.json", small_table["model"],
+                                    device="cpu", progress=False)  # fmt: skip
