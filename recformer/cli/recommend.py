@@ -29,6 +29,7 @@ from recformer.configuration import field_values
 from recformer.devices import keep_freed_memory
 from recformer.fileio import atomic_open, dumps_json
 from recformer.inputs import HistoryLine, InputError, read_histories
+from recformer.metrics import NonFiniteScores
 from recformer.recommender import META_FILE, IndexMismatch, Recommender
 
 # Users encoded and scored per step while the output is written.
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         k = rec.clip_k(args.k)
         histories, skipped = known_histories(lines, rec, args.input, args.on_unknown)
         write_recommendations(args.output, lines, histories, rec, k, not args.keep_history, args.progress)
-    except (InputError, IndexMismatch, CheckpointError, OSError, ValueError) as e:
+    except (InputError, IndexMismatch, CheckpointError, OSError, ValueError, NonFiniteScores) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     empty = sum(1 for h in histories if not h)
