@@ -148,7 +148,8 @@ def check_tokenizer_source(name: str | os.PathLike) -> None:
         cached_file = False
     if not cached_file:
         raise TokenizerError(
-            f"{name}: not a local folder, and {' and '.join(flags)} forbids downloading its tokenizer (the Hugging "
+            f"{name}: not a local folder, and {' and '.join(flags)} forbid{'s' if len(flags) == 1 else ''} downloading "
+            "its tokenizer (the Hugging "
             "Face cache does not hold it); pass a local model folder, or run once without the flag to download it"
         )
 

@@ -205,3 +205,26 @@ def test_the_recommender_refuses_a_tokenizer_with_ids_past_the_model_s_table(sma
     with pytest.raises(TokenizerError, match=r"'<mask>' has id 274"):
         Recommender.from_pretrained(small_table["ckpt"], small_table["data"] / "meta_data.json", small_table["model"],
                                     device="cpu", progress=False)  # fmt: skip
+
+
+def test_evaluate_on_a_model_folder_whose_tokenizer_json_was_deleted_stops_naming_the_flag(small_table, tmp_path, capsys,
+                                                                                            monkeypatch):  # fmt: skip
+    """The folder falls back to the default hub tokenizer, which offline is refused at once (no 5-token tokenizer)."""
+    from recformer import RecformerModel
+    from recformer.cli import evaluate
+
+    from .finetune_fixtures import finetune_config
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    folder = tmp_path / "best_model"
+    RecformerModel(finetune_config()).save_pretrained(folder)
+    RecformerTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR)).save_pretrained(str(folder))
+    (folder / "tokenizer.json").unlink()
+    capsys.readouterr()
+    start = time.perf_counter()
+    code = evaluate.main(["--ckpt", str(folder), "--data_path", str(small_table["data"]), "--device", "cpu",
+                          "--no_progress", "--reencode_items"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and time.perf_counter() - start < 60
+    assert err.startswith("error: allenai/longformer-base-4096: not a local folder, and HF_HUB_OFFLINE=1"), err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
