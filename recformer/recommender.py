@@ -11,7 +11,8 @@ fields other than those the index was built with.
 
 Index folder:
     index.safetensors   vectors [N, H] (float32 or float16), token_ids / token_types / token_offsets
-                        (the tokenized items), item_digests [N, 8] (hash of each item's attributes)
+                        (the tokenized items), item_digests [N, 8] (hash of each item's attributes);
+                        metadata ids_sha256: the hash of the ids in order, tying them to the vectors
     index.json          format, ids (index order), fingerprint, dtype, sizes
     config.json, model.safetensors, tokenizer files   the encoder (`save_pretrained`)
 """
