@@ -127,21 +127,33 @@ class TokenizedItems(Sequence):
         }
         return fields, np.bincount(sequence_of[piece_of], minlength=len(rows)).astype(np.int64)
 
-    def identical_items(self) -> tuple[int, int]:
+    def identical_items(self, chunk_tokens: int = 1 << 22) -> tuple[int, int]:
         """(size of the largest group of items with the same token ids, one row of it); (0, -1) for an
-        empty table. Vectorised: only items of the most common length are compared."""
+        empty table. Each item is hashed (64-bit, position-weighted sum of its ids, with its length) a
+        chunk of about `chunk_tokens` tokens at a time, so the extra memory is bounded."""
         n = len(self)
         if n == 0:
             return 0, -1
         lengths = self.lengths()
-        length = int(np.bincount(lengths).argmax())
-        rows = np.flatnonzero(lengths == length)
-        if len(rows) * 2 <= n:  # no length is shared by more than half: report the group that length gives
-            return 1, 0
-        tokens = self.ids[self.offsets[rows][:, None] + np.arange(length)] if length else np.zeros((len(rows), 0))
-        _, first, counts = np.unique(tokens, axis=0, return_index=True, return_counts=True)
+        weights = np.random.default_rng(0).integers(1, 2**63, size=int(lengths.max()) + 1, dtype=np.uint64) | 1
+        hashes = np.empty(n, dtype=np.uint64)
+        start = 0
+        while start < n:
+            end = int(np.searchsorted(self.offsets, self.offsets[start] + chunk_tokens, side="right"))
+            end = min(max(end - 1, start + 1), n)
+            first, last = int(self.offsets[start]), int(self.offsets[end])
+            within = np.arange(last - first) - np.repeat(self.offsets[start:end] - first, lengths[start:end])
+            with np.errstate(over="ignore"):
+                terms = self.ids[first:last].astype(np.uint64) * weights[within]
+                sums = np.zeros(end - start, np.uint64)
+                filled = lengths[start:end] > 0  # reduceat over the non-empty items' starts: each sum ends at the next
+                if filled.any():
+                    sums[filled] = np.add.reduceat(terms, (self.offsets[start:end] - first)[filled])
+                hashes[start:end] = sums + lengths[start:end].astype(np.uint64) * weights[-1]
+            start = end
+        _, first_rows, counts = np.unique(hashes, return_index=True, return_counts=True)
         best = int(counts.argmax())
-        return int(counts[best]), int(rows[first[best]])
+        return int(counts[best]), int(first_rows[best])
 
     def save(self, path: str | os.PathLike) -> None:
         with atomic_open(path, "wb") as f:

@@ -149,8 +149,8 @@ def check_tokenizer_source(name: str | os.PathLike) -> None:
     if not cached_file:
         raise TokenizerError(
             f"{name}: not a local folder, and {' and '.join(flags)} forbid{'s' if len(flags) == 1 else ''} downloading "
-            "its tokenizer (the Hugging "
-            "Face cache does not hold it); pass a local model folder, or run once without the flag to download it"
+            "its tokenizer (the Hugging Face cache does not hold it); pass a local model folder, or run once "
+            "without the flag to download it"
         )
 
 
@@ -422,12 +422,11 @@ def check_tokenizer_fits(tokenizer: RecformerTokenizer, config: Any, where: str 
             f"{prefix}special tokens past the model's vocab_size {vocab_size}: {listed}; "
             "use the tokenizer the model was trained with"
         )
-    size = len(tokenizer)
-    if size > vocab_size:
-        top = max(tokenizer.get_vocab().values())
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    if top >= vocab_size:
         raise TokenizerError(
-            f"{prefix}the tokenizer has {size} tokens (ids up to {top}) but the model's vocab_size is {vocab_size}; "
-            "use the tokenizer the model was trained with"
+            f"{prefix}the tokenizer has {len(tokenizer)} tokens (ids up to {top}) but the model's vocab_size is "
+            f"{vocab_size}; use the tokenizer the model was trained with"
         )
 
 

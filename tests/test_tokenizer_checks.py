@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
+from collections import Counter
 
 import pytest
 
@@ -134,6 +136,25 @@ def test_a_catalogue_whose_items_tokenize_alike_is_warned_about(caplog):
         tokenize_catalogue(tok, items[3:], progress=False)  # 2 of 4 alike: not more than half
         tokenize_catalogue(RecformerTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR), tiny_config()), items, progress=False)
     assert caplog.records == []
+
+
+@pytest.mark.parametrize("chunk_tokens", [1, 3, 1 << 22])
+def test_identical_items_counts_the_largest_group_of_equal_token_ids(chunk_tokens):
+    from recformer.item_tokens import TokenizedItems
+
+    def table(ids):
+        return TokenizedItems.from_lists([(x, [1] * len(x)) for x in ids])
+
+    rows = [[5, 6], [], [6, 5], [5, 6], [5], [], [5, 6, 0], [5, 6], [0]]
+    assert table(rows).identical_items(chunk_tokens) == (3, 0)  # [5, 6] at rows 0, 3, 7; not [6, 5] or [5, 6, 0]
+    assert table([[], [], [7]]).identical_items(chunk_tokens) == (2, 0)  # empty items alike
+    assert table([[1], [2], [3]]).identical_items(chunk_tokens)[0] == 1
+    assert table([]).identical_items(chunk_tokens) == (0, -1)
+    rng = random.Random(chunk_tokens)
+    for _ in range(20):  # against a plain count
+        ids = [[rng.randrange(3) for _ in range(rng.randrange(4))] for _ in range(rng.randrange(1, 30))]
+        count, row = table(ids).identical_items(chunk_tokens)
+        assert count == max(Counter(map(tuple, ids)).values()) and ids.count(ids[row]) == count
 
 
 @pytest.fixture(scope="module")
