@@ -194,6 +194,7 @@ def tokenize_catalogue(
     """
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
+    tokenizer.plain_backend()  # padding or truncation switched on after loading would make every item alike
     for row, item in enumerate(items):
         check_item(item, keys[row] if keys is not None else row)
 

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from transformers.models.roberta.tokenization_roberta import RobertaTokenizer
 
-from .configuration import RecformerConfig
+from .configuration import RecformerConfig, check_model_source
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ def check_tokenizer_source(name: str | os.PathLike) -> None:
                 "copy the tokenizer of the model it was built from into it, or pass the folder that has it"
             )
         return
+    if not path.exists():
+        check_model_source(name)  # a missing folder is named as a folder, not as a malformed hub id
     flags = offline_flags()
     if not flags or path.exists():
         return
@@ -228,7 +230,7 @@ class RecformerTokenizer(RobertaTokenizer):
             kwargs = {**special_token_arguments(pretrained_model_name_or_path, kwargs), **kwargs}
         tokenizer = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         tokenizer.config = config if config is not None else RecformerConfig()
-        tokenizer._plain_backend()
+        tokenizer.plain_backend()
         special = set(tokenizer.all_special_ids)
         if not any(i not in special for i in tokenizer._tokenizer.encode(PROBE_TEXT, add_special_tokens=False).ids):
             raise TokenizerError(
@@ -237,7 +239,7 @@ class RecformerTokenizer(RobertaTokenizer):
             )
         return tokenizer
 
-    def _plain_backend(self):
+    def plain_backend(self):
         """The backend tokenizer, with padding and truncation switched off when something switched them on."""
         backend = self._tokenizer
         if backend.padding is not None:
@@ -268,7 +270,7 @@ class RecformerTokenizer(RobertaTokenizer):
     def item_tokenize(self, text: Any) -> list[int]:
         """Token ids of `text` alone (any value, as `value_to_text` makes it text): no special tokens,
         no leading space."""
-        return self._plain_backend().encode(value_to_text(text), add_special_tokens=False).ids
+        return self.plain_backend().encode(value_to_text(text), add_special_tokens=False).ids
 
     def _item_key(self, item: Item) -> tuple:
         attrs = list(item.items())[: self.config.max_attr_num]
@@ -299,7 +301,7 @@ class RecformerTokenizer(RobertaTokenizer):
         todo = list(dict.fromkeys(k for k in keys if k not in cache))
         if todo:
             texts = [text for key in todo for pair in key[2] for text in pair]
-            backend = self._plain_backend()
+            backend = self.plain_backend()
             encodings = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)] if texts else []
             pos = 0
             for key in todo:

@@ -54,6 +54,11 @@ def test_padding_switched_on_again_after_loading_is_switched_off_before_items_ar
         got = call()
         assert got in ([RED], [([TITLE, RED], [1, 2])], ([TITLE, RED], [1, 2]))
         assert tok.backend_tokenizer.padding is None and tok.backend_tokenizer.truncation is None
+    # the catalogue's cache file is keyed by the plain tokenizer, whatever was switched on before
+    tokenize_catalogue(tok, [{"title": "red"}], cache_dir=tmp_path / "plain", progress=False)
+    tok.backend_tokenizer.enable_padding(pad_id=1, pad_token="<pad>", length=64)
+    tokenize_catalogue(tok, [{"title": "red"}], cache_dir=tmp_path / "padded", progress=False)
+    assert [p.name for p in (tmp_path / "padded").iterdir()] == [p.name for p in (tmp_path / "plain").iterdir()]
 
 
 def test_byte_level_tokenizer_file_with_padding_gives_the_reference_ids(tmp_path):
