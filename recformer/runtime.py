@@ -36,7 +36,7 @@ from recformer.model.attention import configure_attention
 from recformer.model.configuration import DEFAULT_MODEL, RecformerConfig, build_config
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
 from recformer.model.modeling import RecformerForSeqRec
-from recformer.model.tokenization import RecformerTokenizer
+from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ def load_model_parts(
     config = build_config(config_source, fields, temp=temp)
     config.item_num = 0  # a finetuned folder's config counts its items; the table comes from the weights
     tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, config)
+    check_tokenizer_fits(tokenizer, config, f"{tokenizer_source} (tokenizer) with {config_source} (config)")
     model = RecformerForSeqRec(config)
     report = load_checkpoint(model, checkpoint)
     return model.eval(), tokenizer, report

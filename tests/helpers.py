@@ -72,3 +72,48 @@ def crafted_checkpoint(path: Path, marker: Path, like: dict | None = None) -> Pa
 
     torch.save({**(like or {"state_dict": {}, "epoch": 0}), "callbacks": {"x": WritesMarker(marker)}}, path)
     return path
+
+
+# A WordPiece vocabulary as BERT-family models have it: no <s>, </s>, <pad>, <mask>.
+WORDPIECE_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "title", "brand", "red", "shoe", "blue", "##s", "a", "b"]
+
+
+def wordpiece_tokenizer_folder(folder: Path, pad_and_truncate: bool = True, config: bool = True) -> Path:
+    """A tiny BERT-style tokenizer folder built with the `tokenizers` library: `tokenizer.json` (WordPiece,
+    padding to 16 and truncation at 16 switched on unless `pad_and_truncate` is False) and, with `config`,
+    the `tokenizer_config.json` a BERT model ships (naming [CLS]/[SEP]/[PAD]/[MASK]/[UNK], no bos/eos)."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(WORDPIECE_VOCAB)}, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    tok.decoder = decoders.WordPiece()
+    if pad_and_truncate:
+        tok.enable_padding(pad_id=0, pad_token="[PAD]", length=16)
+        tok.enable_truncation(max_length=16)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    if config:
+        names = dict(cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]", mask_token="[MASK]", unk_token="[UNK]")
+        (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer", **names}))
+    return folder
+
+
+def padded_bpe_tokenizer_folder(folder: Path, vocab_dir: Path) -> Path:
+    """The byte-level BPE vocabulary of `vocab_dir` (vocab.json + merges.txt) as a single `tokenizer.json`
+    built with the `tokenizers` library, with padding to 128 and truncation at 128 switched on."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    tok = Tokenizer(models.BPE.from_file(str(vocab_dir / "vocab.json"), str(vocab_dir / "merges.txt")))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.enable_padding(pad_id=1, pad_token="<pad>", length=128)
+    tok.enable_truncation(max_length=128)
+    folder.mkdir(parents=True, exist_ok=True)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder

@@ -7,6 +7,7 @@ import torch
 
 from recformer import RecformerForSeqRec
 from recformer.inference.ranking import SCORE_BLOCK_BYTES, chunk_items, top_k
+from recformer.metrics import NonFiniteScores
 
 from .conftest import HIDDEN, tiny_config
 
@@ -171,3 +172,28 @@ def test_no_score_block_is_larger_than_the_chunk(config, monkeypatch):
     # the default chunk keeps a [256, chunk] float32 block at SCORE_BLOCK_BYTES
     assert chunk_items(256, 10) * 256 * 4 == SCORE_BLOCK_BYTES
     assert chunk_items(10**7, 10) == 11  # never fewer than k + 1 items
+
+
+@pytest.mark.parametrize("chunk", [None, 2])
+def test_non_finite_vectors_and_scores_are_refused_naming_the_rows(config, chunk):
+    items = padded(ITEMS)
+    items[3, 0], items[5, 1] = float("nan"), INF
+    model = model_with_table(config, items)
+    queries = padded([[1, 0], [0, 1]])
+    message = r"^\d+ scores are not finite \(\d+ NaN, \d+ infinite\): the item vectors of table rows 3, 5 are not finite$"
+    with pytest.raises(NonFiniteScores, match=message):
+        top_k(model, queries, 2, chunk_size=chunk)
+    # a masked or excluded broken row is still refused: the table itself is broken
+    with pytest.raises(NonFiniteScores, match=r"table rows 3"):
+        top_k(model, queries, 2, exclude=[[3, 5], [3, 5]], candidates=[0, 1, 3], chunk_size=chunk)
+
+    good = model_with_table(config, padded(ITEMS))
+    bad_queries = padded([[1, 0], [0, 1], [1, 1]])
+    bad_queries[1, 4] = float("nan")
+    bad_queries[2, 0] = -INF
+    with pytest.raises(NonFiniteScores, match=r"^2 of 3 history vectors are not finite \(rows 1, 2\); the model gives"):
+        top_k(good, bad_queries, 2, chunk_size=chunk)
+    # finite vectors whose similarity overflows (a temperature of 1e-40)
+    good.sim.temp = 1e-40
+    with pytest.raises(NonFiniteScores, match=r"the similarity overflows"):
+        top_k(good, queries, 2, chunk_size=chunk)

@@ -225,6 +225,32 @@ def test_index_from_another_checkpoint_is_refused(assets, tmp_path, capsys):
     assert (tmp_path / "not_an_index" / "notes.txt").read_text() == "mine"
 
 
+def test_nan_weights_or_a_nan_index_stop_with_one_line_and_no_output(assets, tmp_path, capsys):
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    inp = write_input(tmp_path / "in.jsonl", USERS)
+    state = torch.load(assets["ckpt"], weights_only=True)
+    state = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+    torch.save(state, tmp_path / "nan.bin")
+    args = argv(assets, inp, tmp_path / "a.jsonl", ckpt=False) + ["--ckpt", str(tmp_path / "nan.bin")]
+    code, _, err = run(args, capsys)
+    assert code == 2 and not (tmp_path / "a.jsonl").exists()
+    assert err.startswith("error: index: 30 of 30 item vectors are not finite (items 'B000000000',") and err.count("\n") == 1
+
+    index = tmp_path / "index"
+    assert run(argv(assets, inp, tmp_path / "b.jsonl", "--index_dir", str(index)), capsys)[0] == 0
+    with safe_open(str(index / "index.safetensors"), framework="pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    tensors["vectors"][7, 3] = float("inf")
+    save_file(tensors, str(index / "index.safetensors"), metadata=metadata)
+    code, _, err = run(argv(assets, inp, tmp_path / "c.jsonl", "--index_dir", str(index), ckpt=False, items=False), capsys)
+    assert code == 2 and not (tmp_path / "c.jsonl").exists()
+    assert err == f"error: {index / 'index.safetensors'}: 1 of 30 item vectors are not finite (items 'B000000007'); " \
+                  "the encoder gives NaN or infinite outputs, or the vectors are damaged\n"
+
+
 def test_an_interrupted_run_leaves_no_output_file(assets, tmp_path, capsys, monkeypatch):
     inp, out = write_input(tmp_path / "in.jsonl", USERS), tmp_path / "recs.jsonl"
     out.write_text("previous run\n")

@@ -17,6 +17,7 @@ import recformer.inference.recommender as recommender_module
 from recformer import RecformerModel, RecformerTokenizer, Recommender, load_checkpoint
 from recformer.inference.inputs import InputError, read_items
 from recformer.inference.recommender import IndexMismatch, UnknownItemError
+from recformer.metrics import NonFiniteScores
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
 
@@ -344,3 +345,28 @@ def test_model_sources_one_rule_for_every_command(tmp_path):
     (run / "args.json").write_text(json.dumps({"model_name_or_path": None}))
     (run / "best_model" / "config.json").unlink()
     assert model_sources(run / "best_model.bin", None) == (DEFAULT_MODEL, DEFAULT_MODEL)
+
+
+def nan_checkpoint(assets, folder: Path) -> Path:
+    """The tiny checkpoint with NaN word embeddings: every vector the encoder gives is NaN."""
+    state = torch.load(assets["ckpt"], weights_only=True)
+    state["longformer.embeddings.word_embeddings.weight"] = torch.full_like(state["longformer.embeddings.word_embeddings.weight"], float("nan"))
+    path = folder / "nan.bin"
+    torch.save(state, path)
+    return path
+
+
+def test_non_finite_item_and_history_vectors_are_refused(assets, tmp_path):
+    with pytest.raises(NonFiniteScores, match=r"^index: 30 of 30 item vectors are not finite \(items 'B000000000', "
+                                              r"'B000000001', 'B000000002', 'B000000003', 'B000000004' and 25 more\)"):
+        Recommender.from_pretrained(nan_checkpoint(assets, tmp_path), assets["meta_path"], assets["model"], **CPU)
+
+    rec = build(assets)
+    before = rec.vectors.clone()
+    with torch.no_grad():
+        rec.model.longformer.embeddings.word_embeddings.weight.fill_(float("nan"))  # the encoder breaks
+    with pytest.raises(NonFiniteScores, match=r"^add_items: 1 of 1 item vectors are not finite \(items 'NEW'\)"):
+        rec.add_items({"NEW": {"title": "new"}})
+    assert len(rec) == 30 and torch.equal(rec.vectors, before)  # the index is untouched
+    with pytest.raises(NonFiniteScores, match=r"^2 of 2 history vectors are not finite \(rows 0, 1\)"):
+        rec.recommend([["B000000001"], [{"title": "cold"}]], k=3)

@@ -5,6 +5,10 @@
 k + 1 of each chunk and merges them, so the extra memory is a few [B, chunk] blocks however large the
 table is (`SCORE_BLOCK_BYTES`), never [B, N].
 
+Scores must be finite: a NaN or infinite history vector, item vector or score (before masking) is
+refused with `metrics.NonFiniteScores`, naming the rows, as evaluation refuses them; NaN has no place
+in an order.
+
 Order is exact: best score first, ties broken by the item's row in the table (the index order).
 A chunk's top k + 1 decides its top k unless the k-th and (k+1)-th scores tie; only those rows fall
 back to an exact pass over the tied values. Chunk results are merged with a stable sort, and a chunk
@@ -20,6 +24,7 @@ from collections.abc import Sequence
 
 import torch
 
+from recformer.metrics import NonFiniteScores
 from recformer.model.modeling import RecformerForSeqRec
 
 # Bytes of one [B, chunk] float32 score block; scoring holds about three such blocks at a time.
@@ -53,6 +58,35 @@ def per_query(candidates: Rows | Sequence[Rows]) -> bool:
 def _check_rows(name: str, rows: torch.Tensor, n: int) -> None:
     if rows.numel() and (rows.min() < 0 or rows.max() >= n):
         raise ValueError(f"{name}: item rows must be in [0, {n}), got {rows.min().item()}..{rows.max().item()}")
+
+
+def _rows_text(rows: torch.Tensor, limit: int = 5) -> str:
+    listed = ", ".join(str(r) for r in rows[:limit].tolist())
+    return listed + (f" and {rows.numel() - limit} more" if rows.numel() > limit else "")
+
+
+def check_finite_queries(queries: torch.Tensor) -> None:
+    """Raise NonFiniteScores naming the query rows [B, H] that hold a NaN or infinite value."""
+    bad = (~torch.isfinite(queries)).any(dim=1).nonzero().flatten()
+    if bad.numel():
+        raise NonFiniteScores(
+            f"{bad.numel()} of {queries.size(0)} history vectors are not finite (rows {_rows_text(bad)}); "
+            "the model gives NaN or infinite outputs"
+        )
+
+
+def _refuse_non_finite_scores(scores: torch.Tensor, weight: torch.Tensor, space: torch.Tensor | None) -> None:
+    """Raise NonFiniteScores for a score block [B, C] holding NaN or infinite values, naming the table rows
+    (of all N, or of `space`) whose vectors are not finite, else the overflow."""
+    bad = int((~torch.isfinite(scores)).sum())
+    nan = int(torch.isnan(scores).sum())
+    what = f"{bad} scores are not finite ({nan} NaN, {bad - nan} infinite)"
+    broken = (~torch.isfinite(weight)).any(dim=1).nonzero().flatten()  # ascending table rows
+    if space is not None:
+        broken = broken[torch.isin(broken, space)]
+    if broken.numel():
+        raise NonFiniteScores(f"{what}: the item vectors of table rows {_rows_text(broken)} are not finite")
+    raise NonFiniteScores(f"{what}: the similarity overflows (is the temperature tiny?)")
 
 
 def _order(values: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,6 +151,9 @@ def top_k(
         (scores [B, k'], rows [B, k']) with k' = min(k, number of rows to choose from), best first,
         ties in row order. Where a query has fewer than k' items left, the rest is score -inf and
         row -1.
+
+    Raises:
+        NonFiniteScores: a history vector, an item vector or a score is NaN or infinite (rows named).
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
@@ -126,6 +163,7 @@ def top_k(
     norms = model.item_norms()  # [N]
     device, n = weight.device, weight.size(0)
     queries = queries.to(device=device, dtype=torch.float32)
+    check_finite_queries(queries)
     b = queries.size(0)
     if exclude is not None and len(exclude) != b:
         raise ValueError(f"exclude has {len(exclude)} entries for {b} queries")
@@ -167,6 +205,8 @@ def top_k(
             rows = space[start:end]
             items = torch.index_select(weight, 0, rows, out=gathered[: rows.numel() * weight.size(1)].view(-1, weight.size(1)))
             scores = model.sim(queries, items, y_norm=norms[rows], out=out)  # [B, C]
+        if not bool(torch.isfinite(scores).all()):
+            _refuse_non_finite_scores(scores, weight, space)
         for mask, keep in ((excluded, False), (allowed, True)):
             if mask is None:
                 continue

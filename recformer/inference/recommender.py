@@ -11,7 +11,8 @@ fields other than those the index was built with.
 
 Index folder:
     index.safetensors   vectors [N, H] (float32 or float16), token_ids / token_types / token_offsets
-                        (the tokenized items), item_digests [N, 8] (hash of each item's attributes)
+                        (the tokenized items), item_digests [N, 8] (hash of each item's attributes);
+                        metadata ids_sha256: the hash of the ids in order, tying them to the vectors
     index.json          format, ids (index order), fingerprint, dtype, sizes
     config.json, model.safetensors, tokenizer files   the encoder (`save_pretrained`)
 """
@@ -36,17 +37,19 @@ from recformer.devices import InferenceSettings, resolve_device
 from recformer.errors import RecformerError
 from recformer.inference.evaluation import cached_item_vectors, encode_items, pooled_batches
 from recformer.inference.inputs import ItemsSource, item_id, read_items
-from recformer.inference.ranking import per_query, top_k
+from recformer.inference.ranking import check_finite_queries, per_query, top_k
 from recformer.io.cache import file_fingerprint, item_table_path, item_vector_fields, tokenizer_fingerprint
 from recformer.io.checkpoint import load_checkpoint
 from recformer.io.checkpoint_files import CheckpointError, read_state_dict
 from recformer.io.checkpoint_keys import split_encoder, strip_wrapper_prefixes
 from recformer.io.fileio import atomic_directory, dumps_json, read_json
+from recformer.metrics import NonFiniteScores
 from recformer.model.attention import check_attn_implementation, configure_attention
 from recformer.model.configuration import RecformerConfig, build_config
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
+from recformer.model.layout import TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE
 from recformer.model.modeling import RecformerForSeqRec
-from recformer.model.tokenization import RecformerTokenizer, TokenizedItem
+from recformer.model.tokenization import RecformerTokenizer, TokenizedItem, check_tokenizer_fits
 from recformer.runtime import load_model_parts
 
 logger = logging.getLogger(__name__)
@@ -58,12 +61,22 @@ INDEX_FORMAT = 1
 SCORE_BATCH = 256
 DIGEST_BYTES = 8
 VECTOR_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+# index.json keys, the fingerprint's keys, and the tensors of index.safetensors.
+META_KEYS = ("format", "num_items", "hidden_size", "dtype", "fingerprint", "ids")
+FINGERPRINT_KEYS = ("checkpoint", "tokenizer", "fields")
+INDEX_TENSORS = ("vectors", "token_ids", "token_types", "token_offsets", "item_digests")
+# index.safetensors metadata: the hash of the ids (in order) its vectors belong to.
+IDS_HASH_KEY = "ids_sha256"
 
 History = Sequence[str | int | Mapping[str, Any]]
 
 
 class IndexMismatch(RecformerError, ValueError):
     """A saved index used with another checkpoint, tokenizer or Recformer fields than it was built with."""
+
+
+class BrokenIndex(RecformerError, ValueError):
+    """A saved index folder whose files cannot be read, are malformed, or disagree with each other."""
 
 
 class UnknownItemError(RecformerError, ValueError):
@@ -117,6 +130,138 @@ def checkpoint_hidden_size(checkpoint: str | os.PathLike) -> int:
     return int(weight.shape[1])
 
 
+def ids_hash(ids: Sequence[str]) -> str:
+    """sha256 (16 hex digits) of the item ids in index order: ties index.json's ids to the saved vectors."""
+    return hashlib.sha256(dumps_json(list(ids))).hexdigest()[:16]
+
+
+def _names(keys: Sequence[str]) -> str:
+    return ", ".join(repr(k) for k in keys)
+
+
+def read_index_meta(path: Path) -> dict:
+    """index.json of an index folder, checked: a JSON object with every key (`META_KEYS`), this format,
+    a fingerprint of exactly `FINGERPRINT_KEYS`, and the ids a list of distinct strings, one per item.
+
+    Raises:
+        BrokenIndex: one line naming the file and the key.
+        IndexMismatch: another index format.
+    """
+    file = path / META_FILE
+    meta = read_json(file)
+    if not isinstance(meta, dict):
+        raise BrokenIndex(f"{file}: expected a JSON object, got {type(meta).__name__}; rebuild the index")
+    missing = [k for k in META_KEYS if k not in meta]
+    if meta.get("format") != INDEX_FORMAT and "format" not in missing:
+        raise IndexMismatch(f"{file}: index format {meta.get('format')!r}, expected {INDEX_FORMAT}")
+    if missing:
+        raise BrokenIndex(f"{file}: missing keys {_names(missing)}; rebuild the index")
+    fingerprint = meta["fingerprint"]
+    if not isinstance(fingerprint, dict):
+        raise BrokenIndex(f"{file}: fingerprint must be a JSON object, got {type(fingerprint).__name__}")
+    missing = [k for k in FINGERPRINT_KEYS if k not in fingerprint]
+    extra = sorted(k for k in fingerprint if k not in FINGERPRINT_KEYS)
+    if missing or extra:
+        what = "; ".join(part for part in (missing and f"missing keys {_names(missing)}",
+                                           extra and f"unexpected keys {_names(extra)}") if part)  # fmt: skip
+        raise BrokenIndex(f"{file}: fingerprint: {what} (expected exactly {_names(FINGERPRINT_KEYS)})")
+    kinds = {"checkpoint": str, "tokenizer": str, "fields": dict}
+    for key, kind in kinds.items():
+        if not isinstance(fingerprint[key], kind):
+            raise BrokenIndex(f"{file}: fingerprint.{key} must be a {kind.__name__}, got {type(fingerprint[key]).__name__}")
+    if meta["dtype"] not in ("float32", "float16"):
+        raise BrokenIndex(f"{file}: dtype must be 'float32' or 'float16', got {meta['dtype']!r}")
+    ids = meta["ids"]
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise BrokenIndex(f"{file}: ids must be a list of strings (item ids in index order)")
+    if isinstance(meta["num_items"], bool) or meta["num_items"] != len(ids):
+        raise BrokenIndex(f"{file}: {len(ids)} ids, but num_items is {meta['num_items']!r}")
+    if len(set(ids)) != len(ids):
+        seen: dict[str, int] = {}
+        for row, i in enumerate(ids):
+            if i in seen:
+                raise BrokenIndex(f"{file}: id {i!r} appears twice (rows {seen[i]} and {row}); rebuild the index")
+            seen[i] = row
+    return meta
+
+
+def read_index_tensors(path: Path, meta: dict, config: RecformerConfig) -> dict[str, torch.Tensor]:
+    """index.safetensors of an index folder, checked against itself, index.json (`meta`) and the encoder's
+    config: every tensor (`INDEX_TENSORS`) of its shape and kind, one vector per id and the ids' hash
+    recorded with them, offsets from 0 rising to the number of tokens, token ids within the vocabulary.
+
+    Raises:
+        BrokenIndex: one line naming the file and the tensor or key.
+    """
+    from safetensors import safe_open
+
+    file = path / INDEX_FILE
+    if not file.is_file():
+        raise BrokenIndex(f"{file}: missing (the vectors of the index); rebuild the index")
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            names, recorded = set(f.keys()), (f.metadata() or {}).get(IDS_HASH_KEY)
+            missing = [k for k in INDEX_TENSORS if k not in names]
+            if missing:
+                raise BrokenIndex(f"{file}: no {_names(missing)} tensor{'s' if len(missing) > 1 else ''}; rebuild the index")
+            tensors = {k: f.get_tensor(k) for k in INDEX_TENSORS}
+    except BrokenIndex:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own errors, OSError and others for damage
+        reason = " ".join(str(e).split())[:200]
+        raise BrokenIndex(f"{file}: cannot be read ({type(e).__name__}: {reason}); the file is truncated or damaged, "
+                          "rebuild the index") from None  # fmt: skip
+
+    ids, n = meta["ids"], len(meta["ids"])
+    vectors, offsets = tensors["vectors"], tensors["token_offsets"]
+    token_ids, token_types, digests = tensors["token_ids"], tensors["token_types"], tensors["item_digests"]
+
+    def bad(message: str) -> BrokenIndex:
+        return BrokenIndex(f"{file}: {message}; rebuild the index")
+
+    if vectors.dim() != 2 or not vectors.is_floating_point():
+        raise bad(f"vectors must be a 2-D float tensor, got {vectors.dtype} {tuple(vectors.shape)}")
+    if vectors.shape[0] != n:
+        raise bad(f"{vectors.shape[0]} item vectors, but {META_FILE} lists {n} ids")
+    if vectors.shape[1] != meta["hidden_size"] or vectors.shape[1] != config.hidden_size:
+        raise bad(f"vectors of size {vectors.shape[1]}, but {META_FILE} says hidden_size {meta['hidden_size']!r} and "
+                  f"config.json hidden_size {config.hidden_size}")  # fmt: skip
+    if recorded is not None and recorded != ids_hash(ids):
+        raise bad(f"the ids in {META_FILE} are not those its vectors were saved with (reordered or replaced: ids hash "
+                  f"{ids_hash(ids)}, recorded {recorded})")  # fmt: skip
+    if recorded is None:
+        logger.warning("%s: no ids hash recorded (an index saved by an older version): the order of the ids is not checked", file)
+    if digests.shape != (n, DIGEST_BYTES) or digests.dtype != torch.uint8:
+        raise bad(f"item_digests must be uint8 [{n}, {DIGEST_BYTES}], got {digests.dtype} {tuple(digests.shape)}")
+    if token_ids.dim() != 1 or token_types.shape != token_ids.shape or token_ids.is_floating_point():
+        raise bad(f"token_ids and token_types must be 1-D integer tensors of one length, got {tuple(token_ids.shape)} "
+                  f"and {tuple(token_types.shape)}")  # fmt: skip
+    if offsets.shape != (n + 1,) or offsets.is_floating_point():
+        raise bad(f"token_offsets must be {n + 1} integers (one more than the items), got {tuple(offsets.shape)}")
+    steps = offsets[1:] - offsets[:-1]
+    if int(offsets[0]) != 0 or int(offsets[-1]) != token_ids.numel() or bool((steps < 0).any()):
+        raise bad(f"token_offsets must rise from 0 to the {token_ids.numel()} tokens, got {int(offsets[0])}..{int(offsets[-1])}"
+                  + (f" falling at item {int((steps < 0).nonzero()[0])}" if bool((steps < 0).any()) else ""))  # fmt: skip
+    if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= config.vocab_size):
+        raise bad(f"token_ids must be in [0, {config.vocab_size}) (the encoder's vocab_size), got "
+                  f"{int(token_ids.min())}..{int(token_ids.max())}")  # fmt: skip
+    if token_types.numel() and not bool(torch.isin(token_types, torch.tensor([TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE])).all()):
+        raise bad(f"token_types must be {TOKEN_TYPE_KEY} (attribute name) or {TOKEN_TYPE_VALUE} (value)")
+    return tensors
+
+
+def check_finite_vectors(vectors: torch.Tensor, ids: Sequence[str], where: str) -> None:
+    """Raise NonFiniteScores naming the items (`ids`, one per row of `vectors` [N, H]) whose vectors hold a
+    NaN or infinite value; `where` says whose vectors they are."""
+    bad = (~torch.isfinite(vectors)).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        names = ", ".join(repr(ids[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise NonFiniteScores(
+            f"{where}: {len(bad)} of {len(ids)} item vectors are not finite (items {names}); "
+            "the encoder gives NaN or infinite outputs, or the vectors are damaged"
+        )
+
+
 def _splice(table: TokenizedItems, replaced: Sequence[int], fresh: TokenizedItems, keys: list[str]) -> TokenizedItems:
     """`table` with row replaced[j] taken from fresh[j], then the remaining rows of `fresh` appended."""
     lengths, fresh_lengths = table.lengths(), fresh.lengths()
@@ -161,6 +306,7 @@ class Recommender:
     ):
         if items.keys is None or model.item_embedding is None or len(items) != model.item_embedding.num_embeddings:
             raise ValueError("the model's item table and the tokenized items (with their ids) must have one row per item")
+        check_finite_vectors(model.item_embedding.weight.detach(), items.keys, "index")
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.items = items
@@ -249,8 +395,16 @@ class Recommender:
         use; each must be what the index was built with. `device`, `batch_size`,
         `attn_implementation`, `progress` and `compile` as for `from_pretrained`.
 
+        The folder is checked against itself first (`read_index_meta`, `read_index_tensors`): the ids
+        against the vectors (count, duplicates, the hash recorded beside the vectors), the tokenizer
+        files against the tokenizer hash of the fingerprint, the tokenized items (offsets, token ids
+        within the vocabulary), finite vectors.
+
         Raises:
             FileNotFoundError: `path` holds no saved index.
+            BrokenIndex: a file of the folder is unreadable, malformed or disagrees with another (named).
+            TokenizerError: the folder has no tokenizer files, or ids past the encoder's vocabulary.
+            NonFiniteScores: a saved vector is NaN or infinite.
             IndexMismatch: the checkpoint's hidden size differs from the index's (both named), or
                 the checkpoint, tokenizer or fields differ (each part named).
         """
@@ -258,17 +412,20 @@ class Recommender:
         path = Path(path)
         if not (path / META_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a saved Recformer index (no {META_FILE})")
-        meta = read_json(path / META_FILE)
-        if meta.get("format") != INDEX_FORMAT:
-            raise IndexMismatch(f"{path / META_FILE}: index format {meta.get('format')!r}, expected {INDEX_FORMAT}")
-        from safetensors.torch import load_file
-
-        tensors = load_file(str(path / INDEX_FILE))
-        vectors = tensors["vectors"].float()  # [N, H]
+        meta = read_index_meta(path)
         config = RecformerConfig.from_pretrained(path)
         config.item_num = 0
+        tensors = read_index_tensors(path, meta, config)
+        vectors = tensors["vectors"].float()  # [N, H]
+        check_finite_vectors(vectors, meta["ids"], str(path / INDEX_FILE))
         tokenizer = RecformerTokenizer.from_pretrained(str(path), config)
+        check_tokenizer_fits(tokenizer, config, str(path))
         saved = Fingerprint(**meta["fingerprint"])
+        if tokenizer_fingerprint(tokenizer) != saved.tokenizer:
+            raise BrokenIndex(
+                f"{path}: its tokenizer files are not the tokenizer the index was built with (hash "
+                f"{tokenizer_fingerprint(tokenizer)}, {META_FILE} records {saved.tokenizer}); rebuild the index"
+            )
 
         given = saved
         if checkpoint is not None:
@@ -296,7 +453,8 @@ class Recommender:
         _place(model, attn_implementation, device, compile)
         model.init_item_embedding(vectors)
         items = TokenizedItems(
-            tensors["token_ids"].numpy(), tensors["token_types"].numpy(), tensors["token_offsets"].numpy(), meta["ids"]
+            tensors["token_ids"].numpy(), tensors["token_types"].numpy(), tensors["token_offsets"].numpy(),
+            list(meta["ids"]),
         )
         logger.info("loaded an index of %d items from %s", len(items), path)
         rec = cls(model, tokenizer, items, tensors["item_digests"].numpy().copy(), saved, device, batch_size, progress)
@@ -333,7 +491,7 @@ class Recommender:
             "ids": self.ids,
         }
         with atomic_directory(path) as tmp:
-            save_file(tensors, str(tmp / INDEX_FILE))
+            save_file(tensors, str(tmp / INDEX_FILE), metadata={IDS_HASH_KEY: ids_hash(self.ids)})
             (tmp / META_FILE).write_bytes(dumps_json(meta, indent=True))
             self.model.longformer.save_pretrained(tmp)
             self.tokenizer.save_pretrained(str(tmp))
@@ -369,6 +527,7 @@ class Recommender:
         todo = [j for _, j in changed] + added
         fresh = tokenize_catalogue(self.tokenizer, [attrs[j] for j in todo], progress=self.progress)
         vectors = encode_items(self.model.longformer, self.tokenizer, fresh, self.settings)
+        check_finite_vectors(vectors, [ids[j] for j in todo], "add_items")
         rows = [row for row, _ in changed]
         table = torch.cat([self.vectors.detach(), vectors[len(changed) :].to(self.vectors)])  # [N + added, H]
         if rows:
@@ -469,11 +628,13 @@ class Recommender:
         Raises:
             UnknownItemError: an id in a history or in `candidates` that is not in the index.
             ValueError: k < 1, an empty history.
+            NonFiniteScores: a history's vector (or a score) is NaN or infinite.
         """
         k = self.clip_k(k)
         resolved, known = self._resolve(histories)
         cand = self._candidate_rows(candidates, len(resolved))
         queries = self._encode(resolved)  # [U, H]
+        check_finite_queries(queries)
         each = cand is not None and per_query(cand)
         ids, out = self.ids, []
         bar = tqdm(range(0, len(resolved), SCORE_BATCH), desc="score", disable=not self.progress, unit="batch")

@@ -94,6 +94,34 @@ class TokenizedItems(Sequence):
                 raise KeyError(f"item {error.args[0]!r} is not in the tokenized item table") from None
         return layout.encode_flat(self.ids, self.types, self.offsets, rows)
 
+    def identical_items(self, chunk_tokens: int = 1 << 22) -> tuple[int, int]:
+        """(size of the largest group of items with the same token ids, one row of it); (0, -1) for an
+        empty table. Each item is hashed (64-bit, position-weighted sum of its ids, with its length) a
+        chunk of about `chunk_tokens` tokens at a time, so the extra memory is bounded."""
+        n = len(self)
+        if n == 0:
+            return 0, -1
+        lengths = self.lengths()
+        weights = np.random.default_rng(0).integers(1, 2**63, size=int(lengths.max()) + 1, dtype=np.uint64) | 1
+        hashes = np.empty(n, dtype=np.uint64)
+        start = 0
+        while start < n:
+            end = int(np.searchsorted(self.offsets, self.offsets[start] + chunk_tokens, side="right"))
+            end = min(max(end - 1, start + 1), n)
+            first, last = int(self.offsets[start]), int(self.offsets[end])
+            within = np.arange(last - first) - np.repeat(self.offsets[start:end] - first, lengths[start:end])
+            with np.errstate(over="ignore"):
+                terms = self.ids[first:last].astype(np.uint64) * weights[within]
+                sums = np.zeros(end - start, np.uint64)
+                filled = lengths[start:end] > 0  # reduceat over the non-empty items' starts: each sum ends at the next
+                if filled.any():
+                    sums[filled] = np.add.reduceat(terms, (self.offsets[start:end] - first)[filled])
+                hashes[start:end] = sums + lengths[start:end].astype(np.uint64) * weights[-1]
+            start = end
+        _, first_rows, counts = np.unique(hashes, return_index=True, return_counts=True)
+        best = int(counts.argmax())
+        return int(counts[best]), int(first_rows[best])
+
     def save(self, path: str | os.PathLike) -> None:
         with atomic_open(path, "wb") as f:
             np.savez(
@@ -133,6 +161,7 @@ def tokenize_catalogue(
     """
     if keys is not None and len(keys) != len(items):
         raise ValueError(f"{len(keys)} keys for {len(items)} items")
+    tokenizer.plain_backend()  # padding or truncation switched on after loading would make every item alike
     for row, item in enumerate(items):
         check_item(item, keys[row] if keys is not None else row)
 
@@ -149,4 +178,22 @@ def tokenize_catalogue(
         return table
 
     path = tokenized_items_path(cache_dir, tokenizer, items, keys) if cache_dir is not None else None
-    return cached(path, build, load, TokenizedItems.save, "tokenized items", write=write_cache)
+    table = cached(path, build, load, TokenizedItems.save, "tokenized items", write=write_cache)
+    warn_identical_items(table)
+    return table
+
+
+def warn_identical_items(table: TokenizedItems) -> int:
+    """Log a warning, with the count and an example item, when more than half of the items of a table
+    (two or more) tokenize to the same ids: a tokenizer that pads or cuts every item alike, or a
+    catalogue without text. Returns the size of the largest group of identical items."""
+    count, row = table.identical_items()
+    if len(table) >= 2 and count * 2 > len(table):
+        ids, _ = table[row]
+        example = table.keys[row] if table.keys is not None else row
+        logger.warning(
+            "%d of %d items tokenize to the same %d token ids (e.g. item %r: %s%s); check the tokenizer "
+            "(padding, truncation, vocabulary) and the item texts",
+            count, len(table), len(ids), example, ids[:12], " ..." if len(ids) > 12 else "",
+        )  # fmt: skip
+    return count

@@ -5,6 +5,12 @@ space), concatenated and cut to `max_attr_length`; the first `max_attr_num` attr
 sequence's layout (which items, in which order, cut where, padded how) is `layout.SequenceLayout`, which
 `RecformerTokenizer.layout` gives for the tokenizer's config.
 
+The backend's padding and truncation are always off (a `tokenizer.json` may switch them on; items
+would then come back padded to a fixed length, every item alike). A vocabulary without RoBERTa's
+special tokens (WordPiece) uses its own `[CLS]`/`[SEP]`/`[PAD]`/`[MASK]`/`[UNK]` instead of new tokens
+past the embedding table. `check_tokenizer_fits` is the one check, run wherever a tokenizer meets a
+model, that every id the tokenizer can produce has a row in the model's embedding table.
+
 Attribute keys and values may be any JSON value or odd type; `value_to_text` states how each becomes
 text (None is empty, lone surrogates become U+FFFD, ...), so no value reaches the Rust tokenizer in a
 form it rejects. An item that is not a dict is refused with a TypeError naming it.
@@ -12,6 +18,7 @@ form it rejects. An item that is not a dict is refused with a TypeError naming i
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import OrderedDict
@@ -24,13 +31,120 @@ from transformers import AutoTokenizer
 from transformers.models.roberta.tokenization_roberta import RobertaTokenizer
 
 from recformer.io.fileio import read_json
-from recformer.model.configuration import RecformerConfig, is_recformer_config_dict
+from recformer.model.configuration import RecformerConfig, check_model_source, is_recformer_config_dict
 from recformer.model.layout import TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE, SequenceLayout
 
 logger = logging.getLogger(__name__)
 
 Item = Mapping[str, Any]
 TokenizedItem = tuple[Sequence[int], Sequence[int]]  # (input_ids, token_type_ids)
+
+
+# The files a tokenizer is read from, one of which a tokenizer folder must hold.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt")
+# RoBERTa's special-token defaults and the WordPiece token that stands in for each when the vocabulary
+# lacks it: <s> starts a sequence as [CLS] does, </s> ends it as [SEP] does.
+SPECIAL_TOKEN_DEFAULTS = {
+    "bos_token": ("<s>", "[CLS]"),
+    "eos_token": ("</s>", "[SEP]"),
+    "sep_token": ("</s>", "[SEP]"),
+    "cls_token": ("<s>", "[CLS]"),
+    "unk_token": ("<unk>", "[UNK]"),
+    "pad_token": ("<pad>", "[PAD]"),
+    "mask_token": ("<mask>", "[MASK]"),
+}
+# Text every catalogue's attribute names look like; a vocabulary that encodes none of it is no vocabulary.
+PROBE_TEXT = "title brand category price"
+OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+
+
+class TokenizerError(ValueError):
+    """A tokenizer that cannot serve the model: no tokenizer files, a vocabulary of special tokens only,
+    or ids past the model's embedding table."""
+
+
+def _token_text(value: Any) -> str | None:
+    """A special token as tokenizer_config.json writes it (a string or an AddedToken dict) -> its text."""
+    if isinstance(value, Mapping):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+def _folder_vocabulary(folder: Path) -> tuple[set[str], dict[str, str]]:
+    """(every token of a tokenizer folder's vocabulary and added tokens, the special tokens its
+    tokenizer_config.json / special_tokens_map.json name); unreadable files count as empty."""
+    vocab: set[str] = set()
+    try:
+        if (folder / "tokenizer.json").is_file():
+            data = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+            model_vocab = data.get("model", {}).get("vocab") or {}
+            vocab |= set(model_vocab) if isinstance(model_vocab, Mapping) else {v[0] for v in model_vocab}
+            vocab |= {t.get("content") for t in data.get("added_tokens") or [] if isinstance(t, Mapping)}
+        elif (folder / "vocab.json").is_file():
+            vocab |= set(json.loads((folder / "vocab.json").read_text(encoding="utf-8")))
+        elif (folder / "vocab.txt").is_file():
+            vocab |= {line.rstrip("\n") for line in (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()}
+    except (OSError, ValueError, TypeError, AttributeError, IndexError):
+        return set(), {}
+    named: dict[str, str] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8")) if (folder / name).is_file() else {}
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, Mapping):
+            named.update({k: t for k in SPECIAL_TOKEN_DEFAULTS if (t := _token_text(data.get(k))) is not None})
+    return vocab, named
+
+
+def special_token_arguments(folder: str | os.PathLike, given: Mapping[str, Any]) -> dict[str, str]:
+    """Special-token arguments for loading `folder`: for each special token (`SPECIAL_TOKEN_DEFAULTS`)
+    not in `given` whose token (as the folder's config names it, else RoBERTa's) is not in the
+    vocabulary while its WordPiece stand-in is, the stand-in; so that no special token is added past
+    the vocabulary (and the model's embedding table)."""
+    vocab, named = _folder_vocabulary(Path(folder))
+    out = {}
+    for name, (default, stand_in) in SPECIAL_TOKEN_DEFAULTS.items():
+        token = named.get(name, default)
+        if name not in given and vocab and token not in vocab and stand_in in vocab:
+            out[name] = stand_in
+    return out
+
+
+def offline_flags() -> list[str]:
+    """The offline flags set in the environment (`HF_HUB_OFFLINE=1`, `TRANSFORMERS_OFFLINE=1`)."""
+    return [f"{name}={os.environ[name]}" for name in OFFLINE_FLAGS
+            if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")]  # fmt: skip
+
+
+def check_tokenizer_source(name: str | os.PathLike) -> None:
+    """Raise TokenizerError, in one line, for a source that can only give an empty tokenizer: a folder
+    without tokenizer files, or a hub id while offline that the local Hugging Face cache does not hold."""
+    path = Path(name)
+    if path.is_dir():
+        if not any((path / f).is_file() for f in TOKENIZER_FILES):
+            raise TokenizerError(
+                f"{path}: no tokenizer files (expected {', '.join(TOKENIZER_FILES[:-1])} or {TOKENIZER_FILES[-1]}); "
+                "copy the tokenizer of the model it was built from into it, or pass the folder that has it"
+            )
+        return
+    if not path.exists():
+        check_model_source(name)  # a missing folder is named as a folder, not as a malformed hub id
+    flags = offline_flags()
+    if not flags or path.exists():
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached_file = any(isinstance(try_to_load_from_cache(str(name), f), str) for f in TOKENIZER_FILES)
+    except ValueError:  # not a valid hub id either
+        cached_file = False
+    if not cached_file:
+        raise TokenizerError(
+            f"{name}: not a local folder, and {' and '.join(flags)} forbid{'s' if len(flags) == 1 else ''} downloading "
+            "its tokenizer (the Hugging Face cache does not hold it); pass a local model folder, or run once "
+            "without the flag to download it"
+        )
 
 
 def clean_text(text: str) -> str:
@@ -96,13 +210,39 @@ class RecformerTokenizer(RobertaTokenizer):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, config: RecformerConfig | None = None, **kwargs):
+        """Load a tokenizer folder or hub id, with the backend's padding and truncation off and WordPiece
+        special tokens standing in for missing RoBERTa ones (see the module docstring).
+
+        Raises:
+            TokenizerError: a folder without tokenizer files, a hub id offline and not cached, or a
+                vocabulary that encodes no text (only special tokens), each in one line naming it.
+        """
+        check_tokenizer_source(pretrained_model_name_or_path)
+        if Path(pretrained_model_name_or_path).is_dir():
+            kwargs = {**special_token_arguments(pretrained_model_name_or_path, kwargs), **kwargs}
         tokenizer = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         if config is None:
             config_file = Path(pretrained_model_name_or_path) / "config.json"
             if config_file.is_file() and is_recformer_config_dict(read_json(config_file)):
                 config = RecformerConfig.from_pretrained(pretrained_model_name_or_path)
         tokenizer.config = config if config is not None else RecformerConfig()
+        tokenizer.plain_backend()
+        special = set(tokenizer.all_special_ids)
+        if not any(i not in special for i in tokenizer._tokenizer.encode(PROBE_TEXT, add_special_tokens=False).ids):
+            raise TokenizerError(
+                f"{pretrained_model_name_or_path}: the tokenizer has {len(tokenizer)} tokens and encodes no text "
+                f"({PROBE_TEXT!r} gives no token but special ones); its vocabulary files are missing or empty"
+            )
         return tokenizer
+
+    def plain_backend(self):
+        """The backend tokenizer, with padding and truncation switched off when something switched them on."""
+        backend = self._tokenizer
+        if backend.padding is not None:
+            backend.no_padding()
+        if backend.truncation is not None:
+            backend.no_truncation()
+        return backend
 
     # -- configuration -------------------------------------------------------------------------
     @property
@@ -131,7 +271,7 @@ class RecformerTokenizer(RobertaTokenizer):
     def item_tokenize(self, text: Any) -> list[int]:
         """Token ids of `text` alone (any value, as `value_to_text` makes it text): no special tokens,
         no leading space."""
-        return self._tokenizer.encode(value_to_text(text), add_special_tokens=False).ids
+        return self.plain_backend().encode(value_to_text(text), add_special_tokens=False).ids
 
     def _item_key(self, item: Item) -> tuple:
         attrs = list(item.items())[: self.config.max_attr_num]
@@ -162,7 +302,8 @@ class RecformerTokenizer(RobertaTokenizer):
         todo = list(dict.fromkeys(k for k in keys if k not in cache))
         if todo:
             texts = [text for key in todo for pair in key[2] for text in pair]
-            encodings = [e.ids for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)] if texts else []
+            backend = self.plain_backend()
+            encodings = [e.ids for e in backend.encode_batch(texts, add_special_tokens=False)] if texts else []
             pos = 0
             for key in todo:
                 n = 2 * len(key[2])
@@ -232,6 +373,31 @@ class RecformerTokenizer(RobertaTokenizer):
         if return_tensor:
             return {name: torch.tensor(value, dtype=torch.long) for name, value in inputs.items()}
         return inputs
+
+
+def check_tokenizer_fits(tokenizer: RecformerTokenizer, config: Any, where: str = "") -> None:
+    """Raise TokenizerError, in one line, when the tokenizer can give an id at or beyond the model's
+    `config.vocab_size` (a special token or a vocabulary entry with no row in the embedding table).
+
+    The one check wherever a tokenizer meets a model (finetune, evaluate, recommend, pretrain, the
+    Recommender); `where` names the model or folder in the message.
+    """
+    vocab_size = int(config.vocab_size)
+    prefix = f"{where}: " if where else ""
+    special = {token: i for token, i in zip(tokenizer.all_special_tokens, tokenizer.all_special_ids)}
+    beyond = {token: i for token, i in special.items() if i is None or not 0 <= i < vocab_size}
+    if beyond:
+        listed = ", ".join(f"{token!r} has id {i}" for token, i in beyond.items())
+        raise TokenizerError(
+            f"{prefix}special tokens past the model's vocab_size {vocab_size}: {listed}; "
+            "use the tokenizer the model was trained with"
+        )
+    top = max(tokenizer.get_vocab().values(), default=-1)
+    if top >= vocab_size:
+        raise TokenizerError(
+            f"{prefix}the tokenizer has {len(tokenizer)} tokens (ids up to {top}) but the model's vocab_size is "
+            f"{vocab_size}; use the tokenizer the model was trained with"
+        )
 
 
 def build_bpe_tokenizer(texts: Iterable[str], output_dir: str | os.PathLike, vocab_size: int = 2000, min_frequency: int = 2) -> str:

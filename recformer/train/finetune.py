@@ -69,7 +69,7 @@ from recformer.model.attention import configure_attention, resolve_attn_implemen
 from recformer.model.configuration import build_config, field_values
 from recformer.model.item_tokens import tokenize_catalogue
 from recformer.model.modeling import RecformerForSeqRec
-from recformer.model.tokenization import RecformerTokenizer
+from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
 from recformer.runtime import model_sources
 from recformer.train.collators import FinetuneCollator, GlobalBatchCollator
 from recformer.train.optimization import parameter_groups
@@ -192,6 +192,7 @@ class Finetuner:
         )  # fmt: skip
         self.config.item_num = self.data.num_items
         self.tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, self.config)
+        check_tokenizer_fits(self.tokenizer, self.config, f"{tokenizer_source} (tokenizer) with {config_source} (config)")
         self.model = RecformerForSeqRec(self.config)
         report = load_checkpoint(self.model, args.pretrain_ckpt)
         logger.info("pretrained checkpoint %s: %s", args.pretrain_ckpt, report.summary())

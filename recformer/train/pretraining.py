@@ -47,7 +47,7 @@ from recformer.model.configuration import (
     is_recformer_config_dict,
 )
 from recformer.model.modeling_pretraining import RecformerForPretraining
-from recformer.model.tokenization import RecformerTokenizer
+from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +162,7 @@ def run_pretraining(
         resolve_attn_implementation(args.attn_implementation, device, needs_grad=True)
         config = build_config(args.model_name_or_path, field_values(args), temp=args.temp, mlm_weight=args.mlm_weight)
         tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, config)
+        check_tokenizer_fits(tokenizer, config, f"--model_name_or_path {args.model_name_or_path}")
         data = PretrainDataModule(
             tokenizer,
             args.train_file,
