@@ -32,7 +32,7 @@ from recformer.inference.evaluation import cached_item_vectors, encode_items, ev
 from recformer.io.cache import item_table_path
 from recformer.io.checkpoint import LoadReport, load_checkpoint
 from recformer.io.fileio import read_json
-from recformer.model.attention import configure_attention
+from recformer.model.attention import configure_attention, resolve_attn_implementation
 from recformer.model.configuration import DEFAULT_MODEL, RecformerConfig, build_config
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
 from recformer.model.modeling import RecformerForSeqRec
@@ -109,6 +109,12 @@ class ModelRuntime:
     tokenizer: RecformerTokenizer
     settings: InferenceSettings
     items: TokenizedItems | None = None
+
+    @staticmethod
+    def check_attention(attn_implementation: str | None, device: torch.device, training: bool = False) -> None:
+        """Refuse at once, before any data is read or any model built, an attention implementation that cannot
+        run on `device` (or cannot train there): the same check `place` makes, for commands that want it first."""
+        resolve_attn_implementation(attn_implementation, device, needs_grad=training)
 
     @classmethod
     def place(

@@ -18,6 +18,7 @@ from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import encode_items, evaluate
 from recformer.model.batching import encode_item_sequences
 from recformer.model.item_tokens import tokenize_catalogue
+from recformer.runtime import ModelRuntime
 from recformer.train.finetune import Finetuner, TrainingDiverged
 from recformer.train.run_log import RunLog
 
@@ -268,7 +269,7 @@ def test_item_table_cache_is_reused_for_the_same_checkpoint_and_rebuilt_for_anot
     torch.testing.assert_close(table, first.item_vectors())
 
     again = Finetuner(make_args(assets, tmp_path / "b", cache_dir=str(cache), num_train_epochs=0))
-    monkeypatch.setattr(Finetuner, "item_vectors", lambda self: pytest.fail("the cached table was not reused"))
+    monkeypatch.setattr(ModelRuntime, "encode_items", lambda self, items=None: pytest.fail("the cached table was not reused"))
     assert torch.equal(again.initial_item_table(), table)
     monkeypatch.undo()
 

@@ -57,6 +57,7 @@ def evaluate_checkpoint(args: EvaluateArgs) -> CheckpointEvaluation:
     """
     args.validate()
     device = distributed.rank_device(args.device)
+    ModelRuntime.check_attention(args.attn_implementation, device)  # one that cannot run here stops now
     data = load_finetune_data(args.data_path)
     settings = InferenceSettings(device, fp16=args.fp16, bf16=args.bf16, batch_size=args.batch_size,
                                  progress=args.progress and distributed.is_main())  # fmt: skip

@@ -52,10 +52,10 @@ from transformers import get_linear_schedule_with_warmup
 from recformer import distributed
 from recformer.args import TARGET_METRIC, FinetuneArgs, run_arguments
 from recformer.data.finetune_reader import FinetuneData, load_finetune_data
-from recformer.devices import InferenceSettings, autocast_context
+from recformer.devices import InferenceSettings
 from recformer.errors import RecformerFailure
-from recformer.inference.evaluation import cached_item_vectors, encode_items, evaluate, to_device
-from recformer.io.cache import file_fingerprint, item_table_path, tokenizer_fingerprint
+from recformer.inference.evaluation import to_device
+from recformer.io.cache import file_fingerprint, tokenizer_fingerprint
 from recformer.io.checkpoint import load_checkpoint
 from recformer.io.fileio import atomic_torch_save, atomic_write_json
 from recformer.io.output_paths import (
@@ -65,12 +65,10 @@ from recformer.io.output_paths import (
     save_pretrained_folder,
 )
 from recformer.metrics import NonFiniteScores, format_metrics
-from recformer.model.attention import configure_attention, resolve_attn_implementation
 from recformer.model.configuration import build_config, field_values
-from recformer.model.item_tokens import tokenize_catalogue
 from recformer.model.modeling import RecformerForSeqRec
 from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
-from recformer.runtime import model_sources
+from recformer.runtime import ModelRuntime, model_sources
 from recformer.train.collators import FinetuneCollator, GlobalBatchCollator
 from recformer.train.optimization import parameter_groups
 from recformer.train.run_log import METRICS_FILE, RunLog
@@ -147,13 +145,12 @@ class Finetuner:
         if args.fp16 and self.device.type != "cuda":
             logger.warning("--fp16 needs a CUDA device; running in float32 on %s", self.device)
         self.use_scaler = args.fp16 and self.device.type == "cuda"
-        self.amp = lambda: autocast_context(self.device, args.fp16, args.bf16)
         # batch size None: item encoding and evaluation batch by a token budget (`evaluation.pooled_batches`)
         self.settings = InferenceSettings(
             self.device, fp16=args.fp16, bf16=args.bf16, batch_size=args.eval_batch_size, progress=self.progress
         )
         # an implementation that cannot train on this device stops here, before any data is read
-        resolve_attn_implementation(args.attn_implementation, self.device, needs_grad=True)
+        ModelRuntime.check_attention(args.attn_implementation, self.device, training=True)
 
     def _setup_data(self) -> None:
         args = self.args
@@ -193,19 +190,17 @@ class Finetuner:
         self.config.item_num = self.data.num_items
         self.tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, self.config)
         check_tokenizer_fits(self.tokenizer, self.config, f"{tokenizer_source} (tokenizer) with {config_source} (config)")
-        self.model = RecformerForSeqRec(self.config)
-        report = load_checkpoint(self.model, args.pretrain_ckpt)
+        model = RecformerForSeqRec(self.config)
+        report = load_checkpoint(model, args.pretrain_ckpt)
         logger.info("pretrained checkpoint %s: %s", args.pretrain_ckpt, report.summary())
         if args.fix_word_embedding:
-            self.model.longformer.embeddings.word_embeddings.weight.requires_grad_(False)
-        configure_attention(self.model, args.attn_implementation, self.device, training=True)
-        if args.compile:
-            self.model.longformer.compile()  # in place: parameter names (and checkpoints) stay the same
-        self.model.to(self.device)
-        self.items = tokenize_catalogue(
-            self.tokenizer, self.data.items, cache_dir=self.cache_dir, progress=self.progress,
-            write_cache=distributed.is_main(),
+            model.longformer.embeddings.word_embeddings.weight.requires_grad_(False)
+        self.runtime = ModelRuntime.place(
+            model, self.tokenizer, self.settings, attn_implementation=args.attn_implementation,
+            compile=args.compile, training=True,
         )  # fmt: skip
+        self.model = self.runtime.model
+        self.items = self.runtime.tokenize(self.data.items, cache_dir=self.cache_dir)
         self.train_sequences = self.data.train_sequences()
 
     def _setup_optimization(self) -> None:
@@ -247,7 +242,7 @@ class Finetuner:
     # -- item table ----------------------------------------------------------------------------
     def item_vectors(self) -> torch.Tensor:
         """Every item encoded by the current encoder [N, H]."""
-        return encode_items(self.model.longformer, self.tokenizer, self.items, self.settings.replace(shard=True))
+        return self.runtime.encode_items()
 
     @functools.cached_property
     def checkpoint_fingerprint(self) -> str:
@@ -270,12 +265,10 @@ class Finetuner:
 
     def initial_item_table(self) -> torch.Tensor:
         """Item vectors of the pretrained encoder, cached (`cache.item_table_path`)."""
-        path = item_table_path(self.cache_dir, self.checkpoint_fingerprint, self.tokenizer, self.config, self.data.items)
-        return cached_item_vectors(path, self.item_vectors, shape=(self.data.num_items, self.config.hidden_size))
+        return self.runtime.item_table(self.checkpoint_fingerprint, self.data.items, self.cache_dir)
 
     def _set_item_table(self, table: torch.Tensor) -> None:
-        self.model.init_item_embedding(table)
-        self.model.to(self.device)
+        self.runtime.set_item_table(table)
 
     # -- saving --------------------------------------------------------------------------------
     def save_state(self) -> None:
@@ -372,7 +365,7 @@ class Finetuner:
                 batch = to_device(batch, self.device)
                 sync = self.train_model is self.model or j == len(step.micro) - 1
                 with contextlib.nullcontext() if sync else self.train_model.no_sync():
-                    with self.amp():
+                    with self.runtime.autocast():
                         loss = self.train_model(**batch)  # mean over the micro-batch
                     self.scaler.scale(loss * (rows * world / step.size)).backward()
                 if rows:
@@ -414,10 +407,8 @@ class Finetuner:
 
     def evaluate_split(self, split: str) -> dict[str, float]:
         pairs = self.data.dev_pairs() if split == "dev" else self.data.test_pairs()
-        return evaluate(
-            self.model, pairs, self.tokenizer, self.items, self.settings, self.args.metric_ks,
-            exclude_history=self.args.exclude_history, desc=f"evaluate {split}",
-        )  # fmt: skip
+        return self.runtime.evaluate(pairs, self.args.metric_ks, exclude_history=self.args.exclude_history,
+                                     desc=f"evaluate {split}")  # fmt: skip
 
     def checked_evaluation(self, split: str, what: str) -> dict[str, float]:
         """`evaluate_split`, stopping with one line naming the evaluation (`what`: split, stage, epoch)

@@ -39,7 +39,7 @@ from recformer.io.checkpoint_files import (
 from recformer.io.conversion import build_start_point
 from recformer.io.fileio import atomic_write_json, read_json
 from recformer.io.output_paths import check_output_dir, refuse_existing_run
-from recformer.model.attention import configure_attention, resolve_attn_implementation
+from recformer.model.attention import configure_attention
 from recformer.model.configuration import (
     RecformerConfig,
     build_config,
@@ -48,6 +48,7 @@ from recformer.model.configuration import (
 )
 from recformer.model.modeling_pretraining import RecformerForPretraining
 from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
+from recformer.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
 
@@ -159,7 +160,7 @@ def run_pretraining(
         on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
         device = torch.device("cuda" if on_gpu else "cpu")
         # an implementation that cannot train on this device stops here, before any data is read
-        resolve_attn_implementation(args.attn_implementation, device, needs_grad=True)
+        ModelRuntime.check_attention(args.attn_implementation, device, training=True)
         config = build_config(args.model_name_or_path, field_values(args), temp=args.temp, mlm_weight=args.mlm_weight)
         tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, config)
         check_tokenizer_fits(tokenizer, config, f"--model_name_or_path {args.model_name_or_path}")
