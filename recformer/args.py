@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from recformer.defaults import (
+from recformer.errors import RecformerError
     ATTN_IMPLEMENTATIONS,
     DEFAULT_MODEL,
     PRECISIONS,
@@ -199,7 +200,7 @@ def run_arguments(args: Any) -> dict[str, Any]:
     return {k: v for k, v in dataclasses.asdict(args).items() if k not in FOLDER_FLAGS}
 
 
-class ConfigError(ValueError):
+class ConfigError(RecformerError, ValueError):
     """A --config file that cannot be used; the message is one line naming the file (and key)."""
 
 

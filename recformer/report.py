@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from recformer.errors import RecformerError
 from recformer.io.fileio import atomic_write_text, read_json
 from recformer.train.run_log import METRICS_FILE, STEP_LOG
 
@@ -39,7 +40,7 @@ CURVE_METRIC = "NDCG@10"
 POPULARITY_BLOCK = 1024
 
 
-class ReportError(ValueError):
+class ReportError(RecformerError, ValueError):
     """A run folder that cannot be reported; the message names the folder or file."""
 
 

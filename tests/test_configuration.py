@@ -97,9 +97,9 @@ def test_a_hub_id_offline_and_not_cached_is_one_line_naming_the_flag(tmp_path, m
     with pytest.raises(FileNotFoundError) as error:
         check_model_source("allenai/longformer-base-4096")
     assert str(error.value) == (
-        "allenai/longformer-base-4096: not a local folder, and not in the Hugging Face cache while HF_HUB_OFFLINE "
-        "(or TRANSFORMERS_OFFLINE) is set; pass --model_name_or_path with a local folder that holds the config and "
-        "tokenizer"
+        "allenai/longformer-base-4096: not a local folder, and TRANSFORMERS_OFFLINE=1 forbids downloading it (the "
+        "Hugging Face cache does not hold it); pass --model_name_or_path with a local model folder that holds the "
+        "config and tokenizer"
     )
     # in the cache: transformers reads it from there, offline
     repo = tmp_path / "models--allenai--longformer-base-4096"

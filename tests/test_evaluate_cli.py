@@ -135,13 +135,14 @@ def test_offline_without_the_model_is_one_line_naming_the_flag(run, capsys, tmp_
     from huggingface_hub import constants
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     start = time.perf_counter()
     code = evaluate_cli.main(["--ckpt", str(run["ckpt"]), "--data_path", str(run["data"]), "--device", "cpu",
                               "--no_progress"])  # fmt: skip
     assert code == 2 and time.perf_counter() - start < 5
     assert capsys.readouterr().err == (
-        "error: allenai/longformer-base-4096: not a local folder, and not in the Hugging Face cache while "
-        "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set; pass --model_name_or_path with a local folder that holds "
-        "the config and tokenizer\n"
+        "error: allenai/longformer-base-4096: not a local folder, and HF_HUB_OFFLINE=1 forbids downloading it (the "
+        "Hugging Face cache does not hold it); pass --model_name_or_path with a local model folder that holds the "
+        "config and tokenizer\n"
     )

@@ -124,7 +124,7 @@ def test_a_hub_id_offline_fails_at_once_naming_the_flag(monkeypatch, tmp_path):
     assert time.perf_counter() - start < 5
     message = str(error.value)
     assert message.startswith("recformer-tests/not-cached-anywhere: not a local folder, and HF_HUB_OFFLINE=1 forbids")
-    assert "pass a local model folder" in message and "\n" not in message
+    assert "pass --model_name_or_path with a local model folder" in message and "\n" not in message
 
 
 def test_a_catalogue_whose_items_tokenize_alike_is_warned_about(caplog):

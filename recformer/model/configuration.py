@@ -122,20 +122,19 @@ def register_auto_config() -> None:
 register_auto_config()
 
 
-def hub_offline() -> bool:
-    """Whether the environment forbids reaching the Hugging Face hub (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE)."""
-    return any(
-        os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-        for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
+def offline_flags() -> list[str]:
+    """The offline settings in the environment that forbid reaching the Hugging Face hub, as `NAME=value`
+    (`HF_HUB_OFFLINE`, `TRANSFORMERS_OFFLINE`); empty when the hub may be reached."""
+    return [f"{name}={os.environ[name]}" for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+            if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")]  # fmt: skip
 
 
-def check_model_source(model_name_or_path: str | os.PathLike) -> None:
+def check_model_source(model_name_or_path: str | os.PathLike, files: tuple[str, ...] = ("config.json",)) -> None:
     """Raise FileNotFoundError, in one line naming `--model_name_or_path`, for a model folder that does
     not exist and cannot be a hub id either (transformers would report it as a malformed repo id), and
-    for a hub id while the hub is offline (`hub_offline`) and not in the local Hugging Face cache:
-    transformers would fail on it only after a long message, or, without the offline setting, after
-    retrying the network."""
+    for a hub id while the hub is offline (`offline_flags`) whose `files` (any one of them) the local Hugging
+    Face cache does not hold: transformers would fail on it only after a long message, or, without the
+    offline setting, after retrying the network."""
     if Path(model_name_or_path).exists():
         return
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -146,14 +145,15 @@ def check_model_source(model_name_or_path: str | os.PathLike) -> None:
         raise FileNotFoundError(
             f"{model_name_or_path}: model folder not found (and not a Hugging Face hub id)"
         ) from None
-    if hub_offline():
+    flags = offline_flags()
+    if flags:
         from huggingface_hub import try_to_load_from_cache
 
-        if not isinstance(try_to_load_from_cache(str(model_name_or_path), "config.json"), str):
+        if not any(isinstance(try_to_load_from_cache(str(model_name_or_path), f), str) for f in files):
             raise FileNotFoundError(
-                f"{model_name_or_path}: not a local folder, and not in the Hugging Face cache while HF_HUB_OFFLINE "
-                "(or TRANSFORMERS_OFFLINE) is set; pass --model_name_or_path with a local folder that holds the "
-                "config and tokenizer"
+                f"{model_name_or_path}: not a local folder, and {' and '.join(flags)} "
+                f"forbid{'s' if len(flags) == 1 else ''} downloading it (the Hugging Face cache does not hold it); "
+                "pass --model_name_or_path with a local model folder that holds the config and tokenizer"
             )
 
 

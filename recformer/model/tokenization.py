@@ -30,6 +30,7 @@ import torch
 from transformers import AutoTokenizer
 from transformers.models.roberta.tokenization_roberta import RobertaTokenizer
 
+from recformer.errors import RecformerError
 from recformer.io.fileio import read_json
 from recformer.model.configuration import RecformerConfig, check_model_source, is_recformer_config_dict
 from recformer.model.layout import TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE, SequenceLayout
@@ -55,10 +56,9 @@ SPECIAL_TOKEN_DEFAULTS = {
 }
 # Text every catalogue's attribute names look like; a vocabulary that encodes none of it is no vocabulary.
 PROBE_TEXT = "title brand category price"
-OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 
-class TokenizerError(ValueError):
+class TokenizerError(RecformerError, ValueError):
     """A tokenizer that cannot serve the model: no tokenizer files, a vocabulary of special tokens only,
     or ids past the model's embedding table."""
 
@@ -111,12 +111,6 @@ def special_token_arguments(folder: str | os.PathLike, given: Mapping[str, Any])
     return out
 
 
-def offline_flags() -> list[str]:
-    """The offline flags set in the environment (`HF_HUB_OFFLINE=1`, `TRANSFORMERS_OFFLINE=1`)."""
-    return [f"{name}={os.environ[name]}" for name in OFFLINE_FLAGS
-            if os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")]  # fmt: skip
-
-
 def check_tokenizer_source(name: str | os.PathLike) -> None:
     """Raise TokenizerError, in one line, for a source that can only give an empty tokenizer: a folder
     without tokenizer files, or a hub id while offline that the local Hugging Face cache does not hold."""
@@ -128,23 +122,10 @@ def check_tokenizer_source(name: str | os.PathLike) -> None:
                 "copy the tokenizer of the model it was built from into it, or pass the folder that has it"
             )
         return
-    if not path.exists():
-        check_model_source(name)  # a missing folder is named as a folder, not as a malformed hub id
-    flags = offline_flags()
-    if not flags or path.exists():
-        return
-    from huggingface_hub import try_to_load_from_cache
-
     try:
-        cached_file = any(isinstance(try_to_load_from_cache(str(name), f), str) for f in TOKENIZER_FILES)
-    except ValueError:  # not a valid hub id either
-        cached_file = False
-    if not cached_file:
-        raise TokenizerError(
-            f"{name}: not a local folder, and {' and '.join(flags)} forbid{'s' if len(flags) == 1 else ''} downloading "
-            "its tokenizer (the Hugging Face cache does not hold it); pass a local model folder, or run once "
-            "without the flag to download it"
-        )
+        check_model_source(name, TOKENIZER_FILES)
+    except FileNotFoundError as e:
+        raise TokenizerError(str(e)) from None
 
 
 def clean_text(text: str) -> str:
