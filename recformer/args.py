@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from recformer.defaults import (
-from recformer.errors import RecformerError
     ATTN_IMPLEMENTATIONS,
     DEFAULT_MODEL,
     PRECISIONS,
@@ -36,6 +35,7 @@ from recformer.errors import RecformerError
     capped_workers,
     check_attn_name,
 )
+from recformer.errors import RecformerError
 
 # Finetuning keeps the checkpoint with the best dev value of this metric.
 TARGET_METRIC = "NDCG@10"
