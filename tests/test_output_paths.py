@@ -7,6 +7,7 @@ import stat
 
 import pytest
 
+from recformer.fileio import OWNER_MARKER
 from recformer.output_paths import (
     PROBE_PREFIX,
     OutputPathError,
@@ -50,9 +51,7 @@ def test_blocked_locations_name_the_path_and_the_reason(tmp_path, read_only_dir)
 
 
 def test_write_folder_replaces_the_old_folder_only_when_complete(tmp_path):
-    folder = tmp_path / "best_model"
-    folder.mkdir()
-    (folder / "old.txt").write_text("old")
+    folder = write_folder(tmp_path / "best_model", lambda tmp: (tmp / "old.txt").write_text("old"))
     (tmp_path / ".best_model.tmp").mkdir()  # leftovers of a killed earlier run
     (tmp_path / ".best_model.tmp" / "half").write_text("x")
 
@@ -62,25 +61,22 @@ def test_write_folder_replaces_the_old_folder_only_when_complete(tmp_path):
 
     with pytest.raises(RuntimeError, match="disk trouble"):
         write_folder(folder, fails, required=("config.json",))
-    assert [p.name for p in folder.iterdir()] == ["old.txt"]  # the old folder is intact
+    assert sorted(p.name for p in folder.iterdir()) == [OWNER_MARKER, "old.txt"]  # the old folder is intact
     with pytest.raises(OutputPathError, match=r"best_model: writing it failed: weights.bin missing$"):
         write_folder(
             folder,
             lambda tmp: (tmp / "config.json").write_text("{}"),
             required=("config.json", "weights.bin"),
         )
-    assert [p.name for p in folder.iterdir()] == ["old.txt"]
+    assert sorted(p.name for p in folder.iterdir()) == [OWNER_MARKER, "old.txt"]
 
     def complete(tmp):
         for name in ("config.json", "weights.bin"):
             (tmp / name).write_text(name)
 
     assert write_folder(folder, complete, required=("config.json", "weights.bin")) == folder
-    assert sorted(p.name for p in folder.iterdir()) == [
-        "config.json",
-        "weights.bin",
-    ]  # nothing of the old one
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]  # no temporary folder left
+    assert sorted(p.name for p in folder.iterdir()) == [OWNER_MARKER, "config.json", "weights.bin"]  # nothing old
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best_model.lock", "best_model"]  # no temporary folder left
 
 
 def test_a_written_folder_gets_the_mode_of_any_new_folder(tmp_path):
