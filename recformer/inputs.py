@@ -66,6 +66,16 @@ def _attributes(value: Any, where: str) -> dict:
     return dict(value)
 
 
+def _check_unicode(key: Any, attrs: dict, where: str) -> None:
+    """Refuse text that cannot be written as UTF-8 (a lone surrogate), which saving would fail on later."""
+    try:
+        json.dumps({str(key): attrs}, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: the id or a text is not valid Unicode (a lone surrogate, e.g. '\\ud800')") from None
+    except (TypeError, ValueError):
+        return  # not JSON text (e.g. a number attribute): tokenizing names it
+
+
 def _json_lines(path: Path):
     """(line number, parsed object) of every non-blank line; a line that is not JSON is refused."""
     with open(path, "rb") as f:
@@ -94,7 +104,13 @@ def read_items(source: ItemsSource) -> tuple[list[str], list[dict]]:
         for key, attrs in source.items():
             ids.append(item_id(key, f"items: id {key!r}"))
             items.append(_attributes(attrs, f"items: item {key!r}"))
+            _check_unicode(key, items[-1], f"items: item {key!r}")
         origin = "items"
+    elif not isinstance(source, (str, os.PathLike)):
+        raise InputError(
+            "items: expected a catalogue file path or a dict id -> {attribute: text}, "
+            f"got {type(source).__name__} {source!r:.60}"
+        )
     else:
         path = Path(source)
         origin = str(path)

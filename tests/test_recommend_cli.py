@@ -216,3 +216,63 @@ def test_the_script_runs(assets, tmp_path):
                             capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert [len(r["items"]) for r in read_output(out)] == [2, 2] and "2 users, 30 items, top 2" in result.stdout
+
+
+def test_two_concurrent_runs_adding_items_to_one_index_keep_both_additions(assets, tmp_path, capsys):
+    """Real processes at once: the second waits for the first's lock, loads what it saved, adds its own."""
+    inp, index = write_input(tmp_path / "in.jsonl", USERS[:1]), tmp_path / "index"
+    code, _, err = run(argv(assets, inp, tmp_path / "first.jsonl", "--index_dir", str(index)), capsys)
+    assert code == 0, err
+    meta = json.loads(assets["meta"].read_text())
+    procs = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for tag in ("A", "B"):
+        catalogue = tmp_path / f"items-{tag}.jsonl"
+        new = [(f"NEW{tag}{i}", {"title": f"new item {tag} {i}"}) for i in range(5)]
+        catalogue.write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in [*meta.items(), *new]))
+        args = argv(assets, inp, tmp_path / f"out-{tag}.jsonl", "--index_dir", str(index), ckpt=False, items=False)
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "recommend.py"), *args, "--items", str(catalogue)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))  # fmt: skip
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in results]
+    assert all("(5 items added, 0 re-encoded)" in out for out, _ in results)
+    saved = json.loads((index / "index.json").read_text())
+    assert saved["num_items"] == 40
+    assert {i for i in saved["ids"] if i.startswith("NEW")} == {f"NEW{t}{i}" for t in "AB" for i in range(5)}
+    assert len(Recommender.load(index, device="cpu", progress=False)) == 40
+
+
+def test_output_is_checked_before_any_input_is_read(assets, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    missing = tmp_path / "missing.jsonl"  # would be refused too, but the output is checked first
+    code, _, err = run(argv(assets, missing, tmp_path / "file" / "recs.jsonl"), capsys)
+    assert code == 2 and err == f"error: {tmp_path / 'file' / 'recs.jsonl'}: cannot be created: {tmp_path / 'file'} is a file, not a folder\n"
+
+
+def test_output_equal_to_input_or_a_special_file_is_refused(assets, tmp_path, capsys):
+    inp = write_input(tmp_path / "in.jsonl", USERS)
+    before = inp.read_text()
+    for out in (inp, tmp_path / "." / "in.jsonl"):
+        code, _, err = run(argv(assets, inp, out), capsys)
+        assert code == 2 and err == f"error: --output {out}: is also --input; writing it would destroy that input\n"
+    assert inp.read_text() == before
+    os.mkfifo(tmp_path / "fifo")
+    for special in (tmp_path / "fifo", Path("/dev/full")):
+        code, _, err = run(argv(assets, inp, special), capsys)
+        assert code == 2 and err.startswith(f"error: {special}: is a special file") and err.count("\n") == 1
+    assert Path("/dev/full").is_char_device()
+
+
+def test_output_through_a_symbolic_link_and_to_stdout(assets, tmp_path, capsys):
+    inp = write_input(tmp_path / "in.jsonl", USERS[:2])
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    code, _, err = run(argv(assets, inp, link, "--k", "2"), capsys)
+    assert code == 0, err
+    assert link.is_symlink() and [len(r["items"]) for r in read_output(target)] == [2, 2]
+    code, out, err = run(argv(assets, inp, Path("-"), "--k", "2"), capsys)
+    assert code == 0, err
+    assert [json.loads(line)["user"] for line in out.splitlines()] == ["u1", "u2"]  # only the JSON lines
+    assert "2 users, 30 items, top 2" in err and "output: -" in err

@@ -15,10 +15,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 from tqdm.auto import tqdm
 
@@ -27,8 +30,9 @@ from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.configuration import field_values
 from recformer.devices import keep_freed_memory
-from recformer.fileio import atomic_open, dumps_json
+from recformer.fileio import atomic_open, dumps_json, folder_lock, recover_folder
 from recformer.inputs import HistoryLine, InputError, read_histories
+from recformer.output_paths import STDOUT, check_not_input, check_output_file
 from recformer.recommender import META_FILE, IndexMismatch, Recommender
 
 # Users encoded and scored per step while the output is written.
@@ -41,8 +45,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
     """The recommender and a note for the summary: a saved index (new or changed --items added and saved
-    back), or a new index from --ckpt and --items (saved to --index_dir when given)."""
-    index = Path(args.index_dir) if args.index_dir else None
+    back), or a new index from --ckpt and --items (saved to --index_dir when given).
+
+    The whole read-modify-write of --index_dir holds its lock (`fileio.folder_lock`): a second run on
+    the same index waits, then loads what the first saved and adds its own items to it.
+    """
+    if not args.index_dir:
+        return _open_index(args, None)
+    index = Path(args.index_dir)
+    with folder_lock(index):
+        recover_folder(index)  # a save killed between its two renames: the complete index is put back first
+        return _open_index(args, index)
+
+
+def _open_index(args: RecommendArgs, index: Path | None) -> tuple[Recommender, str]:
     common = dict(device=args.device, batch_size=args.batch_size, attn_implementation=args.attn_implementation,
                   progress=args.progress, compile=args.compile)  # fmt: skip
     if index is not None and (index / META_FILE).is_file():
@@ -88,12 +104,23 @@ def known_histories(lines: list[HistoryLine], rec: Recommender, path: str, on_un
     return out, skipped
 
 
+@contextlib.contextmanager
+def open_output(output: str) -> Iterator[IO[bytes]]:
+    """The standard output for `-`, else the file written atomically (`fileio.atomic_open`)."""
+    if output == STDOUT:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with atomic_open(output, "wb") as f:
+        yield f
+
+
 def write_recommendations(
     output: str, lines: list[HistoryLine], histories: list[list], rec: Recommender, k: int, exclude: bool, progress: bool
 ) -> None:
     """Recommend for every line, in blocks of users, into `output` (renamed into place when complete)."""
     rec.progress = False  # one bar for the whole run instead of one per block
-    with atomic_open(output, "wb") as f, tqdm(total=len(lines), desc="recommend", unit="user", disable=not progress) as bar:
+    with open_output(output) as f, tqdm(total=len(lines), desc="recommend", unit="user", disable=not progress) as bar:
         for start in range(0, len(lines), USERS_PER_BLOCK):
             block = range(start, min(start + USERS_PER_BLOCK, len(lines)))
             todo = [i for i in block if histories[i]]
@@ -112,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()
     try:
         args.validate()
+        if args.output != STDOUT:  # before any input is read
+            check_not_input(args.output, {"--input": args.input, "--items": args.items})
+            args.output = str(check_output_file(args.output))
         lines = read_histories(args.input)  # every line checked before any work
         rec, note = open_index(args)
         k = rec.clip_k(args.k)
@@ -124,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = f"{len(lines)} users, {len(rec)} items, top {k}, {time.perf_counter() - start:.1f} s; {note}"
     if args.on_unknown == "skip":
         summary += f"; {skipped} unknown ids skipped" + (f", {empty} users left with no item got none" if empty else "")
-    print(f"{summary}; output: {args.output}")
+    print(f"{summary}; output: {args.output}", file=sys.stderr if args.output == STDOUT else sys.stdout)
     return 0
 
 
