@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from recformer import distributed
 from recformer.args import EvaluateArgs
@@ -21,8 +22,9 @@ from recformer.checkpoint import CheckpointError
 from recformer.checkpoint_eval import evaluate_checkpoint
 from recformer.data.finetune_reader import DataError
 from recformer.devices import keep_freed_memory
-from recformer.fileio import atomic_write_json
+from recformer.fileio import atomic_write_json, dumps_json
 from recformer.metrics import NonFiniteScores, format_metrics_table
+from recformer.output_paths import STDOUT, check_not_input, check_output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,9 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     keep_freed_memory()
     try:
+        args.validate()
+        if not Path(args.ckpt).exists():  # a path, never a hub id: fail here, not after trying the network
+            raise FileNotFoundError(f"--ckpt {args.ckpt}: no such file or folder")
+        if args.output and args.output != STDOUT:  # before any input is read (every rank: all stop together)
+            check_not_input(args.output, {"--ckpt": args.ckpt})
+            args.output = str(check_output_file(args.output))
         distributed.init_from_env(args.device)
         result = evaluate_checkpoint(args)
-        if args.output:
+        if args.output == STDOUT:
+            distributed.on_main(lambda: sys.stdout.buffer.write(dumps_json(result.to_json(), indent=True) + b"\n"))
+        elif args.output:
             distributed.on_main(lambda: atomic_write_json(args.output, result.to_json(), indent=True))
         distributed.barrier()  # leave together: a rank that tears down while another still sends aborts
     except (DataError, CheckpointError, OSError, ValueError, NonFiniteScores, distributed.RankFailure) as e:
@@ -49,10 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         distributed.teardown()
     if distributed.env_rank() != 0:
         return 0
-    print()
-    print(format_metrics_table({f"{result.dataset} {result.split}": result.metrics}))
+    report = sys.stderr if args.output == STDOUT else sys.stdout  # stdout holds the metrics JSON then
+    print(file=report)
+    print(format_metrics_table({f"{result.dataset} {result.split}": result.metrics}), file=report)
     print(f"{result.users} users, {result.items} items, item table: {result.item_table}"
-          + (f"; metrics: {args.output}" if args.output else ""))  # fmt: skip
+          + (f"; metrics: {args.output}" if args.output else ""), file=report)  # fmt: skip
     return 0
 
 
