@@ -345,7 +345,7 @@ _held_locks = threading.local()
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file of the folder or file `path`: ``.<name>.lock`` beside it (never deleted)."""
+    """The lock file of the folder or file `path`: ``.<name>.lock`` beside it, there while the lock is held."""
     path = Path(os.path.abspath(path))
     return path.with_name(f".{path.name}{LOCK_SUFFIX}")
 
@@ -367,21 +367,29 @@ def folder_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
         yield
         return
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
-    try:
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             if not wait:
+                os.close(fd)
                 raise FolderBusy(f"{path}: another process is writing it (it holds {lock}); try again later") from None
             logger.warning("%s: another process is writing it; waiting for %s", path, lock)
             fcntl.flock(fd, fcntl.LOCK_EX)
-        held.add(lock)
-        try:
-            yield
-        finally:
-            held.discard(lock)
+        try:  # the holder before us removes the file as it lets go: then this lock guards nothing, start again
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    held.add(lock)
+    try:
+        yield
     finally:
+        held.discard(lock)
+        with contextlib.suppress(OSError):
+            os.unlink(lock)  # while still held: a waiter then finds its file gone and starts again
         os.close(fd)  # releases the lock
 
 

@@ -76,7 +76,7 @@ def test_write_folder_replaces_the_old_folder_only_when_complete(tmp_path):
 
     assert write_folder(folder, complete, required=("config.json", "weights.bin")) == folder
     assert sorted(p.name for p in folder.iterdir()) == [OWNER_MARKER, "config.json", "weights.bin"]  # nothing old
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".best_model.lock", "best_model"]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_model"]  # no temporary folder left
 
 
 def test_a_written_folder_gets_the_mode_of_any_new_folder(tmp_path):

@@ -227,10 +227,10 @@ def test_save_is_atomic(rec, tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         rec.save(tmp_path / "index", dtype="float16")
     assert (tmp_path / "index" / "index.json").read_bytes() == before  # the old index is intact
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.lock", "index"]  # no temporary folder left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # no temporary folder left
     with pytest.raises(OSError):
         rec.save(tmp_path / "fresh")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".fresh.lock", ".index.lock", "index"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
 
 
 def test_save_never_deletes_or_moves_what_recformer_did_not_write(rec, tmp_path):
@@ -244,7 +244,7 @@ def test_save_never_deletes_or_moves_what_recformer_did_not_write(rec, tmp_path)
         assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
     assert [p.name for p in user.iterdir()] == ["thesis.txt"] and (user / "thesis.txt").read_text() == "years of work"
     assert (tmp_path / "notes.txt").read_text() == "notes"
-    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == ["notes.txt", "thesis"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "thesis"]
     rec.save(tmp_path / "index")
     rec.save(tmp_path / "index", dtype="float16")  # an index recformer wrote is replaced
     assert Recommender.load(tmp_path / "index", **CPU).saved_dtype == "float16"
@@ -277,7 +277,7 @@ def test_concurrent_saves_of_different_orders_never_mix(assets, tmp_path):
     loaded = Recommender.load(tmp_path / "index", **CPU)
     source = forward if loaded.ids == forward.ids else backward
     assert loaded.ids == source.ids and torch.equal(loaded.vectors, source.vectors)  # ids and vectors agree
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.lock", "index"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
 
 
 def test_an_index_save_on_a_full_disk_names_the_file(rec, tmp_path, monkeypatch):
@@ -299,7 +299,7 @@ def test_a_save_killed_between_its_renames_is_recovered_on_load(rec, tmp_path):
     (tmp_path / ".index.a1b2c3.tmp").mkdir()
     loaded = Recommender.load(tmp_path / "index", **CPU)
     assert loaded.ids == rec.ids
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.lock", "index"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
 
 
 def test_batch_size_numpy_k_and_empty_items_are_checked(rec, assets, tmp_path):
