@@ -276,3 +276,9 @@ def test_output_through_a_symbolic_link_and_to_stdout(assets, tmp_path, capsys):
     assert code == 0, err
     assert [json.loads(line)["user"] for line in out.splitlines()] == ["u1", "u2"]  # only the JSON lines
     assert "2 users, 30 items, top 2" in err and "output: -" in err
+
+
+def test_an_unsupported_device_is_one_line(assets, tmp_path, capsys):
+    inp = write_input(tmp_path / "in.jsonl", USERS[:1])
+    code, _, err = run([*argv(assets, inp, tmp_path / "recs.jsonl"), "--device", "mps"], capsys)
+    assert code == 2 and err == "error: --device mps: not supported; expected auto, cpu, cuda, cuda:N or a GPU index\n"
