@@ -267,6 +267,28 @@ def read_bytes(path: str | os.PathLike) -> bytes:
     return path.read_bytes()
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object that holds one key twice (a parser would silently keep the last value)."""
+
+    def __init__(self, key: str):
+        super().__init__(f"key {key!r} appears twice in one JSON object")
+        self.key = key
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(key)
+        out[key] = value
+    return out
+
+
+def check_unique_keys(data: bytes | str) -> None:
+    """Raise `DuplicateKeyError` naming the first key that appears twice in one object of the JSON `data`."""
+    json.loads(data, object_pairs_hook=_unique_pairs)
+
+
 def parse_json(data: bytes, path: str | os.PathLike) -> Any:
     """Parse JSON bytes read from `path`; malformed JSON raises a ValueError that names the path."""
     try:

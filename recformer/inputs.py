@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .fileio import read_json
+from .fileio import DuplicateKeyError, check_unique_keys, read_json
 
 try:
     import orjson
@@ -83,9 +83,13 @@ def _json_lines(path: Path):
             if not raw.strip():
                 continue
             try:
-                yield number, _loads(raw)
+                value = _loads(raw)
+                check_unique_keys(raw)
+            except DuplicateKeyError as e:
+                raise InputError(f"{path} line {number}: {e}") from None
             except ValueError as e:
                 raise InputError(f"{path} line {number}: not valid JSON ({e})") from None
+            yield number, value
 
 
 def read_items(source: ItemsSource) -> tuple[list[str], list[dict]]:
@@ -122,6 +126,11 @@ def read_items(source: ItemsSource) -> tuple[list[str], list[dict]]:
                 data = read_json(path)
             except ValueError:
                 data = None  # not one JSON document: JSON lines
+            if isinstance(data, Mapping):
+                try:
+                    check_unique_keys(path.read_bytes())
+                except DuplicateKeyError as e:
+                    raise InputError(f"{path}: {e}") from None
             if isinstance(data, Mapping) and "id" in data and not isinstance(data.get("id"), Mapping):
                 data = None  # a single JSON-lines item, not an {id: attributes} object
             elif data is not None and not isinstance(data, Mapping):

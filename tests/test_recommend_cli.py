@@ -136,6 +136,7 @@ def test_index_dir_is_written_then_reused_and_extended(assets, tmp_path, capsys,
         ([{"user": "a", "history": ["B000000001", 1.5]}], r"in.jsonl line 1, history item 1: an item id must be a string or an integer, got float"),
         ([USERS[0], {"user": "b", "history": ["B000000001", "NOPE"]}], r"in.jsonl line 2, history item 1: unknown item id 'NOPE'"),
         ([], r"in.jsonl: no histories \(the file is empty\)"),
+        ([USERS[0], '{"user": "a", "history": ["B000000001"], "user": "b"}'], r"in.jsonl line 2: key 'user' appears twice in one JSON object"),
     ],
 )
 def test_bad_input_is_refused_naming_the_line_and_nothing_is_written(assets, tmp_path, capsys, lines, message):

@@ -400,6 +400,10 @@ def test_catalogue_forms_and_checkpoint_forms_agree(rec, assets, tmp_path):
         ("meta.json", '{"A": {"title": "x"}, "B": "just text"}', r"meta.json: item 'B': expected a dict of attribute -> text, got str"),
         ("meta.json", '[{"A": 1}]', r"meta.json: expected an object \{id: \{attribute: text\}\} or JSON lines, got a JSON list"),
         ("meta.json", "", r"meta.json: the catalogue is empty"),
+        ("meta.json", '{"A": {"title": "x"}, "A": {"title": "y"}}', r"meta.json: key 'A' appears twice in one JSON object$"),
+        ("meta.json", '{"A": {"title": "x", "title": "y"}}', r"meta.json: key 'title' appears twice in one JSON object$"),
+        ("items.jsonl", '{"id": "A", "title": "x"}\n{"id": "B", "id": "C"}\n',
+         r"items.jsonl line 2: key 'id' appears twice in one JSON object$"),
     ],
 )
 def test_bad_catalogues_name_the_file_and_line(tmp_path, name, content, message):
