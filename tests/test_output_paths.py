@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -92,3 +93,37 @@ def test_a_killed_check_leaves_no_probe_behind_the_next_check(tmp_path):
     (tmp_path / f"{PROBE_PREFIX}abc123").write_text("")  # a run killed between creating and removing it
     check_output_dir(tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_symbolic_link_resolves_to_its_target_and_special_files_are_refused(tmp_path):
+    from recformer.fileio import atomic_write_bytes
+
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    assert check_output_file(link) == target
+    atomic_write_bytes(link, b"new")  # the writer writes through the link too
+    assert link.is_symlink() and target.read_text() == "new"
+    os.mkfifo(tmp_path / "fifo")
+    for special in (tmp_path / "fifo", Path("/dev/full"), Path("/dev/null")):
+        with pytest.raises(OutputPathError) as e:
+            check_output_file(special)
+        assert str(e.value) == (f"{special}: is a special file (a FIFO, a device or a socket), not a regular file; "
+                                "give a file path, or - for the standard output")  # fmt: skip
+        with pytest.raises(OSError, match="a special file"):
+            atomic_write_bytes(special, b"x")
+    assert stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode) and Path("/dev/null").is_char_device()
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path):
+    from recformer.output_paths import check_not_input
+
+    (tmp_path / "in.jsonl").write_text("x")
+    (tmp_path / "alias.jsonl").symlink_to(tmp_path / "in.jsonl")
+    for output in (tmp_path / "in.jsonl", tmp_path / "alias.jsonl", tmp_path / "sub" / ".." / "in.jsonl"):
+        with pytest.raises(OutputPathError) as e:
+            check_not_input(output, {"--input": tmp_path / "in.jsonl", "--items": None})
+        assert str(e.value) == f"--output {output}: is also --input; writing it would destroy that input"
+    check_not_input(tmp_path / "out.jsonl", {"--input": tmp_path / "in.jsonl"})
+    check_not_input("-", {"--input": "-"})
