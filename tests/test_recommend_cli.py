@@ -219,9 +219,35 @@ def test_the_script_runs(assets, tmp_path):
     assert [len(r["items"]) for r in read_output(out)] == [2, 2] and "2 users, 30 items, top 2" in result.stdout
 
 
+# recommend.py whose index load waits (up to 8 s) until the other run has loaded too, so that two runs
+# that are not kept apart both read the index before either saves it.
+RACING_RECOMMEND = """
+import runpy, sys, time
+from pathlib import Path
+from recformer.recommender import Recommender
+
+tag, flags, script = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+load = Recommender.load.__func__
+
+def racing_load(cls, *args, **kwargs):
+    rec = load(cls, *args, **kwargs)
+    (flags / f"loaded-{tag}").touch()
+    deadline = time.time() + 8
+    while len(list(flags.glob("loaded-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    return rec
+
+Recommender.load = classmethod(racing_load)
+sys.argv = [script, *sys.argv[4:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
 def test_two_concurrent_runs_adding_items_to_one_index_keep_both_additions(assets, tmp_path, capsys):
     """Real processes at once: the second waits for the first's lock, loads what it saved, adds its own."""
     inp, index = write_input(tmp_path / "in.jsonl", USERS[:1]), tmp_path / "index"
+    (tmp_path / "racing.py").write_text(RACING_RECOMMEND)
+    (tmp_path / "flags").mkdir()
     code, _, err = run(argv(assets, inp, tmp_path / "first.jsonl", "--index_dir", str(index)), capsys)
     assert code == 0, err
     meta = json.loads(assets["meta"].read_text())
@@ -232,7 +258,8 @@ def test_two_concurrent_runs_adding_items_to_one_index_keep_both_additions(asset
         new = [(f"NEW{tag}{i}", {"title": f"new item {tag} {i}"}) for i in range(5)]
         catalogue.write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in [*meta.items(), *new]))
         args = argv(assets, inp, tmp_path / f"out-{tag}.jsonl", "--index_dir", str(index), ckpt=False, items=False)
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "recommend.py"), *args, "--items", str(catalogue)],
+        command = [sys.executable, str(tmp_path / "racing.py"), tag, str(tmp_path / "flags"), str(ROOT / "recommend.py")]
+        procs.append(subprocess.Popen([*command, *args, "--items", str(catalogue)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))  # fmt: skip
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [e for _, e in results]
