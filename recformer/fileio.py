@@ -367,8 +367,9 @@ _held_locks = threading.local()
 
 
 def lock_path(path: str | os.PathLike) -> Path:
-    """The lock file of the folder or file `path`: ``.<name>.lock`` beside it, there while the lock is held."""
-    path = Path(os.path.abspath(path))
+    """The lock file of the folder or file `path`: ``.<name>.lock`` beside it, there while the lock is held.
+    A symbolic link is resolved first, so a link and its target share one lock."""
+    path = Path(os.path.realpath(path))
     return path.with_name(f".{path.name}{LOCK_SUFFIX}")
 
 
@@ -469,6 +470,11 @@ def recover_folder(path: str | os.PathLike) -> None:
 
 
 def _umask() -> int:
+    """The process's umask: read from /proc where it can be (setting it to learn it races with other threads)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
     mask = os.umask(0)
     os.umask(mask)
     return mask

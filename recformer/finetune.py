@@ -54,7 +54,7 @@ from .configuration import build_config, field_values
 from .data.finetune_reader import FinetuneData, load_finetune_data
 from .devices import autocast_context
 from .evaluation import cached_item_vectors, encode_items, evaluate, to_device
-from .fileio import atomic_torch_save, atomic_write_json
+from .fileio import atomic_torch_save, atomic_write_json, check_replaceable
 from .item_tokens import tokenize_catalogue
 from .metrics import NonFiniteScores, format_metrics
 from .modeling import RecformerForSeqRec
@@ -149,7 +149,8 @@ class Finetuner:
         self.cache_dir = check_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
         self.ckpt_path = check_file(self.out_dir / args.ckpt)
         self.state_path = check_file(self.out_dir / STATE_FILE)
-        check_dir(self.out_dir / BEST_MODEL_FOLDER)
+        if main:  # exported at the end: a folder recformer did not write there is refused now, not then
+            check_replaceable(check_dir(self.out_dir / BEST_MODEL_FOLDER))
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )

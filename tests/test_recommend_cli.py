@@ -310,3 +310,16 @@ def test_an_unsupported_device_is_one_line(assets, tmp_path, capsys):
     inp = write_input(tmp_path / "in.jsonl", USERS[:1])
     code, _, err = run([*argv(assets, inp, tmp_path / "recs.jsonl"), "--device", "mps"], capsys)
     assert code == 2 and err == "error: --device mps: not supported; expected auto, cpu, cuda, cuda:N or a GPU index\n"
+
+
+def test_new_items_are_never_saved_over_an_index_folder_recformer_did_not_write(assets, tmp_path, capsys, monkeypatch):
+    inp, index = write_input(tmp_path / "in.jsonl", USERS[:1]), tmp_path / "index"
+    code, _, err = run(argv(assets, inp, tmp_path / "recs.jsonl", "--index_dir", str(index)), capsys)
+    assert code == 0, err
+    (index / ".recformer-folder.json").unlink()  # e.g. a folder copied together by hand
+    (index / "notes.txt").write_text("mine")
+    monkeypatch.setattr(Recommender, "load", lambda *a, **k: pytest.fail("the index was read before the check"))
+    code, _, err = run(argv(assets, inp, tmp_path / "recs.jsonl", "--index_dir", str(index), ckpt=False), capsys)
+    assert code == 2 and err == (f"error: {index}: exists and was not written by recformer (no .recformer-folder.json); "
+                                 "not replacing it, move it away or choose another path\n")  # fmt: skip
+    assert (index / "notes.txt").read_text() == "mine" and (index / "index.json").is_file()

@@ -30,7 +30,7 @@ from recformer.args import build_parser as build_args_parser
 from recformer.checkpoint import CheckpointError
 from recformer.configuration import field_values
 from recformer.devices import keep_freed_memory
-from recformer.fileio import atomic_open, dumps_json, folder_lock, recover_folder
+from recformer.fileio import atomic_open, check_replaceable, dumps_json, folder_lock, recover_folder
 from recformer.inputs import HistoryLine, InputError, read_histories
 from recformer.output_paths import STDOUT, check_not_input, check_output_file
 from recformer.recommender import META_FILE, IndexMismatch, Recommender
@@ -62,6 +62,8 @@ def _open_index(args: RecommendArgs, index: Path | None) -> tuple[Recommender, s
     common = dict(device=args.device, batch_size=args.batch_size, attn_implementation=args.attn_implementation,
                   progress=args.progress, compile=args.compile)  # fmt: skip
     if index is not None and (index / META_FILE).is_file():
+        if args.items:  # new items are saved back: an index folder recformer did not write is refused before any work
+            check_replaceable(index)
         rec = Recommender.load(index, args.ckpt, args.model_name_or_path, field_values(args), **common)
         note = f"index {index}"
         if args.items:
