@@ -7,6 +7,11 @@ a killed run may leave one behind, which no reader ever opens.
 
 Outputs get the mode `open()` would give them (0666 less the umask), and a failed write (a full disk,
 a quota) raises an `OSError` whose ``filename`` is the output path.
+
+Folders (`atomic_directory`) are staged beside their target and swapped in under an exclusive lock
+(`folder_lock`); only a folder recformer wrote, marked by `OWNER_MARKER`, is ever replaced
+(`check_replaceable`), and a swap killed half-way is repaired by the next writer or reader
+(`recover_folder`).
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ Index folder:
                         (the tokenized items), item_digests [N, 8] (hash of each item's attributes)
     index.json          format, ids (index order), fingerprint, dtype, sizes
     config.json, model.safetensors, tokenizer files   the encoder (`save_pretrained`)
+    .recformer-folder.json   the mark of a folder recformer wrote (`fileio.OWNER_MARKER`): only such a
+                        folder is ever replaced by `save`
 """
 
 from __future__ import annotations
