@@ -28,7 +28,7 @@ def resolve_device(device: str | int) -> torch.device:
     """`auto`, `cpu`, `cuda`, `cuda:N`, or an integer (the reference's GPU index; negative = CPU).
 
     Raises:
-        ValueError: a CUDA device on a machine without CUDA, naming `--device`.
+        ValueError: a CUDA device on a machine without CUDA, or another device type (mps, xla), naming `--device`.
     """
     text = str(device).strip()
     if text == "auto":
@@ -41,6 +41,8 @@ def resolve_device(device: str | int) -> torch.device:
             dev = torch.device(text)
         except RuntimeError:
             raise ValueError(f"--device {text}: expected auto, cpu, cuda, cuda:N or a GPU index") from None
+    if dev.type not in ("cpu", "cuda"):  # mps, xla, meta ...: the models here run on CPUs and CUDA GPUs only
+        raise ValueError(f"--device {text}: not supported; expected auto, cpu, cuda, cuda:N or a GPU index")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {text}: CUDA is not available on this machine")
     return dev

@@ -165,3 +165,54 @@ def test_a_failed_save_pretrained_step_fails_the_command(trained, start, tmp_pat
     assert convert(trained, start, out) == 2
     assert one_error_line(capsys) == f"error: {out / 'recformer'}: writing it failed: config.json missing"
     assert not (out / "recformer").exists() and not list(out.glob(".recformer*"))
+
+
+def test_a_folder_recformer_did_not_write_is_never_replaced(longformer, tmp_path, capsys):
+    """--output m.bin with a folder m/ that is not ours (a model of the user, or the source model itself)."""
+    source = Path(shutil.copytree(longformer, tmp_path / "longformer-tiny"))
+    before = sorted(p.name for p in source.iterdir())
+    assert save_start(source, tmp_path / "longformer-tiny.bin") == 2
+    assert one_error_line(capsys) == (f"error: the folder beside --output {source}: is also --model_name_or_path; "
+                                      "writing it would destroy that input")  # fmt: skip
+    user = Path(shutil.copytree(longformer, tmp_path / "m"))
+    (user / "README.md").write_text("my model")
+    assert save_start(longformer, tmp_path / "m.bin") == 2
+    assert one_error_line(capsys) == (f"error: {user}: exists and was not written by recformer (no .recformer-folder.json); "
+                                      "not replacing it, move it away or choose another path")  # fmt: skip
+    assert sorted(p.name for p in source.iterdir()) == before and (user / "README.md").read_text() == "my model"
+    assert sorted(p.name for p in user.iterdir()) == sorted([*before, "README.md"])
+    assert not (tmp_path / "m.bin").exists() and not (tmp_path / "longformer-tiny.bin").exists()
+    assert save_longformer_ckpt.main(["--model_name_or_path", str(longformer), "--output", str(tmp_path / "m.bin"),
+                                      "--overwrite_output_dir", *TINY_FIELD_FLAGS]) == 2  # fmt: skip
+    assert "not written by recformer" in one_error_line(capsys) and (user / "README.md").read_text() == "my model"
+
+
+def test_a_start_point_folder_is_replaced_only_with_overwrite_output_dir(longformer, tmp_path, capsys):
+    output = tmp_path / "start.bin"
+    assert save_start(longformer, output) == 0
+    capsys.readouterr()
+    assert save_start(longformer, output) == 2
+    assert one_error_line(capsys) == (f"error: {tmp_path / 'start'}: exists (written by recformer earlier); "
+                                      "pass --overwrite_output_dir to replace it")  # fmt: skip
+    argv = ["--model_name_or_path", str(longformer), "--output", str(output), "--overwrite_output_dir", *TINY_FIELD_FLAGS]
+    assert save_longformer_ckpt.main(argv) == 0
+    assert (tmp_path / "start" / "config.json").is_file()
+
+
+def test_a_pickled_pytorch_model_bin_is_one_line_naming_trust_checkpoint(longformer, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from .helpers import WritesMarker
+
+    folder = Path(shutil.copytree(longformer, tmp_path / "pickled"))
+    weights = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    marker = tmp_path / "code-ran"
+    torch.save({**weights, "extra": WritesMarker(marker)}, folder / "pytorch_model.bin")
+    assert save_start(folder, tmp_path / "start.bin") == 2
+    line = one_error_line(capsys)
+    assert line.startswith(f"error: {folder / 'pytorch_model.bin'}: ") and "--trust_checkpoint" in line
+    assert not marker.exists() and not (tmp_path / "start.bin").exists()
+    torch.save(weights, folder / "pytorch_model.bin")  # plain tensors: read without the flag
+    assert save_start(folder, tmp_path / "start.bin") == 0
+    assert "copied 54 of 54 Longformer tensors" in capsys.readouterr().out

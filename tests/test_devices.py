@@ -137,3 +137,10 @@ def test_the_environment_s_malloc_settings_win(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     monkeypatch.setattr("ctypes.CDLL", lambda *a: pytest.fail("mallopt called"))
     assert keep_freed_memory() is False
+
+
+@pytest.mark.parametrize("text", ["mps", "xla", "meta", "xla:0"])
+def test_devices_the_models_do_not_run_on_are_one_line(text):
+    with pytest.raises(ValueError) as e:
+        resolve_device(text)
+    assert str(e.value) == f"--device {text}: not supported; expected auto, cpu, cuda, cuda:N or a GPU index"

@@ -146,3 +146,37 @@ def test_offline_without_the_model_is_one_line_naming_the_flag(run, capsys, tmp_
         "Hugging Face cache does not hold it); pass --model_name_or_path with a local model folder that holds the "
         "config and tokenizer\n"
     )
+
+
+def test_a_missing_ckpt_fails_at_once_naming_it(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: pytest.fail("tried the network"))
+    code = evaluate_cli.main(["--ckpt", str(tmp_path / "nope.bin"), "--data_path", str(tmp_path), "--no_progress"])
+    assert code == 2 and capsys.readouterr().err == f"error: --ckpt {tmp_path / 'nope.bin'}: no such file or folder\n"
+
+
+def test_the_output_is_checked_before_any_input_is_read(tmp_path, capsys):
+    ckpt = tmp_path / "ckpt.bin"
+    ckpt.write_bytes(b"not read")
+    (tmp_path / "file").write_text("x")
+    base = ["--ckpt", str(ckpt), "--data_path", str(tmp_path / "nothing"), "--no_progress", "--output"]
+    code = evaluate_cli.main([*base, str(tmp_path / "file" / "m.json")])
+    assert code == 2 and capsys.readouterr().err == (
+        f"error: {tmp_path / 'file' / 'm.json'}: cannot be created: {tmp_path / 'file'} is a file, not a folder\n"
+    )
+    code = evaluate_cli.main([*base, str(ckpt)])
+    assert code == 2 and capsys.readouterr().err == f"error: --output {ckpt}: is also --ckpt; writing it would destroy that input\n"
+    code = evaluate_cli.main([*base, "/dev/full"])
+    assert code == 2 and capsys.readouterr().err.startswith("error: /dev/full: is a special file")
+    assert ckpt.read_bytes() == b"not read"
+
+
+def test_metrics_go_to_stdout_for_output_dash(tmp_path, capsys):
+    model, ckpt, data = make_model_folder(tmp_path), make_pretrained_checkpoint(tmp_path), make_dataset(tmp_path)
+    code = evaluate_cli.main(["--ckpt", str(ckpt), "--data_path", str(data), "--model_name_or_path", str(model),
+                              "--device", "cpu", "--no_progress", "--output", "-"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out)  # stdout holds the metrics JSON only
+    assert result["users"] == 40 and "NDCG@10" in result["metrics"] and "NDCG@10" in captured.err

@@ -115,3 +115,217 @@ def test_stale_temporary_files_of_named_outputs_are_removed(tmp_path):
 def test_read_json_names_a_folder(tmp_path):
     with pytest.raises(IsADirectoryError, match=f"{tmp_path}: is a folder, expected a file"):
         fileio.read_json(tmp_path)
+
+
+# -- folders: never replace what we did not write, lock, recover a killed swap -------------------------------
+
+def _folder(path, **files):
+    """Write `files` (name -> text) as a recformer folder at `path`."""
+    with fileio.atomic_directory(path) as tmp:
+        for name, text in files.items():
+            (tmp / name).write_text(text)
+    return path
+
+
+def _content(path):
+    return {p.name: p.read_text() for p in path.iterdir() if not p.name.startswith(".")}  # not the owner marker
+
+
+def test_a_folder_recformer_did_not_write_is_never_replaced(tmp_path):
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "thesis.txt").write_text("years of work")
+    (tmp_path / "file").write_text("a file")
+    os.mkfifo(tmp_path / "fifo")
+    for path in (user, tmp_path / "file", tmp_path / "fifo"):
+        with pytest.raises(fileio.OutputPathError) as e, fileio.atomic_directory(path) as tmp:
+            (tmp / "index.json").write_text("{}")
+        assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+    with pytest.raises(fileio.OutputPathError, match=r"user: exists and was not written by recformer"):
+        fileio.check_replaceable(user)
+    assert (user / "thesis.txt").read_text() == "years of work" and [p.name for p in user.iterdir()] == ["thesis.txt"]
+    assert (tmp_path / "file").read_text() == "a file" and stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]  # nothing moved aside
+
+
+def test_a_folder_recformer_wrote_is_replaced_only_when_allowed(tmp_path):
+    folder = _folder(tmp_path / "model", **{"config.json": "1"})
+    assert fileio.is_our_folder(folder)
+    with pytest.raises(fileio.OutputPathError) as e, fileio.atomic_directory(folder, replace=False, flag="--overwrite_output_dir"):
+        pass
+    assert str(e.value) == f"{folder}: exists (written by recformer earlier); pass --overwrite_output_dir to replace it"
+    assert _content(folder) == {"config.json": "1"}
+    _folder(folder, **{"config.json": "2"})
+    assert _content(folder) == {"config.json": "2"}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert _content(_folder(empty, a="x")) == {"a": "x"}  # an empty folder holds nothing to lose
+
+
+def test_a_symbolic_link_is_written_through_to_its_target(tmp_path):
+    target = _folder(tmp_path / "real", a="1")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    _folder(link, a="2")
+    assert link.is_symlink() and _content(target) == {"a": "2"}
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002], ids=oct)
+def test_safetensors_files_in_a_folder_get_the_mode_open_gives(tmp_path, umask, mask):
+    import torch
+    from safetensors.torch import save_file
+
+    umask(mask)
+    with fileio.atomic_directory(tmp_path / "index") as tmp:
+        save_file({"x": torch.zeros(2)}, str(tmp / "index.safetensors"))  # safetensors creates it 0600
+    for name in ("index.safetensors", fileio.OWNER_MARKER):
+        assert stat.S_IMODE((tmp_path / "index" / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_a_full_disk_reported_by_a_library_names_the_folder(tmp_path):
+    class SafetensorError(Exception):
+        pass
+
+    with pytest.raises(OSError) as e, fileio.atomic_directory(tmp_path / "index"):
+        raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "index"))
+    assert not (tmp_path / "index").exists()
+
+
+def test_a_second_writer_waits_for_the_lock_or_is_refused(tmp_path):
+    import threading
+
+    folder = tmp_path / "index"
+    order = []
+    with fileio.folder_lock(folder):
+        with fileio.folder_lock(folder):  # re-entrant in one thread
+            pass
+        errors = []
+
+        def refuse():
+            try:
+                with fileio.folder_lock(folder, wait=False):
+                    order.append("got it")
+            except fileio.FolderBusy as e:
+                errors.append(str(e))
+
+        t = threading.Thread(target=refuse)
+        t.start()
+        t.join()
+        assert order == [] and len(errors) == 1 and errors[0].startswith(f"{folder}: another process is writing it")
+
+        def wait():
+            with fileio.folder_lock(folder):
+                order.append("second")
+
+        t = threading.Thread(target=wait)
+        t.start()
+        t.join(0.3)
+        assert t.is_alive()  # waiting
+        order.append("first done")
+    t.join(10)
+    assert order == ["first done", "second"]
+
+
+def test_concurrent_writers_never_mix_their_folders(tmp_path):
+    """Writers of different contents at the same instant: the folder is always exactly one of them."""
+    import threading
+    import time
+
+    folder = tmp_path / "index"
+    start = threading.Barrier(4)
+    failures = []
+
+    def writer(tag):
+        start.wait()
+        try:
+            for _ in range(3):
+                with fileio.atomic_directory(folder) as tmp:
+                    for name in ("ids.json", "vectors.bin", "meta.json"):
+                        (tmp / name).write_text(tag)
+                        time.sleep(0.01)  # interleave with the other writers if nothing stops them
+        except BaseException as e:  # noqa: BLE001
+            failures.append(e)
+
+    threads = [threading.Thread(target=writer, args=(str(i),)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert failures == []
+    values = set(_content(folder).values())
+    assert len(values) == 1 and sorted(_content(folder)) == ["ids.json", "meta.json", "vectors.bin"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+# A run killed (os._exit: no cleanup runs) before or after each rename or removal of atomic_directory.
+KILLER = """
+import os, shutil, sys
+from pathlib import Path
+from recformer.io import fileio
+
+target, at = Path(sys.argv[1]), sys.argv[2]
+calls = {}
+
+def fault(name, real):
+    def wrapped(*a, **k):
+        n = calls[name] = calls.get(name, 0) + 1
+        if at == f"before {name} {n}":
+            os._exit(9)
+        out = real(*a, **k)
+        if at == f"after {name} {n}":
+            os._exit(9)
+        return out
+    return wrapped
+
+fileio.os.replace = fault("replace", os.replace)
+fileio.shutil.rmtree = fault("rmtree", shutil.rmtree)
+fileio.fsync_dir = fault("fsync_dir", fileio.fsync_dir)
+with fileio.atomic_directory(target) as tmp:
+    (tmp / "ids.json").write_text("new")
+    (tmp / "vectors.bin").write_text("new")
+    if at == "in block":
+        os._exit(9)
+sys.exit(3)  # the kill point was never reached
+"""
+KILL_POINTS = ["in block"] + [f"{when} {what}" for when in ("before", "after") for what in
+               ("fsync_dir 1", "replace 1", "replace 2", "fsync_dir 2", "rmtree 1", "rmtree 2")]  # fmt: skip
+
+
+@pytest.mark.parametrize("at", KILL_POINTS)
+def test_a_kill_at_any_point_of_a_folder_swap_loses_nothing(tmp_path, at):
+    import subprocess
+    import sys
+
+    folder = _folder(tmp_path / "index", **{"ids.json": "old", "vectors.bin": "old"})
+    script = tmp_path / "killer.py"
+    script.write_text(KILLER)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fileio.__file__)))
+    run = subprocess.run([sys.executable, str(script), str(folder), at], cwd=root, env={**os.environ, "PYTHONPATH": root})
+    assert run.returncode == 9, (at, run.returncode)
+    # a killed run leaves its lock file (the kernel released the lock itself)
+    leftovers = sorted(p.name for p in tmp_path.iterdir() if p.name not in ("killer.py", ".index.lock"))
+    # the reader's view after the kill: a complete folder (old or new), or none with the complete old one beside it
+    assert leftovers in (["index"], [".index.old", "index"], [".index.old"]) or leftovers[0].startswith(".index.")
+    # the next ordinary run, even one that fails, first recovers: the index is never lost
+    with pytest.raises(RuntimeError, match="next run failed"), fileio.atomic_directory(folder):
+        raise RuntimeError("next run failed")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".index.lock") == ["index", "killer.py"]
+    assert _content(folder) in ({"ids.json": "old", "vectors.bin": "old"}, {"ids.json": "new", "vectors.bin": "new"})
+    if at.startswith("after replace 2") or "rmtree" in at or "fsync_dir 2" in at:
+        assert _content(folder)["ids.json"] == "new"  # the swap had finished
+    # and the next ordinary save works and keeps nothing stale
+    _folder(folder, **{"ids.json": "next", "vectors.bin": "next"})
+    assert _content(folder) == {"ids.json": "next", "vectors.bin": "next"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index", "killer.py"]
+
+
+def test_a_leftover_old_folder_recformer_did_not_write_is_refused_naming_both(tmp_path):
+    folder = tmp_path / "index"
+    old = tmp_path / ".index.old"
+    old.mkdir()
+    (old / "mine.txt").write_text("x")
+    with pytest.raises(fileio.OutputPathError) as e:
+        fileio.recover_folder(folder)
+    assert str(e.value).startswith(f"{old}: left beside {folder} but not a folder recformer wrote")
+    assert (old / "mine.txt").read_text() == "x"

@@ -392,7 +392,7 @@ def test_missing_model_folder_is_a_clear_error(assets, tmp_path, capsys, relativ
 
 
 @pytest.mark.parametrize("problem", ["output_dir is a file", "best_model.bin is a folder", "best_model is a file",
-                                     "not writable"])  # fmt: skip
+                                     "not writable", "best_model is not ours"])  # fmt: skip
 def test_output_problems_stop_finetuning_before_any_input_is_read(assets, tmp_path, capsys, problem, request):
     out = tmp_path / "out"
     if problem == "output_dir is a file":
@@ -405,6 +405,11 @@ def test_output_problems_stop_finetuning_before_any_input_is_read(assets, tmp_pa
         (out / "Tiny").mkdir(parents=True)
         (out / "Tiny" / "best_model").write_text("x")
         expected = f"{out / 'Tiny' / 'best_model'}: is a file, but a folder must be written there"
+    elif problem == "best_model is not ours":
+        (out / "Tiny" / "best_model").mkdir(parents=True)
+        (out / "Tiny" / "best_model" / "notes.txt").write_text("mine")
+        expected = (f"{out / 'Tiny' / 'best_model'}: exists and was not written by recformer (no .recformer-folder.json); "
+                    "not replacing it, move it away or choose another path")  # fmt: skip
     else:
         folder = request.getfixturevalue("read_only_dir")
         out = folder / "out"

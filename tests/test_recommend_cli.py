@@ -172,6 +172,7 @@ def test_index_dir_is_written_then_reused_and_extended(assets, tmp_path, capsys,
         ([{"user": "a", "history": ["B000000001", 1.5]}], r"in.jsonl line 1, history item 1: an item id must be a string or an integer, got float"),
         ([USERS[0], {"user": "b", "history": ["B000000001", "NOPE"]}], r"in.jsonl line 2, history item 1: unknown item id 'NOPE'"),
         ([], r"in.jsonl: no histories \(the file is empty\)"),
+        ([USERS[0], '{"user": "a", "history": ["B000000001"], "user": "b"}'], r"in.jsonl line 2: key 'user' appears twice in one JSON object"),
     ],
 )
 def test_bad_input_is_refused_naming_the_line_and_nothing_is_written(assets, tmp_path, capsys, lines, message):
@@ -278,3 +279,109 @@ def test_the_script_runs(assets, tmp_path):
                             capture_output=True, text=True, env=env, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert [len(r["items"]) for r in read_output(out)] == [2, 2] and "2 users, 30 items, top 2" in result.stdout
+
+
+# recommend.py whose index load waits (up to 8 s) until the other run has loaded too, so that two runs
+# that are not kept apart both read the index before either saves it.
+RACING_RECOMMEND = """
+import runpy, sys, time
+from pathlib import Path
+from recformer.inference.recommender import Recommender
+
+tag, flags, script = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+load = Recommender.load.__func__
+
+def racing_load(cls, *args, **kwargs):
+    rec = load(cls, *args, **kwargs)
+    (flags / f"loaded-{tag}").touch()
+    deadline = time.time() + 8
+    while len(list(flags.glob("loaded-*"))) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    return rec
+
+Recommender.load = classmethod(racing_load)
+sys.argv = [script, *sys.argv[4:]]
+runpy.run_path(script, run_name="__main__")
+"""
+
+
+def test_two_concurrent_runs_adding_items_to_one_index_keep_both_additions(assets, tmp_path, capsys):
+    """Real processes at once: the second waits for the first's lock, loads what it saved, adds its own."""
+    inp, index = write_input(tmp_path / "in.jsonl", USERS[:1]), tmp_path / "index"
+    (tmp_path / "racing.py").write_text(RACING_RECOMMEND)
+    (tmp_path / "flags").mkdir()
+    code, _, err = run(argv(assets, inp, tmp_path / "first.jsonl", "--index_dir", str(index)), capsys)
+    assert code == 0, err
+    meta = json.loads(assets["meta"].read_text())
+    procs = []
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    for tag in ("A", "B"):
+        catalogue = tmp_path / f"items-{tag}.jsonl"
+        new = [(f"NEW{tag}{i}", {"title": f"new item {tag} {i}"}) for i in range(5)]
+        catalogue.write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in [*meta.items(), *new]))
+        args = argv(assets, inp, tmp_path / f"out-{tag}.jsonl", "--index_dir", str(index), ckpt=False, items=False)
+        command = [sys.executable, str(tmp_path / "racing.py"), tag, str(tmp_path / "flags"), str(ROOT / "recommend.py")]
+        procs.append(subprocess.Popen([*command, *args, "--items", str(catalogue)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path))  # fmt: skip
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e for _, e in results]
+    assert all("(5 items added, 0 re-encoded)" in out for out, _ in results)
+    saved = json.loads((index / "index.json").read_text())
+    assert saved["num_items"] == 40
+    assert {i for i in saved["ids"] if i.startswith("NEW")} == {f"NEW{t}{i}" for t in "AB" for i in range(5)}
+    assert len(Recommender.load(index, device="cpu", progress=False)) == 40
+
+
+def test_output_is_checked_before_any_input_is_read(assets, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    missing = tmp_path / "missing.jsonl"  # would be refused too, but the output is checked first
+    code, _, err = run(argv(assets, missing, tmp_path / "file" / "recs.jsonl"), capsys)
+    assert code == 2 and err == f"error: {tmp_path / 'file' / 'recs.jsonl'}: cannot be created: {tmp_path / 'file'} is a file, not a folder\n"
+
+
+def test_output_equal_to_input_or_a_special_file_is_refused(assets, tmp_path, capsys):
+    inp = write_input(tmp_path / "in.jsonl", USERS)
+    before = inp.read_text()
+    for out in (inp, tmp_path / "." / "in.jsonl"):
+        code, _, err = run(argv(assets, inp, out), capsys)
+        assert code == 2 and err == f"error: --output {out}: is also --input; writing it would destroy that input\n"
+    assert inp.read_text() == before
+    os.mkfifo(tmp_path / "fifo")
+    for special in (tmp_path / "fifo", Path("/dev/full")):
+        code, _, err = run(argv(assets, inp, special), capsys)
+        assert code == 2 and err.startswith(f"error: {special}: is a special file") and err.count("\n") == 1
+    assert Path("/dev/full").is_char_device()
+
+
+def test_output_through_a_symbolic_link_and_to_stdout(assets, tmp_path, capsys):
+    inp = write_input(tmp_path / "in.jsonl", USERS[:2])
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    code, _, err = run(argv(assets, inp, link, "--k", "2"), capsys)
+    assert code == 0, err
+    assert link.is_symlink() and [len(r["items"]) for r in read_output(target)] == [2, 2]
+    code, out, err = run(argv(assets, inp, Path("-"), "--k", "2"), capsys)
+    assert code == 0, err
+    assert [json.loads(line)["user"] for line in out.splitlines()] == ["u1", "u2"]  # only the JSON lines
+    assert "2 users, 30 items, top 2" in err and "output: -" in err
+
+
+def test_an_unsupported_device_is_one_line(assets, tmp_path, capsys):
+    inp = write_input(tmp_path / "in.jsonl", USERS[:1])
+    code, _, err = run([*argv(assets, inp, tmp_path / "recs.jsonl"), "--device", "mps"], capsys)
+    assert code == 2 and err == "error: --device mps: not supported; expected auto, cpu, cuda, cuda:N or a GPU index\n"
+
+
+def test_new_items_are_never_saved_over_an_index_folder_recformer_did_not_write(assets, tmp_path, capsys, monkeypatch):
+    inp, index = write_input(tmp_path / "in.jsonl", USERS[:1]), tmp_path / "index"
+    code, _, err = run(argv(assets, inp, tmp_path / "recs.jsonl", "--index_dir", str(index)), capsys)
+    assert code == 0, err
+    (index / ".recformer-folder.json").unlink()  # e.g. a folder copied together by hand
+    (index / "notes.txt").write_text("mine")
+    monkeypatch.setattr(Recommender, "load", lambda *a, **k: pytest.fail("the index was read before the check"))
+    code, _, err = run(argv(assets, inp, tmp_path / "recs.jsonl", "--index_dir", str(index), ckpt=False), capsys)
+    assert code == 2 and err == (f"error: {index}: exists and was not written by recformer (no .recformer-folder.json); "
+                                 "not replacing it, move it away or choose another path\n")  # fmt: skip
+    assert (index / "notes.txt").read_text() == "mine" and (index / "index.json").is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import shutil
@@ -17,6 +18,7 @@ import recformer.inference.recommender as recommender_module
 from recformer import RecformerModel, RecformerTokenizer, Recommender, load_checkpoint
 from recformer.inference.inputs import InputError, read_items
 from recformer.inference.recommender import IndexMismatch, UnknownItemError
+from recformer.io.fileio import OutputPathError
 from recformer.metrics import NonFiniteScores
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint
@@ -232,6 +234,104 @@ def test_save_is_atomic(rec, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
 
 
+def test_save_never_deletes_or_moves_what_recformer_did_not_write(rec, tmp_path):
+    user = tmp_path / "thesis"
+    user.mkdir()
+    (user / "thesis.txt").write_text("years of work")
+    (tmp_path / "notes.txt").write_text("notes")
+    for path in (user, tmp_path / "notes.txt"):
+        with pytest.raises(OutputPathError) as e:
+            rec.save(path)
+        assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
+    assert [p.name for p in user.iterdir()] == ["thesis.txt"] and (user / "thesis.txt").read_text() == "years of work"
+    assert (tmp_path / "notes.txt").read_text() == "notes"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "thesis"]
+    rec.save(tmp_path / "index")
+    rec.save(tmp_path / "index", dtype="float16")  # an index recformer wrote is replaced
+    assert Recommender.load(tmp_path / "index", **CPU).saved_dtype == "float16"
+
+
+def test_concurrent_saves_of_different_orders_never_mix(assets, tmp_path):
+    """Two indexes of one catalogue in different orders saved at once: the folder is one of them, whole."""
+    import threading
+
+    forward = build(assets)
+    meta = assets["meta"]
+    backward = build(assets, {k: meta[k] for k in reversed(list(meta))})
+    start = threading.Barrier(2)
+    errors = []
+
+    def save(rec):
+        start.wait()
+        try:
+            for _ in range(2):
+                rec.save(tmp_path / "index")
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=save, args=(r,)) for r in (forward, backward)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    loaded = Recommender.load(tmp_path / "index", **CPU)
+    source = forward if loaded.ids == forward.ids else backward
+    assert loaded.ids == source.ids and torch.equal(loaded.vectors, source.vectors)  # ids and vectors agree
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_an_index_save_on_a_full_disk_names_the_file(rec, tmp_path, monkeypatch):
+    from recformer.io import fileio
+
+    def no_space(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", no_space)
+    with pytest.raises(OSError) as e:
+        rec.save(tmp_path / "index")
+    assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "index" / "index.safetensors"))
+    assert not (tmp_path / "index").exists()
+
+
+def test_a_save_killed_between_its_renames_is_recovered_on_load(rec, tmp_path):
+    rec.save(tmp_path / "index")
+    (tmp_path / "index").rename(tmp_path / ".index.old")  # what a kill between the two renames leaves
+    (tmp_path / ".index.a1b2c3.tmp").mkdir()
+    loaded = Recommender.load(tmp_path / "index", **CPU)
+    assert loaded.ids == rec.ids
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+
+
+def test_batch_size_numpy_k_and_empty_items_are_checked(rec, assets, tmp_path):
+    rec.save(tmp_path / "index")
+    for bad in (-3, 0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"^batch_size must be an integer >= 1 or None, got {bad!r}$"):
+            Recommender.load(tmp_path / "index", **{**CPU, "batch_size": bad})
+        with pytest.raises(ValueError, match="^batch_size must be"):
+            build(assets, batch_size=bad)
+    assert rec.recommend(HISTORIES, k=np.int64(3)) == rec.recommend(HISTORIES, k=3)
+    with pytest.raises(InputError, match=r"^items: expected a catalogue file path or a dict id -> \{attribute: text\}, got list \[\]$"):
+        Recommender.from_pretrained(assets["ckpt"], [], assets["model"], **CPU)
+    with pytest.raises(InputError, match=r"^items: the catalogue is empty$"):
+        rec.add_items({})
+
+
+def test_add_items_refuses_a_lone_surrogate_at_once(assets):
+    rec = build(assets)
+    for items in ({"N1": {"title": "bad \ud800 text"}}, {"N\udc00": {"title": "fine"}}):
+        with pytest.raises(InputError, match=r"^items: item .*: the id or a text is not valid Unicode \(a lone surrogate"):
+            rec.add_items(items)
+    assert len(rec) == 30
+
+
+def test_an_index_without_its_config_is_named(rec, tmp_path):
+    rec.save(tmp_path / "index")
+    (tmp_path / "index" / "config.json").unlink()
+    with pytest.raises(FileNotFoundError, match=rf"^{tmp_path / 'index' / 'config.json'}: missing from the saved index"):
+        Recommender.load(tmp_path / "index", **CPU)
+
+
 def test_load_refuses_another_checkpoint_tokenizer_or_fields(rec, assets, tmp_path):
     rec.save(tmp_path / "index")
     same = Recommender.load(tmp_path / "index", assets["ckpt"], assets["model"], {"max_attr_num": 3}, **CPU)
@@ -301,6 +401,10 @@ def test_catalogue_forms_and_checkpoint_forms_agree(rec, assets, tmp_path):
         ("meta.json", '{"A": {"title": "x"}, "B": "just text"}', r"meta.json: item 'B': expected a dict of attribute -> text, got str"),
         ("meta.json", '[{"A": 1}]', r"meta.json: expected an object \{id: \{attribute: text\}\} or JSON lines, got a JSON list"),
         ("meta.json", "", r"meta.json: the catalogue is empty"),
+        ("meta.json", '{"A": {"title": "x"}, "A": {"title": "y"}}', r"meta.json: key 'A' appears twice in one JSON object$"),
+        ("meta.json", '{"A": {"title": "x", "title": "y"}}', r"meta.json: key 'title' appears twice in one JSON object$"),
+        ("items.jsonl", '{"id": "A", "title": "x"}\n{"id": "B", "id": "C"}\n',
+         r"items.jsonl line 2: key 'id' appears twice in one JSON object$"),
     ],
 )
 def test_bad_catalogues_name_the_file_and_line(tmp_path, name, content, message):

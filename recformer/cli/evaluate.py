@@ -13,10 +13,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from recformer.args import EvaluateArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
 from recformer.cli import argument_error, run_command
+from recformer.io.fileio import dumps_json
+from recformer.io.output_paths import STDOUT, check_not_input, check_output_file
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,19 +46,27 @@ def evaluate(args: EvaluateArgs) -> int:
     )
     keep_freed_memory()
     try:
+        if not Path(args.ckpt).exists():  # a path, never a hub id: fail here, not after trying the network
+            raise FileNotFoundError(f"--ckpt {args.ckpt}: no such file or folder")
+        if args.output and args.output != STDOUT:  # before any input is read (every rank: all stop together)
+            check_not_input(args.output, {"--ckpt": args.ckpt})
+            args.output = str(check_output_file(args.output))
         distributed.init_from_env(args.device)
         result = evaluate_checkpoint(args)
-        if args.output:
+        if args.output == STDOUT:
+            distributed.on_main(lambda: sys.stdout.buffer.write(dumps_json(result.to_json(), indent=True) + b"\n"))
+        elif args.output:
             distributed.on_main(lambda: atomic_write_json(args.output, result.to_json(), indent=True))
         distributed.barrier()  # leave together: a rank that tears down while another still sends aborts
     finally:
         distributed.teardown()
     if distributed.env_rank() != 0:
         return 0
-    print()
-    print(format_metrics_table({f"{result.dataset} {result.split}": result.metrics}))
+    report = sys.stderr if args.output == STDOUT else sys.stdout  # stdout holds the metrics JSON then
+    print(file=report)
+    print(format_metrics_table({f"{result.dataset} {result.split}": result.metrics}), file=report)
     print(f"{result.users} users, {result.items} items, item table: {result.item_table}"
-          + (f"; metrics: {args.output}" if args.output else ""))  # fmt: skip
+          + (f"; metrics: {args.output}" if args.output else ""), file=report)  # fmt: skip
     return 0
 
 

@@ -16,16 +16,20 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from recformer.args import RecommendArgs, parse_command_line
 from recformer.args import build_parser as build_args_parser
 from recformer.cli import argument_error, run_command
 from recformer.inference.inputs import HistoryLine, InputError, item_text, read_histories, read_items
+from recformer.io.fileio import atomic_open, check_replaceable
+from recformer.io.output_paths import STDOUT, check_not_input, check_output_file
 
 if TYPE_CHECKING:  # torch and transformers load in main, after the arguments are parsed
     from recformer.inference.recommender import Recommender
@@ -40,14 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
     """The recommender and a note for the summary: a saved index (new or changed --items added and saved
-    back), or a new index from --ckpt and --items (saved to --index_dir when given)."""
+    back), or a new index from --ckpt and --items (saved to --index_dir when given).
+
+    The whole read-modify-write of --index_dir holds its lock (`fileio.folder_lock`): a second run on
+    the same index waits, then loads what the first saved and adds its own items to it.
+    """
+    from recformer.io.fileio import folder_lock, recover_folder
+
+    if not args.index_dir:
+        return _open_index(args, None)
+    index = Path(args.index_dir)
+    with folder_lock(index):
+        recover_folder(index)  # a save killed between its two renames: the complete index is put back first
+        return _open_index(args, index)
+
+
+def _open_index(args: RecommendArgs, index: Path | None) -> tuple[Recommender, str]:
     from recformer.inference.recommender import META_FILE, Recommender
     from recformer.model.configuration import field_values
 
-    index = Path(args.index_dir) if args.index_dir else None
     common = dict(device=args.device, batch_size=args.batch_size, attn_implementation=args.attn_implementation,
                   progress=args.progress, compile=args.compile)  # fmt: skip
     if index is not None and (index / META_FILE).is_file():
+        if args.items:  # new items are saved back: an index folder recformer did not write is refused before any work
+            check_replaceable(index)
         rec = Recommender.load(index, args.ckpt, args.model_name_or_path, field_values(args), **common)
         note = f"index {index}"
         if args.items:
@@ -96,6 +116,17 @@ def catalogue_texts(items: str) -> dict[str, str]:
     return {i: item_text(a) for i, a in zip(ids, attrs)}
 
 
+@contextlib.contextmanager
+def open_output(output: str) -> Iterator[IO[bytes]]:
+    """The standard output for `-`, else the file written atomically (`fileio.atomic_open`)."""
+    if output == STDOUT:
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    with atomic_open(output, "wb") as f:
+        yield f
+
+
 def write_recommendations(
     output: str,
     lines: list[HistoryLine],
@@ -110,10 +141,10 @@ def write_recommendations(
     `texts`, each line also gets the recommended items' texts (None for an id `texts` lacks)."""
     from tqdm.auto import tqdm
 
-    from recformer.io.fileio import atomic_open, dumps_json
+    from recformer.io.fileio import dumps_json
 
     rec.progress = False  # one bar for the whole run instead of one per block
-    with atomic_open(output, "wb") as f, tqdm(total=len(lines), desc="recommend", unit="user", disable=not progress) as bar:
+    with open_output(output) as f, tqdm(total=len(lines), desc="recommend", unit="user", disable=not progress) as bar:
         for start in range(0, len(lines), USERS_PER_BLOCK):
             block = range(start, min(start + USERS_PER_BLOCK, len(lines)))
             todo = [i for i in block if histories[i]]
@@ -141,6 +172,9 @@ def recommend(args: RecommendArgs) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     start = time.perf_counter()
     keep_freed_memory()
+    if args.output != STDOUT:  # before any input is read
+        check_not_input(args.output, {"--input": args.input, "--items": args.items})
+        args.output = str(check_output_file(args.output))
     lines = read_histories(args.input)  # every line checked before any work
     rec, note = open_index(args)
     k = rec.clip_k(args.k)
@@ -151,7 +185,7 @@ def recommend(args: RecommendArgs) -> int:
     summary = f"{len(lines)} users, {len(rec)} items, top {k}, {time.perf_counter() - start:.1f} s; {note}"
     if args.on_unknown == "skip":
         summary += f"; {skipped} unknown ids skipped" + (f", {empty} users left with no item got none" if empty else "")
-    print(f"{summary}; output: {args.output}")
+    print(f"{summary}; output: {args.output}", file=sys.stderr if args.output == STDOUT else sys.stdout)
     return 0
 
 

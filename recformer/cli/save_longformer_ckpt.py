@@ -16,7 +16,7 @@ import logging
 import sys
 
 from recformer.args import DEFAULT_START, HelpFormatter, add_recformer_field_args
-from recformer.defaults import DEFAULT_MODEL
+from recformer.defaults import DEFAULT_MODEL, TRUST_CHECKPOINT_HELP
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model_name_or_path", default=DEFAULT_MODEL, help="Longformer masked-LM: hub id or local folder")
     parser.add_argument("--output", default=DEFAULT_START, help="start-point state dict file")
     parser.add_argument("--seed", type=int, default=42, help="seed of the new item-position table")
+    parser.add_argument(
+        "--overwrite_output_dir", action="store_true",
+        help="replace the folder beside --output when this tool wrote it before (a folder it did not write is never replaced)",
+    )  # fmt: skip
+    parser.add_argument("--trust_checkpoint", action="store_true", help=f"for a pytorch_model.bin: {TRUST_CHECKPOINT_HELP}")
     add_recformer_field_args(parser)
     return parser
 
@@ -35,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     from recformer.model.configuration import field_values
 
     try:
-        start = write_start_point(args.model_name_or_path, args.output, field_values(args), seed=args.seed)
+        start = write_start_point(
+            args.model_name_or_path, args.output, field_values(args), seed=args.seed,
+            overwrite=args.overwrite_output_dir, trust_checkpoint=args.trust_checkpoint,
+        )  # fmt: skip
     except (ValueError, OSError) as e:  # the library's messages name the path
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from recformer.errors import RecformerError
-from recformer.io.fileio import read_json
+from recformer.io.fileio import DuplicateKeyError, check_unique_keys, read_json
 
 try:
     import orjson
@@ -83,6 +83,16 @@ def _attributes(value: Any, where: str) -> dict:
     return dict(value)
 
 
+def _check_unicode(key: Any, attrs: dict, where: str) -> None:
+    """Refuse text that cannot be written as UTF-8 (a lone surrogate), which saving would fail on later."""
+    try:
+        json.dumps({str(key): attrs}, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{where}: the id or a text is not valid Unicode (a lone surrogate, e.g. '\\ud800')") from None
+    except (TypeError, ValueError):
+        return  # not JSON text (e.g. a number attribute): tokenizing names it
+
+
 def _json_lines(path: Path):
     """(line number, parsed object) of every non-blank line; a line that is not JSON is refused."""
     with open(path, "rb") as f:
@@ -90,9 +100,13 @@ def _json_lines(path: Path):
             if not raw.strip():
                 continue
             try:
-                yield number, _loads(raw)
+                value = _loads(raw)
+                check_unique_keys(raw)
+            except DuplicateKeyError as e:
+                raise InputError(f"{path} line {number}: {e}") from None
             except ValueError as e:
                 raise InputError(f"{path} line {number}: not valid JSON ({e})") from None
+            yield number, value
 
 
 def read_items(source: ItemsSource) -> tuple[list[str], list[dict]]:
@@ -111,7 +125,13 @@ def read_items(source: ItemsSource) -> tuple[list[str], list[dict]]:
         for key, attrs in source.items():
             ids.append(item_id(key, f"items: id {key!r}"))
             items.append(_attributes(attrs, f"items: item {key!r}"))
+            _check_unicode(key, items[-1], f"items: item {key!r}")
         origin = "items"
+    elif not isinstance(source, (str, os.PathLike)):
+        raise InputError(
+            "items: expected a catalogue file path or a dict id -> {attribute: text}, "
+            f"got {type(source).__name__} {source!r:.60}"
+        )
     else:
         path = Path(source)
         origin = str(path)
@@ -123,6 +143,11 @@ def read_items(source: ItemsSource) -> tuple[list[str], list[dict]]:
                 data = read_json(path)
             except ValueError:
                 data = None  # not one JSON document: JSON lines
+            if isinstance(data, Mapping):
+                try:
+                    check_unique_keys(path.read_bytes())
+                except DuplicateKeyError as e:
+                    raise InputError(f"{path}: {e}") from None
             if isinstance(data, Mapping) and "id" in data and not isinstance(data.get("id"), Mapping):
                 data = None  # a single JSON-lines item, not an {id: attributes} object
             elif data is not None and not isinstance(data, Mapping):

@@ -15,6 +15,8 @@ Index folder:
                         metadata ids_sha256: the hash of the ids in order, tying them to the vectors
     index.json          format, ids (index order), fingerprint, dtype, sizes
     config.json, model.safetensors, tokenizer files   the encoder (`save_pretrained`)
+    .recformer-folder.json   the mark of a folder recformer wrote (`fileio.OWNER_MARKER`): only such a
+                        folder is ever replaced by `save`
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from recformer.io.cache import file_fingerprint, item_table_path, item_vector_fi
 from recformer.io.checkpoint import load_checkpoint
 from recformer.io.checkpoint_files import CheckpointError, read_state_dict
 from recformer.io.checkpoint_keys import split_encoder, strip_wrapper_prefixes
-from recformer.io.fileio import atomic_directory, dumps_json, read_json
+from recformer.io.fileio import atomic_directory, atomic_write_bytes, dumps_json, read_json, recover_folder
 from recformer.metrics import NonFiniteScores
 from recformer.model.attention import check_attn_implementation, configure_attention
 from recformer.model.configuration import RecformerConfig, build_config
@@ -262,6 +264,14 @@ def check_finite_vectors(vectors: torch.Tensor, ids: Sequence[str], where: str) 
         )
 
 
+def check_batch_size(batch_size: Any) -> None:
+    """None (batches of a token budget) or an integer >= 1; anything else is a ValueError naming it."""
+    if batch_size is None:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
+
+
 def _splice(table: TokenizedItems, replaced: Sequence[int], fresh: TokenizedItems, keys: list[str]) -> TokenizedItems:
     """`table` with row replaced[j] taken from fresh[j], then the remaining rows of `fresh` appended."""
     lengths, fresh_lengths = table.lengths(), fresh.lengths()
@@ -304,6 +314,7 @@ class Recommender:
         batch_size: int | None = None,
         progress: bool = True,
     ):
+        check_batch_size(batch_size)
         if items.keys is None or model.item_embedding is None or len(items) != model.item_embedding.num_embeddings:
             raise ValueError("the model's item table and the tokenized items (with their ids) must have one row per item")
         check_finite_vectors(model.item_embedding.weight.detach(), items.keys, "index")
@@ -356,6 +367,7 @@ class Recommender:
             fields: Recformer field values (`configuration.build_config`); None = the config's own.
         """
         check_attn_implementation(attn_implementation)
+        check_batch_size(batch_size)
         model, tokenizer, _ = load_model_parts(checkpoint, model_name_or_path, fields)
         device = distributed.rank_device(device)
         _place(model, attn_implementation, device, compile)
@@ -409,10 +421,14 @@ class Recommender:
                 the checkpoint, tokenizer or fields differ (each part named).
         """
         check_attn_implementation(attn_implementation)
+        check_batch_size(batch_size)
         path = Path(path)
+        recover_folder(path)  # a save killed between its two renames left the complete index beside it
         if not (path / META_FILE).is_file():
             raise FileNotFoundError(f"{path}: not a saved Recformer index (no {META_FILE})")
         meta = read_index_meta(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path / 'config.json'}: missing from the saved index (the encoder's config)")
         config = RecformerConfig.from_pretrained(path)
         config.item_num = 0
         tensors = read_index_tensors(path, meta, config)
@@ -462,10 +478,18 @@ class Recommender:
         return rec
 
     def save(self, path: str | os.PathLike, dtype: str | torch.dtype = torch.float32) -> None:
-        """Write the index folder (see the module docstring) atomically: a temporary sibling renamed into place.
+        """Write the index folder (see the module docstring) atomically: a staging sibling renamed into place
+        (`fileio.atomic_directory`), holding the folder's lock.
+
+        Only a folder that recformer wrote (or an empty one) is replaced: a file or any other folder at
+        `path` is refused, and nothing of it is moved or deleted.
 
         Args:
             dtype: of the saved vectors: float32 (exact) or float16 (half the size).
+
+        Raises:
+            OutputPathError: `path` is something recformer did not write (named).
+            OSError: a full disk or another write error, naming the file.
         """
         if isinstance(dtype, str):
             if dtype not in VECTOR_DTYPES:
@@ -473,7 +497,7 @@ class Recommender:
             dtype = VECTOR_DTYPES[dtype]
         if dtype not in (torch.float32, torch.float16):
             raise ValueError(f"dtype must be torch.float32 or torch.float16, got {dtype}")
-        from safetensors.torch import save_file
+        from safetensors.torch import save as serialize
 
         tensors = {
             "vectors": self.vectors.detach().to("cpu", dtype).contiguous(),
@@ -490,9 +514,13 @@ class Recommender:
             "fingerprint": asdict(self.fingerprint),
             "ids": self.ids,
         }
+        path = Path(path)
         with atomic_directory(path) as tmp:
-            save_file(tensors, str(tmp / INDEX_FILE), metadata={IDS_HASH_KEY: ids_hash(self.ids)})
-            (tmp / META_FILE).write_bytes(dumps_json(meta, indent=True))
+            for name, data in ((INDEX_FILE, serialize(tensors, metadata={IDS_HASH_KEY: ids_hash(self.ids)})), (META_FILE, dumps_json(meta, indent=True))):
+                try:
+                    atomic_write_bytes(tmp / name, data)
+                except OSError as e:  # named as the file of the index, not of its staging folder
+                    raise OSError(e.errno, e.strerror, str(path / name)) from None
             self.model.longformer.save_pretrained(tmp)
             self.tokenizer.save_pretrained(str(tmp))
         logger.info("saved an index of %d items (%s) to %s", len(self), meta["dtype"], path)
@@ -591,8 +619,9 @@ class Recommender:
 
     def clip_k(self, k: int) -> int:
         """`k`, clipped to the catalogue size with a warning; k < 1 is refused."""
-        if isinstance(k, bool) or not isinstance(k, int):
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        k = int(k)  # a numpy integer too
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         if k > len(self):

@@ -47,7 +47,13 @@ from recformer.io.checkpoint_keys import (
     strip_wrapper_prefixes,
     tie_lm_head_bias,
 )
-from recformer.io.output_paths import check_output_dir, check_output_file, save_pretrained_folder
+from recformer.io.fileio import check_replaceable
+from recformer.io.output_paths import (
+    check_not_input,
+    check_output_dir,
+    check_output_file,
+    save_pretrained_folder,
+)
 from recformer.model.configuration import RecformerConfig
 
 logger = logging.getLogger(__name__)
@@ -276,6 +282,8 @@ def to_float32(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 MODEL_FILE = "recformer_ckpt.bin"
 SEQREC_FILE = "recformer_seqrec_ckpt.bin"
 RELEASED_FOLDERS = ("recformer", "recformer_seqrec")  # save_pretrained folders of the two forms
+# The flag that lets `save_longformer_ckpt.py` replace a folder it wrote before.
+OVERWRITE_FLAG = "--overwrite_output_dir"
 
 
 @contextlib.contextmanager
@@ -291,8 +299,19 @@ def quiet_transformers() -> Iterator[None]:
         hf_logging.set_verbosity(verbosity)
 
 
+def _pickled_weights(model_name_or_path: str) -> Path | None:
+    """A local folder's `pytorch_model.bin` when it is the folder's only weights file (a pickle)."""
+    folder = Path(model_name_or_path)
+    pickled = folder / "pytorch_model.bin"
+    if not (folder.is_dir() and pickled.is_file()):
+        return None
+    if any((folder / name).is_file() for name in ("model.safetensors", "model.safetensors.index.json")):
+        return None
+    return pickled
+
+
 def build_start_point(
-    model_name_or_path: str, config: RecformerConfig, seed: int = 42
+    model_name_or_path: str, config: RecformerConfig, seed: int = 42, trust_checkpoint: bool = False
 ) -> tuple[dict[str, torch.Tensor], ConversionReport]:
     """Load a Longformer masked-LM (hub id or local folder) and convert it with `longformer_to_pretraining`.
 
@@ -305,10 +324,25 @@ def build_start_point(
         ConversionError: the checkpoint does not provide the Longformer masked-LM layout (or its shapes
             do not fit `config`); the message names `model_name_or_path` and the keys.
     """
-    from transformers import LongformerForMaskedLM
+    from transformers import LongformerConfig, LongformerForMaskedLM
 
+    from recformer.io.checkpoint_files import UntrustedCheckpointError, torch_load
+
+    pickled = _pickled_weights(model_name_or_path)
     with quiet_transformers():  # its load report would be noise before the one line said here
-        longformer, info = LongformerForMaskedLM.from_pretrained(model_name_or_path, output_loading_info=True)
+        if pickled is None:
+            longformer, info = LongformerForMaskedLM.from_pretrained(model_name_or_path, output_loading_info=True)
+        else:  # read by the one unpickler of this project, which refuses code-running objects in one line
+            try:
+                weights = torch_load(pickled, trust=trust_checkpoint)
+            except UntrustedCheckpointError as e:
+                raise UntrustedCheckpointError(f"{e} (pass --trust_checkpoint only if you made it yourself)") from None
+            if not isinstance(weights, dict):
+                raise ConversionError(f"{pickled}: not a state dict (a mapping of parameter names to tensors)")
+            longformer, info = LongformerForMaskedLM.from_pretrained(
+                None, config=LongformerConfig.from_pretrained(model_name_or_path), state_dict=weights,
+                output_loading_info=True,
+            )  # fmt: skip
     state = longformer.state_dict()
     shared: set[int] = set()
     expected = []  # every tensor once: the tied LM-head decoder is the word embeddings under a second name
@@ -347,6 +381,8 @@ def write_start_point(
     output: str | os.PathLike,
     fields: Mapping[str, Any] | None = None,
     seed: int = 42,
+    overwrite: bool = False,
+    trust_checkpoint: bool = False,
 ) -> StartPoint:
     """Convert a Longformer masked-LM into the pretraining start point and write it twice.
 
@@ -359,6 +395,12 @@ def write_start_point(
         output: the start-point file.
         fields: Recformer field values (see `configuration.build_config`).
         seed: seed of the new item-position table.
+        overwrite: replace the folder beside `output` when recformer wrote it (`--overwrite_output_dir`);
+            a folder that recformer did not write is never replaced.
+        trust_checkpoint: unpickle a `pytorch_model.bin` fully (see `checkpoint.torch_load`).
+
+    Raises:
+        OutputPathError: the output file or folder cannot be written or must not be replaced (named).
     """
     from recformer.io.checkpoint import load_checkpoint
     from recformer.io.checkpoint_files import start_point_folder
@@ -369,13 +411,15 @@ def write_start_point(
 
     output = check_output_file(output)  # before the (possibly large) input is read
     folder = check_output_dir(start_point_folder(output))
+    check_not_input(folder, {"--model_name_or_path": model_name_or_path}, flag="the folder beside --output")
+    check_replaceable(folder, overwrite, OVERWRITE_FLAG)
     config = build_config(model_name_or_path, fields)
-    state, report = build_start_point(model_name_or_path, config, seed=seed)
+    state, report = build_start_point(model_name_or_path, config, seed=seed, trust_checkpoint=trust_checkpoint)
     model = RecformerForPretraining(config)
     load_checkpoint(model, state)  # validates every key and shape once more
     tokenizer = RecformerTokenizer.from_pretrained(model_name_or_path, config)
     atomic_torch_save(to_float32(state), output)
-    save_pretrained_folder(folder, model, tokenizer)
+    save_pretrained_folder(folder, model, tokenizer, replace=overwrite, flag=OVERWRITE_FLAG)
     return StartPoint(file=output, folder=folder, num_keys=len(state), report=report)
 
 
@@ -428,7 +472,7 @@ def write_released(
     for name in (MODEL_FILE, SEQREC_FILE):
         check_output_file(out / name)
     for name in RELEASED_FOLDERS:
-        check_output_dir(out / name)
+        check_replaceable(check_output_dir(out / name))  # never one that recformer did not write
     config_dir = Path(model_name_or_path) if model_name_or_path else start_point_folder(start_point)
     if not (config_dir / "config.json").is_file():
         raise FileNotFoundError(

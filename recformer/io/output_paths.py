@@ -20,15 +20,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recformer.errors import RecformerError
-from recformer.io.fileio import atomic_directory
+from recformer.io.fileio import OutputPathError, atomic_directory, check_replaceable
+
+# An output path that means the standard output.
+STDOUT = "-"
 
 # What a save_pretrained folder of a model and its tokenizer holds at least.
 PRETRAINED_FOLDER_FILES = ("config.json", "tokenizer_config.json")
-
-
-class OutputPathError(RecformerError, ValueError):
-    """An output location that cannot be written; the message names the path and the reason."""
 
 
 def _nearest_existing(path: Path) -> Path:
@@ -55,8 +53,15 @@ def _check_writable(path: Path, folder: Path) -> None:
 
 def _check(path: str | os.PathLike, is_dir: bool) -> Path:
     path = Path(path)
-    if path.is_symlink() and not path.exists():
-        raise OutputPathError(f"{path}: is a broken symbolic link")
+    if path.is_symlink():
+        if not path.exists():
+            raise OutputPathError(f"{path}: is a broken symbolic link")
+        path = Path(os.path.realpath(path))  # written through the link, to its target
+    if path.exists() and not (path.is_dir() or path.is_file()):
+        raise OutputPathError(
+            f"{path}: is a special file (a FIFO, a device or a socket), not a regular file; "
+            f"give a file path, or {STDOUT} for the standard output"
+        )
     if path.exists():
         if path.is_dir() != is_dir:
             kind, needed = ("a file", "a folder") if is_dir else ("a folder", "a file")
@@ -75,8 +80,27 @@ def _check(path: str | os.PathLike, is_dir: bool) -> Path:
 
 
 def check_output_file(path: str | os.PathLike) -> Path:
-    """`path` as a Path when a file can be written there; else OutputPathError naming it and why."""
+    """`path` as a Path when a file can be written there; else OutputPathError naming it and why.
+
+    A symbolic link is resolved: the file is written to its target (the returned path), the link stays.
+    A FIFO, a device or a socket is refused (an atomic rename would replace it, not write to it).
+    """
     return _check(path, is_dir=False)
+
+
+def check_not_input(output: str | os.PathLike, inputs: dict[str, str | os.PathLike | None], flag: str = "--output") -> None:
+    """Refuse an output that is one of the inputs (`inputs`: flag -> path), which writing would destroy."""
+    if str(output) == STDOUT:
+        return
+    target = os.path.realpath(output)
+    for name, source in inputs.items():
+        if source is None:
+            continue
+        same = os.path.realpath(source) == target
+        with contextlib.suppress(OSError):
+            same = same or os.path.samefile(source, output)
+        if same:
+            raise OutputPathError(f"{flag} {output}: is also {name}; writing it would destroy that input")
 
 
 def check_output_dir(path: str | os.PathLike) -> Path:
@@ -101,18 +125,24 @@ def refuse_existing_run(folder: str | os.PathLike, markers: Sequence[str], what:
 
 
 def write_folder(
-    folder: str | os.PathLike, write: Callable[[Path], None], required: Sequence[str] = ()
+    folder: str | os.PathLike,
+    write: Callable[[Path], None],
+    required: Sequence[str] = (),
+    replace: bool = True,
+    flag: str = "",
 ) -> Path:
     """Write a folder completely or not at all.
 
     `write(tmp)` fills a temporary sibling; once it holds every name in `required`, it replaces
-    `folder` (`fileio.atomic_directory`: an older folder there is removed only after the new one is in place).
+    `folder` (`fileio.atomic_directory`: an older folder there is removed only after the new one is in place;
+    a folder recformer did not write is never replaced, one it wrote only when `replace`; `flag` names the
+    option that allows it).
 
     Raises:
         OutputPathError: `folder` cannot be written, or `write` left a required file out.
     """
-    folder = check_output_dir(folder)
-    with atomic_directory(folder) as tmp:
+    folder = check_replaceable(check_output_dir(folder), replace, flag)
+    with atomic_directory(folder, replace, flag) as tmp:
         write(tmp)
         missing = [name for name in required if not (tmp / name).exists()]
         if missing:
@@ -120,11 +150,13 @@ def write_folder(
     return folder
 
 
-def save_pretrained_folder(folder: str | os.PathLike, model: Any, tokenizer: Any) -> Path:
+def save_pretrained_folder(
+    folder: str | os.PathLike, model: Any, tokenizer: Any, replace: bool = True, flag: str = ""
+) -> Path:
     """`save_pretrained` of a model and its tokenizer into `folder`, completely or not at all (`write_folder`)."""
 
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
 
-    return write_folder(folder, write, required=PRETRAINED_FOLDER_FILES)
+    return write_folder(folder, write, required=PRETRAINED_FOLDER_FILES, replace=replace, flag=flag)

@@ -57,7 +57,7 @@ from recformer.errors import RecformerFailure
 from recformer.inference.evaluation import to_device
 from recformer.io.cache import file_fingerprint, tokenizer_fingerprint
 from recformer.io.checkpoint import load_checkpoint
-from recformer.io.fileio import atomic_torch_save, atomic_write_json
+from recformer.io.fileio import atomic_torch_save, atomic_write_json, check_replaceable
 from recformer.io.output_paths import (
     check_output_dir,
     check_output_file,
@@ -162,10 +162,12 @@ class Finetuner:
         self.cache_dir = check_dir(Path(args.cache_dir) if args.cache_dir else self.out_dir / "cache")
         self.ckpt_path = check_file(self.out_dir / args.ckpt)
         self.state_path = check_file(self.out_dir / STATE_FILE)
-        check_dir(self.out_dir / BEST_MODEL_FOLDER)
+        best = check_dir(self.out_dir / BEST_MODEL_FOLDER)
         if main and not (args.resume or args.overwrite_output_dir):
             refuse_existing_run(self.out_dir, (STATE_FILE, METRICS_FILE, args.ckpt, BEST_MODEL_FOLDER),
                                 "finetuning run", "--resume")  # fmt: skip
+        if main:  # exported at the end: a folder recformer did not write there is refused now, not then
+            check_replaceable(best)
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
