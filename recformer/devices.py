@@ -1,6 +1,6 @@
 """Where work runs: the finetuning device, autocast, how inference passes run (`InferenceSettings`),
-Lightning's hardware settings, the tokenizer's
-thread pool and the C allocator's policy. Lightning is never imported here."""
+Lightning's hardware settings, the tokenizer's thread pool and the C allocator's policy. Lightning is
+never imported here."""
 
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ def autocast_context(device: torch.device, fp16: bool, bf16: bool) -> contextlib
     return contextlib.nullcontext()
 
 
+def check_batch_size(value: Any, name: str = "batch_size") -> None:
+    """None (batches of a token budget) or an integer >= 1 (numpy integers too); anything else is a
+    ValueError naming it."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < 1:
+        raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+
+
 @dataclass(frozen=True)
 class InferenceSettings:
     """How inference passes run: the device, the autocast precision, the batch size, progress bars.
@@ -75,10 +84,8 @@ class InferenceSettings:
     shard: bool = False
 
     def __post_init__(self):
-        for name in ("batch_size", "max_tokens"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
+        check_batch_size(self.batch_size)
+        check_batch_size(self.max_tokens, "max_tokens")
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """The autocast context of every forward pass (`autocast_context`)."""

@@ -14,7 +14,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from recformer import RecformerTokenizer, Recommender
-from recformer.inference.recommender import BrokenIndex, IndexMismatch
+from recformer.inference.index_files import BrokenIndex, IndexMismatch
 from recformer.metrics import NonFiniteScores
 from recformer.model.tokenization import TokenizerError
 

@@ -7,7 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
-import recformer.inference.recommender as recommender_module
+import recformer.runtime as runtime_module
 from recformer import Recommender
 
 from .finetune_fixtures import make_dataset, make_model_folder, make_pretrained_checkpoint
@@ -21,7 +21,7 @@ def snippet() -> str:
 
 
 def test_readme_recommend_snippet_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(recommender_module, "DEFAULT_MODEL", str(make_model_folder(tmp_path / "models")))
+    monkeypatch.setattr(runtime_module, "DEFAULT_MODEL", str(make_model_folder(tmp_path / "models")))
     meta = json.loads((make_dataset(tmp_path / "data") / "meta_data.json").read_text())
     meta["B00005N5PF"], meta["B0000DBJ2K"] = meta.pop("B000000000"), meta.pop("B000000001")
     (tmp_path / "finetune_data" / "Scientific").mkdir(parents=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import recformer.inference.recommender as recommender_module
+import recformer.runtime as runtime_module
 from recformer import Recommender
 from recformer.cli import recommend as recommend_cli
 
@@ -141,8 +141,8 @@ def test_index_dir_is_written_then_reused_and_extended(assets, tmp_path, capsys,
     catalogue = tmp_path / "items.jsonl"
     catalogue.write_text("".join(json.dumps({"id": k, **v}) + "\n" for k, v in [*meta.items(), ("NEW1", {"title": "wool hat"})]))
     encoded = []
-    original = recommender_module.encode_items
-    monkeypatch.setattr(recommender_module, "encode_items", lambda enc, tok, table, *a, **kw: encoded.append(len(table)) or original(enc, tok, table, *a, **kw))
+    original = runtime_module.encode_items
+    monkeypatch.setattr(runtime_module, "encode_items", lambda enc, tok, table, *a, **kw: encoded.append(len(table)) or original(enc, tok, table, *a, **kw))
     monkeypatch.setattr(Recommender, "from_pretrained", lambda *a, **kw: pytest.fail("the saved index was not reused"))
     extra = argv(assets, inp, out, "--index_dir", str(index), items=False) + ["--items", str(catalogue)]
     code, stdout, err = run(extra, capsys)

@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 import recformer.inference.evaluation as evaluation_module
-import recformer.inference.recommender as recommender_module
+import recformer.runtime as runtime_module
 from recformer import RecformerModel, RecformerTokenizer, Recommender, load_checkpoint
+from recformer.inference.index_files import IndexMismatch
 from recformer.inference.inputs import InputError, read_items
-from recformer.inference.recommender import IndexMismatch, UnknownItemError
+from recformer.inference.recommender import UnknownItemError
 from recformer.io.fileio import OutputPathError
 from recformer.metrics import NonFiniteScores
 
@@ -152,13 +153,13 @@ class EncodeSpy:
 
     def __init__(self, monkeypatch):
         self.calls: list[int] = []
-        original = recommender_module.encode_items
+        original = runtime_module.encode_items
 
         def spy(encoder, tokenizer, table, *args, **kwargs):
             self.calls.append(len(table))
             return original(encoder, tokenizer, table, *args, **kwargs)
 
-        monkeypatch.setattr(recommender_module, "encode_items", spy)
+        monkeypatch.setattr(runtime_module, "encode_items", spy)
         monkeypatch.setattr(evaluation_module, "encode_items", spy)
 
 

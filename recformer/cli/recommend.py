@@ -60,7 +60,8 @@ def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
 
 
 def _open_index(args: RecommendArgs, index: Path | None) -> tuple[Recommender, str]:
-    from recformer.inference.recommender import META_FILE, Recommender
+    from recformer.inference.index_files import META_FILE
+    from recformer.inference.recommender import Recommender
     from recformer.model.configuration import field_values
 
     common = dict(device=args.device, batch_size=args.batch_size, attn_implementation=args.attn_implementation,

@@ -21,8 +21,6 @@ Index folder:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -35,50 +33,38 @@ import torch
 from tqdm.auto import tqdm
 
 from recformer import distributed
-from recformer.devices import InferenceSettings, resolve_device
+from recformer.devices import InferenceSettings, check_batch_size, resolve_device
 from recformer.errors import RecformerError
-from recformer.inference.evaluation import cached_item_vectors, encode_items, pooled_batches
+from recformer.inference.index_files import (
+    IDS_HASH_KEY,
+    INDEX_FILE,
+    INDEX_FORMAT,
+    META_FILE,
+    Fingerprint,
+    check_built_with,
+    check_finite_vectors,
+    ids_hash,
+    item_digests,
+    read_index_folder,
+)
 from recformer.inference.inputs import ItemsSource, item_id, read_items
 from recformer.inference.ranking import check_finite_queries, per_query, top_k
-from recformer.io.cache import file_fingerprint, item_table_path, item_vector_fields, tokenizer_fingerprint
+from recformer.io.cache import file_fingerprint, item_vector_fields, tokenizer_fingerprint
 from recformer.io.checkpoint import load_checkpoint
-from recformer.io.checkpoint_files import CheckpointError, read_state_dict
-from recformer.io.checkpoint_keys import split_encoder, strip_wrapper_prefixes
-from recformer.io.fileio import atomic_directory, atomic_write_bytes, dumps_json, read_json, recover_folder
-from recformer.metrics import NonFiniteScores
-from recformer.model.attention import check_attn_implementation, configure_attention
-from recformer.model.configuration import RecformerConfig, build_config
+from recformer.io.fileio import atomic_directory, atomic_write_bytes, dumps_json
+from recformer.model.attention import check_attn_implementation
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
-from recformer.model.layout import TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE
 from recformer.model.modeling import RecformerForSeqRec
-from recformer.model.tokenization import RecformerTokenizer, TokenizedItem, check_tokenizer_fits
-from recformer.runtime import load_model_parts
+from recformer.model.tokenization import RecformerTokenizer, TokenizedItem
+from recformer.runtime import ModelRuntime
 
 logger = logging.getLogger(__name__)
 
-INDEX_FILE = "index.safetensors"
-META_FILE = "index.json"
-INDEX_FORMAT = 1
 # Histories scored per pass over the index (the memory bound of `ranking.top_k` is stated for 256).
 SCORE_BATCH = 256
-DIGEST_BYTES = 8
 VECTOR_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
-# index.json keys, the fingerprint's keys, and the tensors of index.safetensors.
-META_KEYS = ("format", "num_items", "hidden_size", "dtype", "fingerprint", "ids")
-FINGERPRINT_KEYS = ("checkpoint", "tokenizer", "fields")
-INDEX_TENSORS = ("vectors", "token_ids", "token_types", "token_offsets", "item_digests")
-# index.safetensors metadata: the hash of the ids (in order) its vectors belong to.
-IDS_HASH_KEY = "ids_sha256"
 
 History = Sequence[str | int | Mapping[str, Any]]
-
-
-class IndexMismatch(RecformerError, ValueError):
-    """A saved index used with another checkpoint, tokenizer or Recformer fields than it was built with."""
-
-
-class BrokenIndex(RecformerError, ValueError):
-    """A saved index folder whose files cannot be read, are malformed, or disagree with each other."""
 
 
 class UnknownItemError(RecformerError, ValueError):
@@ -87,189 +73,6 @@ class UnknownItemError(RecformerError, ValueError):
     def __init__(self, message: str, item: str):
         super().__init__(message)
         self.item = item
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What produced an index: the checkpoint's bytes, the tokenizer, the config fields of an item's vector."""
-
-    checkpoint: str
-    tokenizer: str
-    fields: dict
-
-    def differences(self, other: Fingerprint) -> list[str]:
-        """The parts of `other` that differ from this one, each described."""
-        out = []
-        if self.checkpoint != other.checkpoint:
-            out.append(f"the checkpoint differs (index {self.checkpoint}, given {other.checkpoint})")
-        if self.tokenizer != other.tokenizer:
-            out.append(f"the tokenizer differs (index {self.tokenizer}, given {other.tokenizer})")
-        mine, theirs = _plain(self.fields), _plain(other.fields)
-        changed = [f"{k}: index {mine.get(k)}, given {theirs.get(k)}" for k in sorted(set(mine) | set(theirs))
-                   if mine.get(k) != theirs.get(k)]  # fmt: skip
-        if changed:
-            out.append(f"the Recformer fields differ ({', '.join(changed)})")
-        return out
-
-
-def _plain(obj: Any) -> Any:
-    """`obj` as JSON gives it back (tuples become lists), so saved and live values compare equal."""
-    return json.loads(dumps_json(obj))
-
-
-def item_digests(items: Sequence[Mapping[str, Any]]) -> np.ndarray:
-    """A hash of each item's attributes, in order [N, DIGEST_BYTES] uint8 (a changed text changes it)."""
-    raw = b"".join(hashlib.blake2b(dumps_json(item), digest_size=DIGEST_BYTES).digest() for item in items)
-    return np.frombuffer(raw, dtype=np.uint8).reshape(len(items), DIGEST_BYTES).copy()
-
-
-def checkpoint_hidden_size(checkpoint: str | os.PathLike) -> int:
-    """The hidden size of a checkpoint's encoder (its word-embedding width)."""
-    encoder, _ = split_encoder(strip_wrapper_prefixes(read_state_dict(checkpoint)))
-    weight = encoder.get("embeddings.word_embeddings.weight")
-    if weight is None:
-        raise CheckpointError(f"{checkpoint}: not a Recformer checkpoint (no word embeddings)")
-    return int(weight.shape[1])
-
-
-def ids_hash(ids: Sequence[str]) -> str:
-    """sha256 (16 hex digits) of the item ids in index order: ties index.json's ids to the saved vectors."""
-    return hashlib.sha256(dumps_json(list(ids))).hexdigest()[:16]
-
-
-def _names(keys: Sequence[str]) -> str:
-    return ", ".join(repr(k) for k in keys)
-
-
-def read_index_meta(path: Path) -> dict:
-    """index.json of an index folder, checked: a JSON object with every key (`META_KEYS`), this format,
-    a fingerprint of exactly `FINGERPRINT_KEYS`, and the ids a list of distinct strings, one per item.
-
-    Raises:
-        BrokenIndex: one line naming the file and the key.
-        IndexMismatch: another index format.
-    """
-    file = path / META_FILE
-    meta = read_json(file)
-    if not isinstance(meta, dict):
-        raise BrokenIndex(f"{file}: expected a JSON object, got {type(meta).__name__}; rebuild the index")
-    missing = [k for k in META_KEYS if k not in meta]
-    if meta.get("format") != INDEX_FORMAT and "format" not in missing:
-        raise IndexMismatch(f"{file}: index format {meta.get('format')!r}, expected {INDEX_FORMAT}")
-    if missing:
-        raise BrokenIndex(f"{file}: missing keys {_names(missing)}; rebuild the index")
-    fingerprint = meta["fingerprint"]
-    if not isinstance(fingerprint, dict):
-        raise BrokenIndex(f"{file}: fingerprint must be a JSON object, got {type(fingerprint).__name__}")
-    missing = [k for k in FINGERPRINT_KEYS if k not in fingerprint]
-    extra = sorted(k for k in fingerprint if k not in FINGERPRINT_KEYS)
-    if missing or extra:
-        what = "; ".join(part for part in (missing and f"missing keys {_names(missing)}",
-                                           extra and f"unexpected keys {_names(extra)}") if part)  # fmt: skip
-        raise BrokenIndex(f"{file}: fingerprint: {what} (expected exactly {_names(FINGERPRINT_KEYS)})")
-    kinds = {"checkpoint": str, "tokenizer": str, "fields": dict}
-    for key, kind in kinds.items():
-        if not isinstance(fingerprint[key], kind):
-            raise BrokenIndex(f"{file}: fingerprint.{key} must be a {kind.__name__}, got {type(fingerprint[key]).__name__}")
-    if meta["dtype"] not in ("float32", "float16"):
-        raise BrokenIndex(f"{file}: dtype must be 'float32' or 'float16', got {meta['dtype']!r}")
-    ids = meta["ids"]
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise BrokenIndex(f"{file}: ids must be a list of strings (item ids in index order)")
-    if isinstance(meta["num_items"], bool) or meta["num_items"] != len(ids):
-        raise BrokenIndex(f"{file}: {len(ids)} ids, but num_items is {meta['num_items']!r}")
-    if len(set(ids)) != len(ids):
-        seen: dict[str, int] = {}
-        for row, i in enumerate(ids):
-            if i in seen:
-                raise BrokenIndex(f"{file}: id {i!r} appears twice (rows {seen[i]} and {row}); rebuild the index")
-            seen[i] = row
-    return meta
-
-
-def read_index_tensors(path: Path, meta: dict, config: RecformerConfig) -> dict[str, torch.Tensor]:
-    """index.safetensors of an index folder, checked against itself, index.json (`meta`) and the encoder's
-    config: every tensor (`INDEX_TENSORS`) of its shape and kind, one vector per id and the ids' hash
-    recorded with them, offsets from 0 rising to the number of tokens, token ids within the vocabulary.
-
-    Raises:
-        BrokenIndex: one line naming the file and the tensor or key.
-    """
-    from safetensors import safe_open
-
-    file = path / INDEX_FILE
-    if not file.is_file():
-        raise BrokenIndex(f"{file}: missing (the vectors of the index); rebuild the index")
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            names, recorded = set(f.keys()), (f.metadata() or {}).get(IDS_HASH_KEY)
-            missing = [k for k in INDEX_TENSORS if k not in names]
-            if missing:
-                raise BrokenIndex(f"{file}: no {_names(missing)} tensor{'s' if len(missing) > 1 else ''}; rebuild the index")
-            tensors = {k: f.get_tensor(k) for k in INDEX_TENSORS}
-    except BrokenIndex:
-        raise
-    except Exception as e:  # noqa: BLE001 - safetensors raises its own errors, OSError and others for damage
-        reason = " ".join(str(e).split())[:200]
-        raise BrokenIndex(f"{file}: cannot be read ({type(e).__name__}: {reason}); the file is truncated or damaged, "
-                          "rebuild the index") from None  # fmt: skip
-
-    ids, n = meta["ids"], len(meta["ids"])
-    vectors, offsets = tensors["vectors"], tensors["token_offsets"]
-    token_ids, token_types, digests = tensors["token_ids"], tensors["token_types"], tensors["item_digests"]
-
-    def bad(message: str) -> BrokenIndex:
-        return BrokenIndex(f"{file}: {message}; rebuild the index")
-
-    if vectors.dim() != 2 or not vectors.is_floating_point():
-        raise bad(f"vectors must be a 2-D float tensor, got {vectors.dtype} {tuple(vectors.shape)}")
-    if vectors.shape[0] != n:
-        raise bad(f"{vectors.shape[0]} item vectors, but {META_FILE} lists {n} ids")
-    if vectors.shape[1] != meta["hidden_size"] or vectors.shape[1] != config.hidden_size:
-        raise bad(f"vectors of size {vectors.shape[1]}, but {META_FILE} says hidden_size {meta['hidden_size']!r} and "
-                  f"config.json hidden_size {config.hidden_size}")  # fmt: skip
-    if recorded is not None and recorded != ids_hash(ids):
-        raise bad(f"the ids in {META_FILE} are not those its vectors were saved with (reordered or replaced: ids hash "
-                  f"{ids_hash(ids)}, recorded {recorded})")  # fmt: skip
-    if recorded is None:
-        logger.warning("%s: no ids hash recorded (an index saved by an older version): the order of the ids is not checked", file)
-    if digests.shape != (n, DIGEST_BYTES) or digests.dtype != torch.uint8:
-        raise bad(f"item_digests must be uint8 [{n}, {DIGEST_BYTES}], got {digests.dtype} {tuple(digests.shape)}")
-    if token_ids.dim() != 1 or token_types.shape != token_ids.shape or token_ids.is_floating_point():
-        raise bad(f"token_ids and token_types must be 1-D integer tensors of one length, got {tuple(token_ids.shape)} "
-                  f"and {tuple(token_types.shape)}")  # fmt: skip
-    if offsets.shape != (n + 1,) or offsets.is_floating_point():
-        raise bad(f"token_offsets must be {n + 1} integers (one more than the items), got {tuple(offsets.shape)}")
-    steps = offsets[1:] - offsets[:-1]
-    if int(offsets[0]) != 0 or int(offsets[-1]) != token_ids.numel() or bool((steps < 0).any()):
-        raise bad(f"token_offsets must rise from 0 to the {token_ids.numel()} tokens, got {int(offsets[0])}..{int(offsets[-1])}"
-                  + (f" falling at item {int((steps < 0).nonzero()[0])}" if bool((steps < 0).any()) else ""))  # fmt: skip
-    if token_ids.numel() and (int(token_ids.min()) < 0 or int(token_ids.max()) >= config.vocab_size):
-        raise bad(f"token_ids must be in [0, {config.vocab_size}) (the encoder's vocab_size), got "
-                  f"{int(token_ids.min())}..{int(token_ids.max())}")  # fmt: skip
-    if token_types.numel() and not bool(torch.isin(token_types, torch.tensor([TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE])).all()):
-        raise bad(f"token_types must be {TOKEN_TYPE_KEY} (attribute name) or {TOKEN_TYPE_VALUE} (value)")
-    return tensors
-
-
-def check_finite_vectors(vectors: torch.Tensor, ids: Sequence[str], where: str) -> None:
-    """Raise NonFiniteScores naming the items (`ids`, one per row of `vectors` [N, H]) whose vectors hold a
-    NaN or infinite value; `where` says whose vectors they are."""
-    bad = (~torch.isfinite(vectors)).any(dim=1).nonzero().flatten().tolist()
-    if bad:
-        names = ", ".join(repr(ids[i]) for i in bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise NonFiniteScores(
-            f"{where}: {len(bad)} of {len(ids)} item vectors are not finite (items {names}); "
-            "the encoder gives NaN or infinite outputs, or the vectors are damaged"
-        )
-
-
-def check_batch_size(batch_size: Any) -> None:
-    """None (batches of a token budget) or an integer >= 1; anything else is a ValueError naming it."""
-    if batch_size is None:
-        return
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1 or None, got {batch_size!r}")
 
 
 def _splice(table: TokenizedItems, replaced: Sequence[int], fresh: TokenizedItems, keys: list[str]) -> TokenizedItems:
@@ -292,8 +95,38 @@ def _splice(table: TokenizedItems, replaced: Sequence[int], fresh: TokenizedItem
     return TokenizedItems(np.concatenate(ids), np.concatenate(types), offsets, keys)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how a Recommender's model runs: the keywords `from_pretrained` and `load` take.
+
+    device: auto, cpu, cuda, cuda:N or a GPU index (under torchrun: auto, cuda or cpu).
+    batch_size: items or histories encoded per batch; None: batches of a token budget
+        (`evaluation.pooled_batches`).
+    attn_implementation: one of `recformer.model.attention.ATTN_IMPLEMENTATIONS` (an unknown name, or one
+        that cannot run on the device, fails before anything is loaded).
+    progress: progress bars.
+    compile: torch.compile the encoder first (in place; worth it for large catalogues on a GPU).
+    """
+
+    device: str | int = "auto"
+    batch_size: int | None = None
+    attn_implementation: str = "auto"
+    progress: bool = True
+    compile: bool = False
+
+    def __post_init__(self):
+        check_attn_implementation(self.attn_implementation)
+        check_batch_size(self.batch_size)
+
+    def settings(self, device: torch.device) -> InferenceSettings:
+        return InferenceSettings(device, batch_size=self.batch_size, progress=self.progress)
+
+
 class Recommender:
     """Top-k next items for user histories over an item index; see the module docstring.
+
+    A `ModelRuntime` (`runtime`) holds the model, its tokenizer, the settings and the tokenized items
+    (keyed by id); the index adds each item's digest and what the index was built from (`fingerprint`).
 
     Example:
         >>> rec = Recommender.from_pretrained("recformer_seqrec_ckpt.bin", "meta_data.json")
@@ -303,31 +136,40 @@ class Recommender:
         >>> rec.save("index/")            # later: Recommender.load("index/")
     """
 
-    def __init__(
-        self,
-        model: RecformerForSeqRec,
-        tokenizer: RecformerTokenizer,
-        items: TokenizedItems,
-        digests: np.ndarray,
-        fingerprint: Fingerprint,
-        device: torch.device,
-        batch_size: int | None = None,
-        progress: bool = True,
-    ):
-        check_batch_size(batch_size)
-        if items.keys is None or model.item_embedding is None or len(items) != model.item_embedding.num_embeddings:
+    def __init__(self, runtime: ModelRuntime, digests: np.ndarray, fingerprint: Fingerprint):
+        items, model = runtime.items, runtime.model
+        if items is None or items.keys is None or model.item_embedding is None or len(items) != model.item_embedding.num_embeddings:
             raise ValueError("the model's item table and the tokenized items (with their ids) must have one row per item")
         check_finite_vectors(model.item_embedding.weight.detach(), items.keys, "index")
-        self.model = model.eval()
-        self.tokenizer = tokenizer
-        self.items = items
+        model.eval()
+        self.runtime = runtime
         self.digests = digests
         self.fingerprint = fingerprint
-        self.device = device
-        self.batch_size = batch_size
-        self.progress = progress
-        self.settings = InferenceSettings(device, batch_size=batch_size, progress=progress)
         self.saved_dtype = "float32"  # of the vectors in the folder this index was loaded from
+
+    @property
+    def model(self) -> RecformerForSeqRec:
+        return self.runtime.model
+
+    @property
+    def tokenizer(self) -> RecformerTokenizer:
+        return self.runtime.tokenizer
+
+    @property
+    def items(self) -> TokenizedItems:
+        return self.runtime.items
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def progress(self) -> bool:
+        return self.runtime.settings.progress
+
+    @progress.setter
+    def progress(self, value: bool) -> None:
+        self.runtime.settings = self.runtime.settings.replace(progress=value)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
@@ -336,13 +178,9 @@ class Recommender:
         checkpoint: str | os.PathLike,
         items: ItemsSource,
         model_name_or_path: str | os.PathLike | None = None,
-        device: str | int = "auto",
-        batch_size: int | None = None,
-        attn_implementation: str = "auto",
         cache_dir: str | os.PathLike | None = None,
         fields: Mapping[str, Any] | None = None,
-        progress: bool = True,
-        compile: bool = False,
+        **options: Any,
     ) -> Recommender:
         """Encode every item of `items` with the checkpoint's encoder into a new index.
 
@@ -354,39 +192,28 @@ class Recommender:
                 finetuned `best_model.bin`, `save_pretrained` folder), as a path.
             items: a `meta_data.json` path, a JSON-lines file of {"id": ..., attributes}, or a dict
                 id -> attributes (`inputs.read_items`).
-            model_name_or_path: config + tokenizer; default: the checkpoint when it is a
-                `save_pretrained` folder, else allenai/longformer-base-4096.
-            device: auto, cpu, cuda, cuda:N or a GPU index (under torchrun: auto, cuda or cpu).
-            batch_size: items or histories encoded per batch; None: batches of a token budget
-                (`evaluation.pooled_batches`).
-            attn_implementation: one of `recformer.model.attention.ATTN_IMPLEMENTATIONS` (an unknown name, or
-                one that cannot run on the device, fails here).
-            compile: torch.compile the encoder first (in place; worth it for large catalogues on a GPU).
+            model_name_or_path: config + tokenizer; default: the checkpoint's own (`runtime.model_sources`).
             cache_dir: disk cache of the tokenized items and the vectors, keyed by checkpoint,
                 tokenizer, Recformer fields and items (`cache.item_table_path`).
             fields: Recformer field values (`configuration.build_config`); None = the config's own.
+            **options: `RunOptions` (device, batch_size, attn_implementation, progress, compile).
         """
-        check_attn_implementation(attn_implementation)
-        check_batch_size(batch_size)
-        model, tokenizer, _ = load_model_parts(checkpoint, model_name_or_path, fields)
-        device = distributed.rank_device(device)
-        _place(model, attn_implementation, device, compile)
-        ids, attrs = read_items(items)
-        progress = progress and distributed.is_main()
-        table = tokenize_catalogue(tokenizer, attrs, keys=ids, cache_dir=cache_dir, progress=progress,
-                                   write_cache=distributed.is_main())  # fmt: skip
-        checkpoint_hash = file_fingerprint(checkpoint)
-        path = item_table_path(cache_dir, checkpoint_hash, tokenizer, model.config, attrs) if cache_dir else None
-        vectors = cached_item_vectors(
-            path,
-            lambda: encode_items(model.longformer, tokenizer, table,
-                                 InferenceSettings(device, batch_size=batch_size, progress=progress, shard=True)),
-            shape=(len(ids), model.config.hidden_size),
+        opts = RunOptions(**options)
+        settings = opts.settings(distributed.rank_device(opts.device)).replace(
+            progress=opts.progress and distributed.is_main()
         )
-        model.init_item_embedding(vectors)
-        fingerprint = Fingerprint(checkpoint_hash, tokenizer_fingerprint(tokenizer), item_vector_fields(model.config))
+        runtime, _ = ModelRuntime.from_checkpoint(
+            checkpoint, settings, model_name_or_path=model_name_or_path, fields=fields,
+            attn_implementation=opts.attn_implementation, compile=opts.compile,
+        )  # fmt: skip
+        ids, attrs = read_items(items)
+        runtime.tokenize(attrs, keys=ids, cache_dir=cache_dir)
+        checkpoint_hash = file_fingerprint(checkpoint)
+        runtime.set_item_table(runtime.item_table(checkpoint_hash, attrs, cache_dir))
+        config = runtime.config
+        fingerprint = Fingerprint(checkpoint_hash, tokenizer_fingerprint(runtime.tokenizer), item_vector_fields(config))
         logger.info("index of %d items from %s", len(ids), checkpoint)
-        return cls(model, tokenizer, table, item_digests(attrs), fingerprint, device, batch_size, progress)
+        return cls(runtime, item_digests(attrs), fingerprint)
 
     @classmethod
     def load(
@@ -395,22 +222,17 @@ class Recommender:
         checkpoint: str | os.PathLike | None = None,
         model_name_or_path: str | os.PathLike | None = None,
         fields: Mapping[str, Any] | None = None,
-        device: str | int = "auto",
-        batch_size: int | None = None,
-        attn_implementation: str = "auto",
-        progress: bool = True,
-        compile: bool = False,
+        **options: Any,
     ) -> Recommender:
         """A saved index (`save`), with the encoder saved beside it; scoring runs in float32.
 
         `checkpoint`, `model_name_or_path` and `fields`, when given, are what the caller means to
-        use; each must be what the index was built with. `device`, `batch_size`,
-        `attn_implementation`, `progress` and `compile` as for `from_pretrained`.
+        use; each must be what the index was built with. `**options` as for `from_pretrained`.
 
-        The folder is checked against itself first (`read_index_meta`, `read_index_tensors`): the ids
-        against the vectors (count, duplicates, the hash recorded beside the vectors), the tokenizer
-        files against the tokenizer hash of the fingerprint, the tokenized items (offsets, token ids
-        within the vocabulary), finite vectors.
+        The folder is checked against itself first (`index_files.read_index_meta`, `read_index_tensors`):
+        the ids against the vectors (count, duplicates, the hash recorded beside the vectors), the
+        tokenizer files against the tokenizer hash of the fingerprint, the tokenized items (offsets, token
+        ids within the vocabulary), finite vectors.
 
         Raises:
             FileNotFoundError: `path` holds no saved index.
@@ -420,60 +242,25 @@ class Recommender:
             IndexMismatch: the checkpoint's hidden size differs from the index's (both named), or
                 the checkpoint, tokenizer or fields differ (each part named).
         """
-        check_attn_implementation(attn_implementation)
-        check_batch_size(batch_size)
+        opts = RunOptions(**options)
         path = Path(path)
-        recover_folder(path)  # a save killed between its two renames left the complete index beside it
-        if not (path / META_FILE).is_file():
-            raise FileNotFoundError(f"{path}: not a saved Recformer index (no {META_FILE})")
-        meta = read_index_meta(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path / 'config.json'}: missing from the saved index (the encoder's config)")
-        config = RecformerConfig.from_pretrained(path)
-        config.item_num = 0
-        tensors = read_index_tensors(path, meta, config)
-        vectors = tensors["vectors"].float()  # [N, H]
-        check_finite_vectors(vectors, meta["ids"], str(path / INDEX_FILE))
-        tokenizer = RecformerTokenizer.from_pretrained(str(path), config)
-        check_tokenizer_fits(tokenizer, config, str(path))
+        meta, config, tensors, tokenizer = read_index_folder(path)
         saved = Fingerprint(**meta["fingerprint"])
-        if tokenizer_fingerprint(tokenizer) != saved.tokenizer:
-            raise BrokenIndex(
-                f"{path}: its tokenizer files are not the tokenizer the index was built with (hash "
-                f"{tokenizer_fingerprint(tokenizer)}, {META_FILE} records {saved.tokenizer}); rebuild the index"
-            )
-
-        given = saved
-        if checkpoint is not None:
-            hidden = checkpoint_hidden_size(checkpoint)
-            if hidden != vectors.shape[1]:
-                raise IndexMismatch(
-                    f"{checkpoint} has hidden size {hidden}, but the index in {path} has hidden size {vectors.shape[1]}"
-                )
-            given = Fingerprint(file_fingerprint(checkpoint), given.tokenizer, given.fields)
-        if model_name_or_path is not None:
-            other = RecformerTokenizer.from_pretrained(str(model_name_or_path), config)
-            given = Fingerprint(given.checkpoint, tokenizer_fingerprint(other), given.fields)
-        if fields is not None and any(v is not None for v in fields.values()):
-            given = Fingerprint(given.checkpoint, given.tokenizer, item_vector_fields(build_config(path, fields)))
-        differences = saved.differences(given)
-        if differences:
-            raise IndexMismatch(
-                f"{path}: this index was built with something else: {'; '.join(differences)}. "
-                "Rebuild it from the catalogue, or use what it was built with."
-            )
-
+        check_built_with(path, saved, config, int(tensors["vectors"].shape[1]), checkpoint, model_name_or_path,
+                              fields)  # fmt: skip
         model = RecformerForSeqRec(config)
         load_checkpoint(model.longformer, path)
-        device = resolve_device(device)
-        _place(model, attn_implementation, device, compile)
-        model.init_item_embedding(vectors)
-        items = TokenizedItems(
+        runtime = ModelRuntime.place(
+            model, tokenizer, opts.settings(resolve_device(opts.device)),
+            attn_implementation=opts.attn_implementation, compile=opts.compile,
+        )  # fmt: skip
+        runtime.set_item_table(tensors["vectors"].float())
+        runtime.items = TokenizedItems(
             tensors["token_ids"].numpy(), tensors["token_types"].numpy(), tensors["token_offsets"].numpy(),
             list(meta["ids"]),
         )
-        logger.info("loaded an index of %d items from %s", len(items), path)
-        rec = cls(model, tokenizer, items, tensors["item_digests"].numpy().copy(), saved, device, batch_size, progress)
+        logger.info("loaded an index of %d items from %s", len(runtime.items), path)
+        rec = cls(runtime, tensors["item_digests"].numpy().copy(), saved)
         rec.saved_dtype = meta["dtype"]
         return rec
 
@@ -554,14 +341,14 @@ class Recommender:
             return 0, 0
         todo = [j for _, j in changed] + added
         fresh = tokenize_catalogue(self.tokenizer, [attrs[j] for j in todo], progress=self.progress)
-        vectors = encode_items(self.model.longformer, self.tokenizer, fresh, self.settings)
+        vectors = self.runtime.encode_items(fresh)
         check_finite_vectors(vectors, [ids[j] for j in todo], "add_items")
         rows = [row for row, _ in changed]
         table = torch.cat([self.vectors.detach(), vectors[len(changed) :].to(self.vectors)])  # [N + added, H]
         if rows:
             table[rows] = vectors[: len(changed)].to(table)
         self.model.init_item_embedding(table)
-        self.items = _splice(self.items, rows, fresh, self.ids + [ids[j] for j in added])
+        self.runtime.items = _splice(self.items, rows, fresh, self.ids + [ids[j] for j in added])
         self.digests = np.concatenate([self.digests, digests[added]])
         self.digests[rows] = digests[[j for _, j in changed]]
         logger.info("index: %d items added, %d re-encoded (%d in all)", len(added), len(changed), len(self))
@@ -607,9 +394,7 @@ class Recommender:
         bounds = np.cumsum([0] + [len(seq) for seq in sequences]).tolist()
         keys = [list(range(a, b)) for a, b in zip(bounds[:-1], bounds[1:])]
         out = torch.empty(len(sequences), self.model.config.hidden_size, dtype=torch.float32, device=self.device)
-        for rows, pooled in pooled_batches(
-            self.model.longformer, self.tokenizer, table, keys, self.settings, desc="encode histories"
-        ):  # fmt: skip
+        for rows, pooled in self.runtime.pooled(table, keys, desc="encode histories"):
             out[rows] = pooled.float()
         return out
 
@@ -677,12 +462,3 @@ class Recommender:
             for v, r in zip(values.tolist(), rows.tolist()):
                 out.append([(ids[i], s) for i, s in zip(r, v) if i >= 0])
         return out
-
-
-def _place(model: RecformerForSeqRec, attn_implementation: str, device: torch.device, compile: bool) -> None:
-    """Set the attention implementation, move the model to `device`, and torch.compile the encoder in place
-    (parameter names, hence saved indexes, stay the same) when asked."""
-    configure_attention(model, attn_implementation, device)
-    model.to(device)
-    if compile:
-        model.longformer.compile()

@@ -19,7 +19,7 @@ from recformer.io.fileio import read_json
 
 from .finetune_case import EXPECTED
 
-FILEIO = Path(__file__).resolve().parents[2] / "recformer" / "fileio.py"
+FILEIO = Path(__file__).resolve().parents[2] / "recformer" / "io" / "fileio.py"
 
 
 def test_process_finetune_matches_hand_worked_output(finetune_raw, tmp_path):
