@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from recformer.data.formats import STATS, DataFile
+from recformer.errors import error_line, exit_code
 from recformer.io.fileio import dumps_json
 
 
@@ -28,14 +29,6 @@ def _is_file_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, Mapping) for v in value)
 
 
-def describe_error(e: BaseException) -> str:
-    """One line for an error: an `OSError` with a file name as "path: reason", anything else as its text."""
-    if isinstance(e, OSError) and e.filename is not None and e.strerror:
-        target = f" -> {e.filename2}" if e.filename2 is not None else ""
-        return f"{e.filename}{target}: {e.strerror}"
-    return str(e).replace("\n", " ")
-
-
 def format_args(args: Any) -> str:
     """Resolved command-line arguments, one per line, for the scripts to print once."""
     return "arguments:\n" + "\n".join(f"  {k} = {v}" for k, v in vars(args).items())
@@ -48,14 +41,14 @@ def run_cli(
     stats_file: DataFile = STATS,
 ) -> int:
     """Print the arguments, run `job()`, print a stats summary (or one error line naming the file) and
-    return the exit code."""
+    return the exit code: 0, or 2 for bad input (`recformer.errors.exit_code`)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     print(format_args(args))
     try:
         stats = job()
     except (OSError, ValueError) as e:
-        print(f"error: {describe_error(e)}", file=sys.stderr)
-        return 1
+        print(f"error: {error_line(e)}", file=sys.stderr)
+        return exit_code(e)
     print(dump_stats({"args": vars(args), **stats}))
     print(f"full stats: {os.path.join(output_dir, stats_file.name)}")
     return 0

@@ -117,7 +117,7 @@ def test_finetune_script_missing_file_exits_non_zero_naming_it(finetune_raw, tmp
         str(out),
     ]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert str(missing) in result.stderr
     assert not out.exists()
 
@@ -168,7 +168,7 @@ def test_missing_files_exit_non_zero_naming_them(pretrain_raw, tmp_path):
     cmd = [sys.executable, str(META_SCRIPT), "--meta_root", str(raw), "--seq_root", str(raw),
            "--output_dir", str(out), "--categories", *TRAIN, *DEV]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert str(pretrain_raw / "CatB_5.json.gz") in result.stderr
     assert not out.exists()
 
@@ -176,11 +176,11 @@ def test_missing_files_exit_non_zero_naming_them(pretrain_raw, tmp_path):
     cli = load_cli(INTERACTION_SCRIPT)
     argv = ["--seq_root", str(pretrain_raw), "--output_dir", str(out), "--train_categories", "CatA"]
     argv += ["--dev_categories", "CatC"]
-    assert cli.main([*argv, "--no_progress"]) == 1
+    assert cli.main([*argv, "--no_progress"]) == 2
     out.mkdir()
     (out / "meta_data.json").write_text("{}")
     assert (
-        cli.main([*argv[:4], "--train_categories", "CatB", "--dev_categories", "CatC", "--no_progress"]) == 1
+        cli.main([*argv[:4], "--train_categories", "CatB", "--dev_categories", "CatC", "--no_progress"]) == 2
     )
     assert not (out / "train.json").exists()
 
@@ -191,15 +191,15 @@ def test_missing_file_messages_name_the_paths(pretrain_raw, tmp_path, capsys):
     out = tmp_path / "out"
     raw = pretrain_raw
     roots = ["--meta_root", str(raw), "--seq_root", str(raw), "--output_dir", str(out)]
-    assert load_cli(META_SCRIPT).main([*roots, "--categories", *TRAIN, *DEV]) == 1
+    assert load_cli(META_SCRIPT).main([*roots, "--categories", *TRAIN, *DEV]) == 2
     err = capsys.readouterr().err
     assert str(pretrain_raw / "meta_CatC.json.gz") in err
     cli = load_cli(INTERACTION_SCRIPT)
     argv = ["--seq_root", str(pretrain_raw), "--output_dir", str(out), "--train_categories", "CatA"]
     argv += ["--dev_categories", "CatC"]
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     assert str(out / "meta_data.json") in capsys.readouterr().err
-    assert cli.main([*argv[:4], "--train_categories", "CatA", "CatB", "--dev_categories", "CatC"]) == 1
+    assert cli.main([*argv[:4], "--train_categories", "CatA", "CatB", "--dev_categories", "CatC"]) == 2
     assert str(pretrain_raw / "CatB_5.json.gz") in capsys.readouterr().err
 
 
@@ -306,7 +306,7 @@ def test_output_problems_get_one_line_before_any_input_is_read(
         truncated_gz(root / name)
     (root / "meta_data.json").write_text("{not json")
     out, expected = output_problem(problem, taken_name, tmp_path, read_only_dir)
-    assert run(root, out) == 1
+    assert run(root, out) == 2
     assert last_error_line(capsys) == expected
 
 
@@ -327,7 +327,7 @@ def test_a_full_disk_gets_one_line_naming_the_file_and_the_old_folder_stays(fine
 
     with pytest.MonkeyPatch.context() as m:
         m.setattr(os, "fsync", fsync_fails_on_the_third_file)
-        assert run_finetune(*finetune_raw, out, "--min_seq_len", "3") == 1
+        assert run_finetune(*finetune_raw, out, "--min_seq_len", "3") == 2
     assert last_error_line(capsys) == f"error: {out / 'train.json'}: No space left on device"
     assert folder_bytes(out) == old  # nothing replaced, no temporary file left
     assert load_finetune_data(out).train == EXPECTED["train.json"]
@@ -342,7 +342,7 @@ def test_a_run_that_fails_midway_leaves_the_old_pretraining_folder_as_it_was(pre
     old = folder_bytes(out)
     # The dev category's file is cut short: found only after train.json has been written anew.
     truncated_gz(pretrain_raw / "CatC_5.json.gz")
-    assert pretrain_interactions.main([*common, *categories]) == 1
+    assert pretrain_interactions.main([*common, *categories]) == 2
     assert last_error_line(capsys).startswith(
         f"error: {pretrain_raw / 'CatC_5.json.gz'}: the gzip stream ends"
     )
@@ -365,7 +365,7 @@ def test_a_lone_surrogate_in_a_meta_line_is_cleaned_and_counted(finetune_raw, tm
 def test_a_folder_given_as_an_input_file_is_called_a_folder(finetune_raw, tmp_path, capsys):
     folder = tmp_path / "Cat_5.json.gz"
     folder.mkdir()
-    assert run_finetune(folder, finetune_raw[1], tmp_path / "out") == 1
+    assert run_finetune(folder, finetune_raw[1], tmp_path / "out") == 2
     assert last_error_line(capsys) == f"error: input file is a folder: {folder}"
 
 
@@ -381,14 +381,14 @@ def test_an_empty_or_unreadable_input_is_an_error_naming_it(finetune_raw, tmp_pa
     else:
         write_gz(bad, ["", "not json"])
     out = tmp_path / "out"
-    assert run_finetune(reviews, meta, out) == 1
+    assert run_finetune(reviews, meta, out) == 2
     assert last_error_line(capsys).startswith(f"error: {bad}: ")
     assert not out.exists()
 
 
 def test_no_qualifying_user_is_an_error_naming_the_input(finetune_raw, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_finetune(*finetune_raw, out, "--min_seq_len", "9") == 1
+    assert run_finetune(*finetune_raw, out, "--min_seq_len", "9") == 2
     assert last_error_line(capsys) == (
         f"error: {finetune_raw[0]}: no user qualifies: 3 users review items of {finetune_raw[1]}, 3 of them "
         "fewer than 9 times, 0 sampled out; 3 reviews are of items without a title there"
@@ -406,7 +406,7 @@ def test_an_empty_pretraining_meta_file_is_an_error_naming_it(pretrain_raw, tmp_
         "--output_dir",
         str(tmp_path / "o"),
     ]
-    assert pretrain_meta.main([*roots, "--categories", *TRAIN, *DEV, "--no_progress"]) == 1
+    assert pretrain_meta.main([*roots, "--categories", *TRAIN, *DEV, "--no_progress"]) == 2
     assert last_error_line(capsys) == (
         f"error: {pretrain_raw / 'meta_CatB.json.gz'}: the file is empty (0 bytes; an interrupted download?)"
     )

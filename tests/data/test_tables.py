@@ -164,7 +164,7 @@ def test_a_missing_column_names_the_file_the_column_and_the_flag(tmp_path, capsy
     items = write(tmp_path / "i.csv", ["item_id,title", "A,x"])
     argv = ["--format", "csv", "--file_path", str(inter), "--meta_file_path", str(items), "--output_path",
             str(tmp_path / "o"), "--user_field", "user", "--no_progress"]  # fmt: skip
-    assert cli.main(argv) == 1
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err
     assert err == f"error: {inter} line 1: no column 'item_id' (columns: user, item, ts); name it with --item_field\n"
     assert not (tmp_path / "o").exists()
