@@ -85,6 +85,7 @@ class ConversionReport:
     restored: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     source_tensors: tuple[int, int] | None = None  # (copied, expected) tensors of a Longformer checkpoint
+    notes: list[str] = field(default_factory=list)  # how reshaped and new tensors were made
 
     def lines(self) -> list[str]:
         out = [f"copied: {len(self.copied)} keys"]
@@ -92,7 +93,7 @@ class ConversionReport:
             keys = getattr(self, name)
             if keys:
                 out.append(f"{name}: {len(keys)} {_preview(keys, 12)}")
-        return out
+        return out + self.notes
 
     def summary(self) -> str:
         return "; ".join(self.lines())
@@ -347,28 +348,38 @@ def write_start_point(
     output: str | os.PathLike,
     fields: Mapping[str, Any] | None = None,
     seed: int = 42,
+    pooler_type: str | None = None,
 ) -> StartPoint:
     """Convert a Longformer masked-LM into the pretraining start point and write it twice.
 
     `output` gets the reference file (a `torch.save`d state dict with the reference key names); the
     `save_pretrained` folder beside it (`checkpoint.start_point_folder`) gets config, weights and
-    tokenizer, so later steps need no hub access.
+    tokenizer, so later steps need no hub access. A local folder of another encoder (BERT, RoBERTa,
+    MiniLM, ...) is converted by `backbones.write_backbone_start_point` instead.
 
     Args:
         model_name_or_path: Longformer masked-LM, hub id or folder (config, weights, tokenizer).
         output: the start-point file.
         fields: Recformer field values (see `configuration.build_config`).
         seed: seed of the new item-position table.
+        pooler_type: `cls` or `avg`; None keeps the config's (Longformer) or takes the source's (others).
     """
+    from .backbones import source_config, write_backbone_start_point
     from .checkpoint import load_checkpoint, start_point_folder
     from .configuration import build_config
     from .fileio import atomic_torch_save
     from .modeling import RecformerForPretraining
     from .tokenization import RecformerTokenizer
 
+    local = source_config(model_name_or_path) if Path(model_name_or_path).is_dir() else None
+    if local is not None and local.get("model_type") != "longformer":
+        return write_backbone_start_point(model_name_or_path, output, fields, pooler_type=pooler_type, seed=seed)
     output = check_output_file(output)  # before the (possibly large) input is read
     folder = check_output_dir(start_point_folder(output))
     config = build_config(model_name_or_path, fields)
+    if pooler_type is not None:
+        config.pooler_type = pooler_type
+        config.validate_recformer_fields()
     state, report = build_start_point(model_name_or_path, config, seed=seed)
     model = RecformerForPretraining(config)
     load_checkpoint(model, state)  # validates every key and shape once more
