@@ -431,7 +431,7 @@ def backbone_config(
     layers = int(source["num_hidden_layers"])
     window = values["attention_window"]
     window = list(window) if isinstance(window, (list, tuple)) else [window]
-    values["attention_window"] = window * layers if len(window) == 1 else window
+    values["attention_window"] = window[:1] * layers if len(set(window)) == 1 else window  # one window for all
     config = RecformerConfig(
         **{k: source[k] for k in COPIED_CONFIG_FIELDS if k in source},
         **special_ids,
