@@ -324,3 +324,14 @@ def test_pipeline_runs_on_a_converted_bert(tmp_path):
     rec = Recommender.from_pretrained(best, data / "meta_data.json", start.folder, device="cpu", progress=False)
     top = rec.recommend([["B000000001", "B000000002"]], k=5)
     assert len(top[0]) == 5
+
+
+def test_whole_word_masking_groups_wordpiece_continuations(tmp_path):
+    """Pretraining from a converted BERT: a word is a token and its '##' pieces (not every token up to the next 'Ġ')."""
+    from recformer.collators import WholeWordMasker
+
+    folder, _ = make_bert(tmp_path)
+    start = convert(folder, tmp_path / "out")
+    tokenizer = RecformerTokenizer.from_pretrained(str(start.folder), RecformerConfig.from_pretrained(start.folder))
+    ids = [tokenizer.bos_token_id, *tokenizer.encode_item({"title": "red hatz"})[0]]  # title | red | hat ##z
+    assert WholeWordMasker(tokenizer).words(ids) == [[1], [2], [3, 4]]
