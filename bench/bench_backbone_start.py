@@ -124,7 +124,7 @@ def table(results: list[dict]) -> str:
              "|---" * (3 + 2 * len(keys)) + "|"]  # fmt: skip
     for r in results:
         zs = " | ".join(f"{r['zero_shot_test'].get(k, float('nan')):.4f}" for k in keys)
-        ft = " | ".join(f"{r['test'].get(k, float('nan')):.4f}" for k in keys)
+        ft = " | ".join(f"{r['test'][k]:.4f}" if k in r["test"] else "-" for k in keys)
         lines.append(f"| {r['start']} | {r['learning_rate']:g} | {zs} | {ft} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
