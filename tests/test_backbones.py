@@ -258,7 +258,7 @@ def test_unfit_architectures_are_refused_in_one_line(tmp_path, config, phrase):
     with pytest.raises(ConversionError) as e:
         convert(folder, tmp_path / "out")
     assert phrase in str(e.value) and "\n" not in str(e.value) and str(folder) in str(e.value)
-    assert not (tmp_path / "out" / "start.bin").exists()
+    assert not (tmp_path / "out" / "start.bin").exists() and not (tmp_path / "out" / "start").exists()
 
 
 def test_unavailable_sentence_pooling_is_refused_unless_overridden(tmp_path):
