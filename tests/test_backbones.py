@@ -335,3 +335,29 @@ def test_whole_word_masking_groups_wordpiece_continuations(tmp_path):
     tokenizer = RecformerTokenizer.from_pretrained(str(start.folder), RecformerConfig.from_pretrained(start.folder))
     ids = [tokenizer.bos_token_id, *tokenizer.encode_item({"title": "red hatz"})[0]]  # title | red | hat ##z
     assert WholeWordMasker(tokenizer).words(ids) == [[1], [2], [3, 4]]
+
+
+def test_pretraining_runs_on_a_converted_bert(tmp_path):
+    """lightning_pretrain.py a few steps from a converted BERT (WordPiece masking, [MASK] and [CLS] from its vocabulary)."""
+    import os
+    import subprocess
+    import sys
+
+    from recformer.synthetic import write_corpus
+
+    root = Path(__file__).resolve().parents[1]
+    folder, _ = make_bert(tmp_path)
+    start = convert(folder, tmp_path / "start", fields={"attention_window": [16]})
+    data = write_corpus(tmp_path / "corpus", n_items=60, n_train=40, n_dev=16)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run(
+        [sys.executable, str(root / "lightning_pretrain.py"), "--model_name_or_path", str(start.folder),
+         "--longformer_ckpt", str(start.file), "--train_file", str(data["train"]), "--dev_file", str(data["dev"]),
+         "--item_attr_file", str(data["meta"]), "--output_dir", str(tmp_path / "run"), "--batch_size", "8",
+         "--gradient_accumulation_steps", "1", "--device", "cpu", "--max_steps", "3", "--valid_step", "3",
+         "--log_step", "1", "--dataloader_num_workers", "0", "--no_progress"],
+        cwd=root, env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["global_step"] == 3
