@@ -91,6 +91,7 @@ class ConversionReport:
     restored: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     source_tensors: tuple[int, int] | None = None  # (copied, expected) tensors of a Longformer checkpoint
+    notes: list[str] = field(default_factory=list)  # how reshaped and new tensors were made
 
     def lines(self) -> list[str]:
         out = [f"copied: {len(self.copied)} keys"]
@@ -98,7 +99,7 @@ class ConversionReport:
             keys = getattr(self, name)
             if keys:
                 out.append(f"{name}: {len(keys)} {_preview(keys, 12)}")
-        return out
+        return out + self.notes
 
     def summary(self) -> str:
         return "; ".join(self.lines())
@@ -383,12 +384,14 @@ def write_start_point(
     seed: int = 42,
     overwrite: bool = False,
     trust_checkpoint: bool = False,
+    pooler_type: str | None = None,
 ) -> StartPoint:
     """Convert a Longformer masked-LM into the pretraining start point and write it twice.
 
     `output` gets the reference file (a `torch.save`d state dict with the reference key names); the
     `save_pretrained` folder beside it (`checkpoint.start_point_folder`) gets config, weights and
-    tokenizer, so later steps need no hub access.
+    tokenizer, so later steps need no hub access. A local folder of another encoder (BERT, RoBERTa,
+    MiniLM, ...) is converted by `backbones.write_backbone_start_point` instead.
 
     Args:
         model_name_or_path: Longformer masked-LM, hub id or folder (config, weights, tokenizer).
@@ -397,11 +400,13 @@ def write_start_point(
         seed: seed of the new item-position table.
         overwrite: replace the folder beside `output` when recformer wrote it (`--overwrite_output_dir`);
             a folder that recformer did not write is never replaced.
-        trust_checkpoint: unpickle a `pytorch_model.bin` fully (see `checkpoint.torch_load`).
+        trust_checkpoint: unpickle a `pytorch_model.bin` fully (see `checkpoint_files.torch_load`).
+        pooler_type: `cls` or `avg`; None keeps the config's (Longformer) or takes the source's (others).
 
     Raises:
         OutputPathError: the output file or folder cannot be written or must not be replaced (named).
     """
+    from recformer.io.backbones import source_config, write_backbone_start_point
     from recformer.io.checkpoint import load_checkpoint
     from recformer.io.checkpoint_files import start_point_folder
     from recformer.io.fileio import atomic_torch_save
@@ -409,11 +414,19 @@ def write_start_point(
     from recformer.model.modeling_pretraining import RecformerForPretraining
     from recformer.model.tokenization import RecformerTokenizer
 
+    local = source_config(model_name_or_path) if Path(model_name_or_path).is_dir() else None
+    if local is not None and local.get("model_type") != "longformer":
+        return write_backbone_start_point(
+            model_name_or_path, output, fields, pooler_type=pooler_type, seed=seed, overwrite=overwrite
+        )
     output = check_output_file(output)  # before the (possibly large) input is read
     folder = check_output_dir(start_point_folder(output))
     check_not_input(folder, {"--model_name_or_path": model_name_or_path}, flag="the folder beside --output")
     check_replaceable(folder, overwrite, OVERWRITE_FLAG)
     config = build_config(model_name_or_path, fields)
+    if pooler_type is not None:
+        config.pooler_type = pooler_type
+        config.validate_recformer_fields()
     state, report = build_start_point(model_name_or_path, config, seed=seed, trust_checkpoint=trust_checkpoint)
     model = RecformerForPretraining(config)
     load_checkpoint(model, state)  # validates every key and shape once more

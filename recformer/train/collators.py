@@ -152,11 +152,22 @@ def _is_punctuation(ch: str) -> bool:
     return unicodedata.category(ch).startswith("P")
 
 
+def wordpiece_continuation(tokenizer: Any) -> str | None:
+    """The continuation prefix ('##') of a WordPiece tokenizer backend, None for any other vocabulary."""
+    from tokenizers.models import WordPiece
+
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    model = getattr(backend, "model", None)
+    return model.continuing_subword_prefix if isinstance(model, WordPiece) else None
+
+
 class WholeWordMasker:
     """Whole-word MLM masking on padded input ids, as the reference pretraining collator does it.
 
     A word is a BPE group: a token whose text does not begin with a space (byte-level 'Ġ') and whose
-    first character is not punctuation continues the previous word. Every token but `<s>`/`</s>`
+    first character is not punctuation continues the previous word. With a WordPiece vocabulary (a
+    start converted from BERT), a token continues the previous word when it begins with the
+    continuation prefix ('##'). Every token but `<s>`/`</s>`
     is a candidate (padding too: the reference pads before masking), words are taken in random order
     until round(padded length * probability) tokens are covered, and special tokens among them
     (padding, `<unk>`, `<mask>`) are then left out. Each chosen token becomes `<mask>` with
@@ -173,9 +184,13 @@ class WholeWordMasker:
         tokens = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
         self.skipped_ids = {tokenizer.bos_token_id, tokenizer.eos_token_id}
         self.special_ids = set(tokenizer.all_special_ids)
-        self.continues_word = [
-            bool(tok) and not tok.startswith("\u0120") and not _is_punctuation(tok[0]) for tok in tokens
-        ]
+        prefix = wordpiece_continuation(tokenizer)
+        if prefix is not None:
+            self.continues_word = [bool(tok) and tok.startswith(prefix) for tok in tokens]
+        else:
+            self.continues_word = [
+                bool(tok) and not tok.startswith("\u0120") and not _is_punctuation(tok[0]) for tok in tokens
+            ]
 
     def words(self, ids: Sequence[int]) -> list[list[int]]:
         """Positions of each candidate word of one row."""

@@ -8,6 +8,8 @@
 #   6. compare with a popularity ranking (scripts/demo/report.py over recformer.report, what recformer-report
 #      runs): $DEMO_OUT/report.md (the table) and $DEMO_OUT/Demo_curves.png (loss, lr, dev NDCG@10 per epoch)
 # Settings can be overridden from the environment, e.g. PRETRAIN_STEPS=0 to skip pretraining.
+# BACKBONE=folder starts from a local BERT-layout encoder (e.g. all-MiniLM-L6-v2; `make demo-minilm`)
+# instead of the demo's own tiny model.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
@@ -19,6 +21,9 @@ FINETUNE_LR=${FINETUNE_LR:-1e-3}
 EPOCHS=${EPOCHS:-16}
 MAX_TOKENS=${MAX_TOKENS:-256}
 WINDOW=${WINDOW:-32}
+BACKBONE=${BACKBONE:-}
+NAME=longformer-demo
+[ -n "$BACKBONE" ] && NAME=backbone
 export TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
 step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
@@ -35,19 +40,25 @@ $PY pretrain_data/interaction_data_process.py --seq_root $RAW/pretrain \
     --output_dir "$OUT/pretrain_data" > "$OUT/process_pretrain_seq.log"
 tail -n 4 "$OUT/process_finetune.log"
 
-step "2/6 tokenizer and a small Longformer from the demo item texts"
-$PY scripts/demo/prepare_model.py --meta_files "$OUT/data/Demo/meta_data.json" "$OUT/pretrain_data/meta_data.json" \
-    --output_dir "$OUT/longformer-demo" --max_token_num "$MAX_TOKENS" --attention_window "$WINDOW"
+if [ -n "$BACKBONE" ]; then
+    step "2/6 pretrained encoder: $BACKBONE"
+    SOURCE="$BACKBONE"
+else
+    step "2/6 tokenizer and a small Longformer from the demo item texts"
+    $PY scripts/demo/prepare_model.py --meta_files "$OUT/data/Demo/meta_data.json" "$OUT/pretrain_data/meta_data.json" \
+        --output_dir "$OUT/longformer-demo" --max_token_num "$MAX_TOKENS" --attention_window "$WINDOW"
+    SOURCE="$OUT/longformer-demo"
+fi
 
 step "3/6 Recformer start point"
-$PY save_longformer_ckpt.py --model_name_or_path "$OUT/longformer-demo" --output "$OUT/start/longformer-demo.bin" \
+$PY save_longformer_ckpt.py --model_name_or_path "$SOURCE" --output "$OUT/start/$NAME.bin" \
     --max_token_num "$MAX_TOKENS" --attention_window "$WINDOW" > "$OUT/save_longformer_ckpt.log" 2>&1
-tail -n 5 "$OUT/save_longformer_ckpt.log"
-CKPT="$OUT/start/longformer-demo.bin"
+grep -v "^INFO\|Writing model shards" "$OUT/save_longformer_ckpt.log" | tail -n 12
+CKPT="$OUT/start/$NAME.bin"
 
 if [ "$PRETRAIN_STEPS" -gt 0 ]; then
     step "4/6 pretraining for $PRETRAIN_STEPS steps (MLM + item-item contrastive)"
-    $PY lightning_pretrain.py --model_name_or_path "$OUT/start/longformer-demo" --longformer_ckpt "$CKPT" \
+    $PY lightning_pretrain.py --model_name_or_path "$OUT/start/$NAME" --longformer_ckpt "$CKPT" \
         --train_file "$OUT/pretrain_data/train.json" --dev_file "$OUT/pretrain_data/dev.json" \
         --item_attr_file "$OUT/pretrain_data/meta_data.json" --output_dir "$OUT/pretrain" \
         --max_steps "$PRETRAIN_STEPS" --batch_size 32 --learning_rate "$PRETRAIN_LR" --warmup_steps 20 \
@@ -61,7 +72,7 @@ else
 fi
 
 step "5/6 finetuning (zero-shot test, stage 1, stage 2, final test)"
-$PY finetune.py --pretrain_ckpt "$CKPT" --data_path "$OUT/data/Demo" --model_name_or_path "$OUT/start/longformer-demo" \
+$PY finetune.py --pretrain_ckpt "$CKPT" --data_path "$OUT/data/Demo" --model_name_or_path "$OUT/start/$NAME" \
     --output_dir "$OUT/finetune" --num_train_epochs "$EPOCHS" --verbose 2 --batch_size 16 \
     --gradient_accumulation_steps 1 --learning_rate "$FINETUNE_LR" --warmup_steps 50 \
     --finetune_negative_sample_size -1 --device cpu
