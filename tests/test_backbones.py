@@ -19,7 +19,8 @@ from transformers import (
 )
 
 from recformer import RecformerConfig, RecformerModel, RecformerTokenizer, load_checkpoint
-from recformer.io.backbones import encoder_to_pretraining, refusal_reason
+from recformer.io.backbone_mapping import encoder_to_pretraining
+from recformer.io.backbones import refusal_reason
 from recformer.io.checkpoint_files import read_state_dict
 from recformer.io.conversion import ConversionError, write_start_point
 
@@ -343,7 +344,7 @@ def test_pretraining_runs_on_a_converted_bert(tmp_path):
     import subprocess
     import sys
 
-    from recformer.synthetic import write_corpus
+    from .synthetic import write_corpus
 
     root = Path(__file__).resolve().parents[1]
     folder, _ = make_bert(tmp_path)
