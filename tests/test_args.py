@@ -9,7 +9,8 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from recformer.args import FinetuneArgs, PretrainArgs, build_parser, parse_args
+from recformer.argparsing import build_parser, parse_args
+from recformer.args import FinetuneArgs, PretrainArgs
 
 CORES = len(os.sched_getaffinity(0))  # the worker flags default to at most the cores of the machine
 RECFORMER_FIELDS = {"max_attr_num": None, "max_attr_length": None, "max_item_embeddings": None,
@@ -272,7 +273,7 @@ def test_every_model_command_takes_a_config_file(tmp_path, module, cls, required
     import importlib
 
     import recformer.args as args_module
-    from recformer.args import parse_command_line
+    from recformer.argparsing import parse_command_line
 
     cli = importlib.import_module(f"recformer.cli.{module}")
     cls = getattr(args_module, cls)

@@ -6,10 +6,10 @@ import argparse
 
 import pytest
 
+from recformer.argparsing import add_recformer_field_args
 from recformer.model.configuration import (
     REFERENCE_SCRIPT_VALUES,
     RecformerConfig,
-    add_recformer_field_args,
     build_config,
     field_values,
 )

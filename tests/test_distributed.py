@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from recformer.args import EvaluateArgs, FinetuneArgs, parse_command_line
+from recformer.argparsing import parse_command_line
+from recformer.args import EvaluateArgs, FinetuneArgs
 from recformer.cli import evaluate as evaluate_cli
 from recformer.inference.checkpoint_eval import evaluate_checkpoint
 from recformer.train.finetune import Finetuner

@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from recformer.args import HelpFormatter
+from recformer.argparsing import HelpFormatter
 from recformer.defaults import TRUST_CHECKPOINT_HELP
 
 RESTORE_CHOICES = {"auto": None, "yes": True, "no": False}

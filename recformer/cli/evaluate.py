@@ -15,8 +15,9 @@ import logging
 import sys
 from pathlib import Path
 
-from recformer.args import EvaluateArgs, parse_command_line
-from recformer.args import build_parser as build_args_parser
+from recformer.argparsing import build_parser as build_args_parser
+from recformer.argparsing import parse_command_line
+from recformer.args import EvaluateArgs
 from recformer.cli import argument_error, run_command
 from recformer.io.fileio import dumps_json
 from recformer.io.output_paths import STDOUT, check_not_input, check_output_file

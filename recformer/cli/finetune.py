@@ -16,8 +16,9 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from recformer.args import FinetuneArgs, parse_command_line
-from recformer.args import build_parser as build_args_parser
+from recformer.argparsing import build_parser as build_args_parser
+from recformer.argparsing import parse_command_line
+from recformer.args import FinetuneArgs
 from recformer.cli import argument_error, run_command
 
 

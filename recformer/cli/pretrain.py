@@ -21,8 +21,9 @@ import logging
 import sys
 from typing import Any
 
-from recformer.args import PretrainArgs, parse_command_line
-from recformer.args import build_parser as build_args_parser
+from recformer.argparsing import build_parser as build_args_parser
+from recformer.argparsing import parse_command_line
+from recformer.args import PretrainArgs
 from recformer.cli import argument_error, run_command
 
 

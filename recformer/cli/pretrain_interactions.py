@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from recformer.args import HelpFormatter
+from recformer.argparsing import HelpFormatter
 from recformer.data.cli import run_cli
 from recformer.data.formats import PRETRAIN
 from recformer.data.pretrain_writer import (

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from recformer.args import HelpFormatter
+from recformer.argparsing import HelpFormatter
 from recformer.data.cli import run_cli
 from recformer.data.formats import PRETRAIN
 from recformer.data.pretrain_writer import PRETRAIN_CATEGORIES, process_pretrain_meta

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import argparse
 
-from recformer.args import HelpFormatter
+from recformer.argparsing import HelpFormatter
 from recformer.data.cli import run_cli
 from recformer.data.finetune_writer import process_finetune, process_finetune_tables
 from recformer.data.tables import TableFields, recbole_item_file

@@ -24,8 +24,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
-from recformer.args import RecommendArgs, parse_command_line
-from recformer.args import build_parser as build_args_parser
+from recformer.argparsing import build_parser as build_args_parser
+from recformer.argparsing import parse_command_line
+from recformer.args import RecommendArgs
 from recformer.cli import argument_error, run_command
 from recformer.inference.inputs import HistoryLine, InputError, item_text, read_histories, read_items
 from recformer.io.fileio import atomic_open, check_replaceable

@@ -18,7 +18,7 @@ import argparse
 import logging
 import sys
 
-from recformer.args import HelpFormatter
+from recformer.argparsing import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,8 @@ import argparse
 import logging
 import sys
 
-from recformer.args import DEFAULT_START, HelpFormatter, add_recformer_field_args
+from recformer.argparsing import HelpFormatter, add_recformer_field_args
+from recformer.args import DEFAULT_START
 from recformer.defaults import DEFAULT_MODEL, TRUST_CHECKPOINT_HELP
 
 

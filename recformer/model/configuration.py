@@ -15,7 +15,6 @@ from typing import Any
 from transformers import AutoConfig, LongformerConfig
 
 # defined in .args and .defaults so that the parsers import neither torch nor transformers; importable from here too
-from recformer.args import add_recformer_field_args as add_recformer_field_args
 from recformer.defaults import DEFAULT_MODEL as DEFAULT_MODEL
 from recformer.defaults import REFERENCE_SCRIPT_VALUES
 from recformer.io.fileio import read_json
