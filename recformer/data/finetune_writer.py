@@ -209,24 +209,32 @@ def kcore_filter(
     return kept_rows, stats
 
 
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Which users and interactions a finetuning folder keeps (see `build_finetune_dataset` and
+    `kcore_filter`; `kcore` None: no k-core filter)."""
+
+    min_seq_len: int = 4
+    user_sample_rate: float = 1.0
+    seed: int = 42
+    kcore: int | None = None
+
+
 def _write_folder(
     output: StepOutput,
     interactions: Iterable[tuple[str, str, Any]],
     meta: Mapping[str, dict[str, str]],
     file_stats: Callable[[], dict[str, Any]],
-    min_seq_len: int,
-    user_sample_rate: float,
-    seed: int,
-    kcore: int | None,
+    options: FinetuneOptions,
     no_user: Callable[[dict[str, Any]], str],
 ) -> dict[str, Any]:
     """Filter (k-core), build the folder's contents, write them through `output`; return the stats.
 
     `file_stats` is called once `interactions` has been read to the end (the stats of the input files)."""
     kcore_stats: dict[str, int] = {}
-    if kcore:
-        interactions, kcore_stats = kcore_filter(interactions, kcore, meta.__contains__)
-    data = build_finetune_dataset(interactions, meta, min_seq_len, user_sample_rate, seed)
+    if options.kcore:
+        interactions, kcore_stats = kcore_filter(interactions, options.kcore, meta.__contains__)
+    data = build_finetune_dataset(interactions, meta, options.min_seq_len, options.user_sample_rate, options.seed)
     if not data.umap:
         raise ValueError(no_user({**data.stats, **kcore_stats}))
     stats = {**file_stats(), **data.stats, **kcore_stats}
@@ -294,8 +302,9 @@ def process_finetune(
             "meta": {**meta_stats.to_dict(), "duplicate_records": duplicates, "items_with_title": len(meta)},
         }
 
+    options = FinetuneOptions(min_seq_len, user_sample_rate, seed, kcore)
     return _write_folder(
-        output, reviews, meta, file_stats, min_seq_len, user_sample_rate, seed, kcore,
+        output, reviews, meta, file_stats, options,
         _no_user_message(file_path, meta_file_path, min_seq_len, "review", "reviews", "without a title"),
     )  # fmt: skip
 
@@ -306,18 +315,16 @@ def process_finetune_tables(
     item_file: str | os.PathLike,
     output_path: str | os.PathLike,
     fields: TableFields | None = None,
-    min_seq_len: int = 4,
-    user_sample_rate: float = 1.0,
-    seed: int = 42,
+    options: FinetuneOptions | None = None,
     progress: bool = True,
-    kcore: int | None = None,
 ) -> dict[str, Any]:
     """`process_finetune` for RecBole atomic files (`fmt` ``recbole``: ``.inter`` and ``.item``) or CSV, TSV
     and JSON-lines tables (``csv``), read by `tables`; the folder is the one the Amazon path writes.
 
     ``meta_data.json`` holds every item of the item table with text, its attributes the text columns
     (`fields.text`); the interactions play the part of the reviews (see `build_finetune_dataset`). `fields`
-    None: the columns ``user_id``, ``item_id`` and ``timestamp``, every text column.
+    None: the columns ``user_id``, ``item_id`` and ``timestamp``, every text column. `options` None: the
+    defaults of `FinetuneOptions` (those of `process_finetune`).
 
     Raises:
         as `process_finetune`; ValueError also for an unknown `fmt` and a missing column (named).
@@ -325,6 +332,7 @@ def process_finetune_tables(
     if fmt not in TABLE_FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; expected one of {', '.join(TABLE_FORMATS)}")
     fields = fields if fields is not None else TableFields()
+    options = options if options is not None else FinetuneOptions()
     interaction_file, item_file = resolve_input(interaction_file), resolve_input(item_file)
     output = StepOutput(output_path, FINETUNE.step)
     item_stats, inter_stats = TableStats(str(item_file)), TableStats(str(interaction_file))
@@ -338,6 +346,6 @@ def process_finetune_tables(
     }
     without = "without text (no row in the item table, or every text column empty)"
     return _write_folder(
-        output, interactions, meta, lambda: file_stats, min_seq_len, user_sample_rate, seed, kcore,
-        _no_user_message(interaction_file, item_file, min_seq_len, "interact with", "interactions", without),
+        output, interactions, meta, lambda: file_stats, options,
+        _no_user_message(interaction_file, item_file, options.min_seq_len, "interact with", "interactions", without),
     )  # fmt: skip
