@@ -139,6 +139,7 @@ def run_pretraining(
 
     from recformer.train.lightning_module import (
         PretrainDataModule,
+        PretrainFiles,
         RecformerPretrainModule,
         throughput_summary,
     )
@@ -166,9 +167,7 @@ def run_pretraining(
         check_tokenizer_fits(tokenizer, config, f"--model_name_or_path {args.model_name_or_path}")
         data = PretrainDataModule(
             tokenizer,
-            args.train_file,
-            args.dev_file,
-            args.item_attr_file,
+            PretrainFiles(args.train_file, args.dev_file, args.item_attr_file),
             batch_size=args.batch_size,
             mlm_probability=args.mlm_probability,
             num_workers=args.dataloader_num_workers,
