@@ -8,7 +8,7 @@ import torch
 pl = pytest.importorskip("pytorch_lightning")
 
 from recformer import RecformerForPretraining  # noqa: E402
-from recformer.train.lightning_module import PretrainDataModule, RecformerPretrainModule  # noqa: E402
+from recformer.train.lightning_module import PretrainDataModule, PretrainFiles, RecformerPretrainModule  # noqa: E402
 
 from .conftest import TINY_TOKENIZER_DIR  # noqa: E402
 from .pretrain_fixtures import write_corpus  # noqa: E402
@@ -30,8 +30,8 @@ def test_parameter_groups_and_frozen_word_embeddings(config):
 @pytest.fixture
 def data_module(tmp_path, tokenizer):
     paths = write_corpus(tmp_path / "data", n_items=40, n_train=24, n_dev=12)
-    dm = PretrainDataModule(tokenizer, paths["train"], paths["dev"], paths["meta"], batch_size=4, progress=False,
-                            cache_dir=tmp_path / "cache")  # fmt: skip
+    files = PretrainFiles(paths["train"], paths["dev"], paths["meta"])
+    dm = PretrainDataModule(tokenizer, files, batch_size=4, progress=False, cache_dir=tmp_path / "cache")
     dm.load()
     return dm
 

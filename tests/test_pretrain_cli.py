@@ -21,7 +21,7 @@ from recformer import (  # noqa: E402
     RecformerTokenizer,
     load_checkpoint,
 )
-from recformer.train.lightning_module import PretrainDataModule  # noqa: E402
+from recformer.train.lightning_module import PretrainDataModule, PretrainFiles  # noqa: E402
 
 from .pretrain_fixtures import TINY_FIELD_FLAGS, make_longformer_folder, write_corpus  # noqa: E402
 
@@ -85,7 +85,8 @@ def dev_loss(ws: dict, model: RecformerForPretraining) -> float:
     folder = ws["start"].with_name(ws["start"].stem)
     tokenizer = RecformerTokenizer.from_pretrained(str(folder), model.config)
     data = ws["data"]
-    dm = PretrainDataModule(tokenizer, data["train"], data["dev"], data["meta"], batch_size=8, progress=False)
+    files = PretrainFiles(data["train"], data["dev"], data["meta"])
+    dm = PretrainDataModule(tokenizer, files, batch_size=8, progress=False)
     dm.load()
     model.eval()
     with torch.no_grad():

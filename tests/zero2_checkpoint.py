@@ -40,13 +40,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from recformer import RecformerConfig, RecformerForPretraining, RecformerTokenizer
     from recformer.train.collators import PretrainCollator
-    from recformer.train.lightning_module import PretrainDataModule, RecformerPretrainModule
+    from recformer.train.lightning_module import PretrainDataModule, PretrainFiles, RecformerPretrainModule
 
     torch.manual_seed(0)
     config = RecformerConfig.from_pretrained(args.start_folder)
     tokenizer = RecformerTokenizer.from_pretrained(args.start_folder, config)
     data_dir = Path(args.data_dir)
-    data = PretrainDataModule(tokenizer, data_dir / "train.json", data_dir / "dev.json", data_dir / "meta_data.json", progress=False)
+    files = PretrainFiles(data_dir / "train.json", data_dir / "dev.json", data_dir / "meta_data.json")
+    data = PretrainDataModule(tokenizer, files, progress=False)
     data.load()
     model = RecformerForPretraining.from_pretrained(args.start_folder)
     module = RecformerPretrainModule(config, model=model, learning_rate=1e-3, fix_word_embedding=True)

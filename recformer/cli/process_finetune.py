@@ -24,10 +24,11 @@ Examples:
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 
 from recformer.argparsing import HelpFormatter
 from recformer.data.cli import run_cli
-from recformer.data.finetune_writer import process_finetune, process_finetune_tables
+from recformer.data.finetune_writer import FinetuneOptions, process_finetune, process_finetune_tables
 from recformer.data.tables import TableFields, recbole_item_file
 
 FORMATS = ("amazon", "recbole", "csv")
@@ -146,17 +147,20 @@ def table_fields(args: argparse.Namespace) -> TableFields:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    common = dict(
+    options = FinetuneOptions(
         min_seq_len=args.min_seq_len,
         user_sample_rate=args.user_sample_rate,
         seed=args.seed,
-        progress=not args.no_progress,
         kcore=args.kcore,
     )
+    progress = not args.no_progress
     if args.format == "amazon":
-        job = lambda: process_finetune(args.file_path, args.meta_file_path, args.output_path, **common)  # noqa: E731
+        job = lambda: process_finetune(  # noqa: E731
+            args.file_path, args.meta_file_path, args.output_path, **asdict(options), progress=progress
+        )
     else:
         job = lambda: process_finetune_tables(  # noqa: E731
-            args.format, args.file_path, args.meta_file_path, args.output_path, table_fields(args), **common
-        )
+            args.format, args.file_path, args.meta_file_path, args.output_path, table_fields(args),
+            options=options, progress=progress,
+        )  # fmt: skip
     return run_cli(args, args.output_path, job)

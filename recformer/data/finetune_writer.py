@@ -13,7 +13,7 @@ import os
 import random
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from recformer.data.amazon import FileStats, gc_paused, iter_reviews, load_meta, resolve_input, sum_file_stats
@@ -39,6 +39,71 @@ class FinetuneFolderContents:
         """(file, content) pairs, in `FINETUNE.data_files` order."""
         contents = (self.umap, self.smap, self.train, self.val, self.test, self.meta_data)
         return list(zip(FINETUNE.data_files, contents, strict=True))
+
+
+def _counted_sequences(
+    reviews: Iterable[tuple[str, str, int]], position: Mapping[str, int]
+) -> tuple[defaultdict[str, list[int]], int]:
+    """Each user's counted reviews (those of an asin in `position`) as a flat [pos, time, pos, time, ...]
+    list in file order (half the memory of a list of tuples), with the number of reviews not counted.
+
+    The users are in the order of their first counted review."""
+    sequences: defaultdict[str, list[int]] = defaultdict(list)
+    without_meta = 0
+    for user, asin, t in reviews:
+        pos = position.get(asin)
+        if pos is None:
+            without_meta += 1
+            continue
+        seq = sequences[user]
+        seq.append(pos)
+        seq.append(t)
+    return sequences, without_meta
+
+
+@dataclass
+class _UserSplit:
+    """The kept users' ids and leave-one-out sequences, with the counts behind them."""
+
+    umap: dict[str, int] = field(default_factory=dict)  # reviewerID -> user id
+    smap_positions: list[int] = field(default_factory=list)  # meta positions in item-id order
+    train: dict[int, list[int]] = field(default_factory=dict)
+    val: dict[int, list[int]] = field(default_factory=dict)
+    test: dict[int, list[int]] = field(default_factory=dict)
+    below_min: int = 0
+    sampled_out: int = 0
+    interactions: int = 0
+    duplicates: int = 0
+
+
+def _split_users(
+    sequences: Mapping[str, list[int]], num_items: int, min_seq_len: int, user_sample_rate: float, seed: int
+) -> _UserSplit:
+    """Keep the eligible users (sampled), number them and their items, and split each sequence, as
+    `build_finetune_dataset` describes."""
+    rng = random.Random(seed)
+    split = _UserSplit()
+    item_id = [-1] * num_items  # meta position -> item id, -1 until the item is met
+    for user, seq in sequences.items():
+        n = len(seq) // 2
+        if n < min_seq_len:
+            split.below_min += 1
+            continue
+        if user_sample_rate < 1.0 and rng.random() >= user_sample_rate:
+            split.sampled_out += 1
+            continue
+        uid = split.umap[user] = len(split.umap)
+        positions, times = seq[0::2], seq[1::2]
+        for pos in positions:  # file order decides the item ids
+            if item_id[pos] < 0:
+                item_id[pos] = len(split.smap_positions)
+                split.smap_positions.append(pos)
+        order = sorted(range(n), key=times.__getitem__)  # a stable sort: tied times keep file order
+        items = [item_id[positions[i]] for i in order]
+        split.train[uid], split.val[uid], split.test[uid] = items[:-2], [items[-2]], [items[-1]]
+        split.interactions += n
+        split.duplicates += n - len(set(positions))
+    return split
 
 
 @gc_paused()
@@ -72,65 +137,28 @@ def build_finetune_dataset(
     # Each meta asin's position: a sequence stores these small shared ints, not one string per review.
     position = {asin: i for i, asin in enumerate(meta)}
     asins = list(meta)
-    # reviewerID -> flat [pos, time, pos, time, ...] in file order (half the memory of a list of tuples);
-    # a defaultdict keeps the order of each user's first counted review, like a dict.
-    sequences: defaultdict[str, list[int]] = defaultdict(list)
-    without_meta = 0
-    for user, asin, t in reviews:
-        pos = position.get(asin)
-        if pos is None:
-            without_meta += 1
-            continue
-        seq = sequences[user]
-        seq.append(pos)
-        seq.append(t)
-
-    rng = random.Random(seed)
-    umap: dict[str, int] = {}
-    item_id = [-1] * len(asins)  # meta position -> item id, -1 until the item is met
-    smap_positions: list[int] = []  # meta positions in item-id order
-    train: dict[int, list[int]] = {}
-    val: dict[int, list[int]] = {}
-    test: dict[int, list[int]] = {}
-    below_min = sampled_out = interactions = duplicates = 0
-    for user, seq in sequences.items():
-        n = len(seq) // 2
-        if n < min_seq_len:
-            below_min += 1
-            continue
-        if user_sample_rate < 1.0 and rng.random() >= user_sample_rate:
-            sampled_out += 1
-            continue
-        uid = umap[user] = len(umap)
-        positions, times = seq[0::2], seq[1::2]
-        for pos in positions:  # file order decides the item ids
-            if item_id[pos] < 0:
-                item_id[pos] = len(smap_positions)
-                smap_positions.append(pos)
-        order = sorted(range(n), key=times.__getitem__)  # a stable sort: tied times keep file order
-        items = [item_id[positions[i]] for i in order]
-        train[uid], val[uid], test[uid] = items[:-2], [items[-2]], [items[-1]]
-        interactions += n
-        duplicates += n - len(set(positions))
-    smap = {asins[pos]: sid for sid, pos in enumerate(smap_positions)}
+    sequences, without_meta = _counted_sequences(reviews, position)
+    split = _split_users(sequences, len(asins), min_seq_len, user_sample_rate, seed)
+    umap, interactions = split.umap, split.interactions
+    smap = {asins[pos]: sid for sid, pos in enumerate(split.smap_positions)}
 
     meta_data = {asin: dict(rec) for asin, rec in meta.items()}
     stats = {
         "interactions_without_meta": without_meta,
         "users_with_interactions": len(sequences),
-        "users_below_min_seq_len": below_min,
-        "users_sampled_out": sampled_out,
+        "users_below_min_seq_len": split.below_min,
+        "users_sampled_out": split.sampled_out,
         "users": len(umap),
         "items": len(smap),
         "interactions": interactions,
-        "duplicate_reviews": duplicates,
+        "duplicate_reviews": split.duplicates,
         "avg_seq_len": round(interactions / len(umap), 4) if umap else 0.0,
         "meta_data_items": len(meta_data),
         "min_seq_len": min_seq_len,
         "user_sample_rate": user_sample_rate,
         "seed": seed,
     }
-    return FinetuneFolderContents(umap, smap, train, val, test, meta_data, stats)
+    return FinetuneFolderContents(umap, smap, split.train, split.val, split.test, meta_data, stats)
 
 
 @gc_paused()
@@ -181,24 +209,32 @@ def kcore_filter(
     return kept_rows, stats
 
 
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Which users and interactions a finetuning folder keeps (see `build_finetune_dataset` and
+    `kcore_filter`; `kcore` None: no k-core filter)."""
+
+    min_seq_len: int = 4
+    user_sample_rate: float = 1.0
+    seed: int = 42
+    kcore: int | None = None
+
+
 def _write_folder(
     output: StepOutput,
     interactions: Iterable[tuple[str, str, Any]],
     meta: Mapping[str, dict[str, str]],
     file_stats: Callable[[], dict[str, Any]],
-    min_seq_len: int,
-    user_sample_rate: float,
-    seed: int,
-    kcore: int | None,
+    options: FinetuneOptions,
     no_user: Callable[[dict[str, Any]], str],
 ) -> dict[str, Any]:
     """Filter (k-core), build the folder's contents, write them through `output`; return the stats.
 
     `file_stats` is called once `interactions` has been read to the end (the stats of the input files)."""
     kcore_stats: dict[str, int] = {}
-    if kcore:
-        interactions, kcore_stats = kcore_filter(interactions, kcore, meta.__contains__)
-    data = build_finetune_dataset(interactions, meta, min_seq_len, user_sample_rate, seed)
+    if options.kcore:
+        interactions, kcore_stats = kcore_filter(interactions, options.kcore, meta.__contains__)
+    data = build_finetune_dataset(interactions, meta, options.min_seq_len, options.user_sample_rate, options.seed)
     if not data.umap:
         raise ValueError(no_user({**data.stats, **kcore_stats}))
     stats = {**file_stats(), **data.stats, **kcore_stats}
@@ -266,8 +302,9 @@ def process_finetune(
             "meta": {**meta_stats.to_dict(), "duplicate_records": duplicates, "items_with_title": len(meta)},
         }
 
+    options = FinetuneOptions(min_seq_len, user_sample_rate, seed, kcore)
     return _write_folder(
-        output, reviews, meta, file_stats, min_seq_len, user_sample_rate, seed, kcore,
+        output, reviews, meta, file_stats, options,
         _no_user_message(file_path, meta_file_path, min_seq_len, "review", "reviews", "without a title"),
     )  # fmt: skip
 
@@ -278,18 +315,16 @@ def process_finetune_tables(
     item_file: str | os.PathLike,
     output_path: str | os.PathLike,
     fields: TableFields | None = None,
-    min_seq_len: int = 4,
-    user_sample_rate: float = 1.0,
-    seed: int = 42,
+    options: FinetuneOptions | None = None,
     progress: bool = True,
-    kcore: int | None = None,
 ) -> dict[str, Any]:
     """`process_finetune` for RecBole atomic files (`fmt` ``recbole``: ``.inter`` and ``.item``) or CSV, TSV
     and JSON-lines tables (``csv``), read by `tables`; the folder is the one the Amazon path writes.
 
     ``meta_data.json`` holds every item of the item table with text, its attributes the text columns
     (`fields.text`); the interactions play the part of the reviews (see `build_finetune_dataset`). `fields`
-    None: the columns ``user_id``, ``item_id`` and ``timestamp``, every text column.
+    None: the columns ``user_id``, ``item_id`` and ``timestamp``, every text column. `options` None: the
+    defaults of `FinetuneOptions` (those of `process_finetune`).
 
     Raises:
         as `process_finetune`; ValueError also for an unknown `fmt` and a missing column (named).
@@ -297,6 +332,7 @@ def process_finetune_tables(
     if fmt not in TABLE_FORMATS:
         raise ValueError(f"unknown table format {fmt!r}; expected one of {', '.join(TABLE_FORMATS)}")
     fields = fields if fields is not None else TableFields()
+    options = options if options is not None else FinetuneOptions()
     interaction_file, item_file = resolve_input(interaction_file), resolve_input(item_file)
     output = StepOutput(output_path, FINETUNE.step)
     item_stats, inter_stats = TableStats(str(item_file)), TableStats(str(interaction_file))
@@ -310,6 +346,6 @@ def process_finetune_tables(
     }
     without = "without text (no row in the item table, or every text column empty)"
     return _write_folder(
-        output, interactions, meta, lambda: file_stats, min_seq_len, user_sample_rate, seed, kcore,
-        _no_user_message(interaction_file, item_file, min_seq_len, "interact with", "interactions", without),
+        output, interactions, meta, lambda: file_stats, options,
+        _no_user_message(interaction_file, item_file, options.min_seq_len, "interact with", "interactions", without),
     )  # fmt: skip

@@ -32,6 +32,7 @@ SCORE_BLOCK_BYTES = 64 * 2**20
 NEG_INF = float("-inf")
 
 Rows = Sequence[int] | torch.Tensor
+_Pairs = tuple[torch.Tensor, torch.Tensor]  # (query index, position) pairs
 
 
 def chunk_items(batch: int, k: int, block_bytes: int = SCORE_BLOCK_BYTES) -> int:
@@ -126,6 +127,56 @@ def _merge(
     return values[:, :k], index.gather(1, perm[:, :k])
 
 
+def _choices(
+    candidates: Rows | Sequence[Rows] | None,
+    exclude: Sequence[Rows] | None,
+    b: int,
+    n: int,
+    device: torch.device,
+) -> tuple[torch.Tensor | None, _Pairs | None, _Pairs | None]:
+    """What `top_k` may return: (`space`, allowed, excluded).
+
+    `space` holds the rows to choose from, ascending (None = all n); `allowed` (per-query candidates) and
+    `excluded` are (query, position in `space`) pairs, None when there are none.
+    """
+    space: torch.Tensor | None = None
+    allowed: _Pairs | None = None
+    if candidates is not None:
+        if per_query(candidates):
+            if len(candidates) != b:
+                raise ValueError(f"candidates has {len(candidates)} lists for {b} queries")
+            allowed = _pairs(candidates, device)
+            _check_rows("candidates", allowed[1], n)
+        else:
+            space = torch.as_tensor(candidates, dtype=torch.long).reshape(-1).unique().to(device)  # sorted
+            _check_rows("candidates", space, n)
+    excluded = _pairs(exclude, device) if exclude is not None else None
+    if excluded is not None:
+        _check_rows("exclude", excluded[1], n)
+        if space is not None:  # item rows -> positions in `space`
+            pos = torch.searchsorted(space, excluded[1]).clamp(max=max(space.numel() - 1, 0))
+            hit = space[pos] == excluded[1] if space.numel() else torch.zeros_like(pos, dtype=torch.bool)
+            excluded = (excluded[0][hit], pos[hit])
+    return space, allowed, excluded
+
+
+def _mask_chunk(
+    scores: torch.Tensor, excluded: _Pairs | None, allowed: _Pairs | None, start: int, end: int
+) -> None:
+    """Set to -inf, in place, the scores of positions `start:end` that a query may not get: its excluded
+    ones and, with per-query candidates, all but its allowed ones."""
+    for mask, keep in ((excluded, False), (allowed, True)):
+        if mask is None:
+            continue
+        sel = (mask[1] >= start) & (mask[1] < end)
+        if keep:
+            hide = torch.ones_like(scores, dtype=torch.bool)
+            hide[mask[0][sel], mask[1][sel] - start] = False
+            scores.masked_fill_(hide, NEG_INF)
+        else:
+            scores[mask[0][sel], mask[1][sel] - start] = NEG_INF
+
+
 @torch.no_grad()
 def top_k(
     model: RecformerForSeqRec,
@@ -168,25 +219,7 @@ def top_k(
     if exclude is not None and len(exclude) != b:
         raise ValueError(f"exclude has {len(exclude)} entries for {b} queries")
 
-    # `space`: the rows to choose from, ascending (None = all N); masks hold positions in it.
-    space: torch.Tensor | None = None
-    allowed: tuple[torch.Tensor, torch.Tensor] | None = None
-    if candidates is not None:
-        if per_query(candidates):
-            if len(candidates) != b:
-                raise ValueError(f"candidates has {len(candidates)} lists for {b} queries")
-            allowed = _pairs(candidates, device)
-            _check_rows("candidates", allowed[1], n)
-        else:
-            space = torch.as_tensor(candidates, dtype=torch.long).reshape(-1).unique().to(device)  # sorted
-            _check_rows("candidates", space, n)
-    excluded = _pairs(exclude, device) if exclude is not None else None
-    if excluded is not None:
-        _check_rows("exclude", excluded[1], n)
-        if space is not None:  # item rows -> positions in `space`
-            pos = torch.searchsorted(space, excluded[1]).clamp(max=max(space.numel() - 1, 0))
-            hit = space[pos] == excluded[1] if space.numel() else torch.zeros_like(pos, dtype=torch.bool)
-            excluded = (excluded[0][hit], pos[hit])
+    space, allowed, excluded = _choices(candidates, exclude, b, n, device)
 
     total = n if space is None else space.numel()
     kk = min(k, total)
@@ -207,16 +240,7 @@ def top_k(
             scores = model.sim(queries, items, y_norm=norms[rows], out=out)  # [B, C]
         if not bool(torch.isfinite(scores).all()):
             _refuse_non_finite_scores(scores, weight, space)
-        for mask, keep in ((excluded, False), (allowed, True)):
-            if mask is None:
-                continue
-            sel = (mask[1] >= start) & (mask[1] < end)
-            if keep:
-                hide = torch.ones_like(scores, dtype=torch.bool)
-                hide[mask[0][sel], mask[1][sel] - start] = False
-                scores.masked_fill_(hide, NEG_INF)
-            else:
-                scores[mask[0][sel], mask[1][sel] - start] = NEG_INF
+        _mask_chunk(scores, excluded, allowed, start, end)
         values, columns = _chunk_top_k(scores, kk)
         best = _merge(best, (values, columns + start), kk)
     values, positions = best

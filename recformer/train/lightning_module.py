@@ -12,6 +12,7 @@ import random
 import time
 import zlib
 from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pytorch_lightning as pl
@@ -71,15 +72,22 @@ class SeededPretrainCollate:
         return self.collator([seq for _, seq in batch])
 
 
+@dataclass(frozen=True)
+class PretrainFiles:
+    """The pretraining data files: train and dev sequences, and the item metadata they refer to."""
+
+    train: str | os.PathLike
+    dev: str | os.PathLike
+    item_attr: str | os.PathLike
+
+
 class PretrainDataModule(pl.LightningDataModule):
     """Reads the pretraining files, tokenizes the catalogue once (disk cache) and serves pair batches."""
 
     def __init__(
         self,
         tokenizer: RecformerTokenizer,
-        train_file: str | os.PathLike,
-        dev_file: str | os.PathLike,
-        item_attr_file: str | os.PathLike,
+        files: PretrainFiles,
         batch_size: int = 16,
         mlm_probability: float = 0.15,
         num_workers: int = 0,
@@ -89,7 +97,7 @@ class PretrainDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.tokenizer = tokenizer
-        self.train_file, self.dev_file, self.item_attr_file = train_file, dev_file, item_attr_file
+        self.files = files
         self.batch_size = batch_size
         self.mlm_probability = mlm_probability
         self.num_workers = num_workers
@@ -105,11 +113,11 @@ class PretrainDataModule(pl.LightningDataModule):
         """Read and validate the files and tokenize the items (idempotent)."""
         if self.items is not None:
             return
-        meta = read_item_metadata(self.item_attr_file)
+        meta = read_item_metadata(self.files.item_attr)
         # Passing the meta file refuses sequences that the interaction step built from another one.
-        attr_file = self.item_attr_file
-        self.train_sequences, self.stats["train"] = read_pretrain_sequences(self.train_file, meta, attr_file)
-        self.dev_sequences, self.stats["dev"] = read_pretrain_sequences(self.dev_file, meta, attr_file)
+        attr_file = self.files.item_attr
+        self.train_sequences, self.stats["train"] = read_pretrain_sequences(self.files.train, meta, attr_file)
+        self.dev_sequences, self.stats["dev"] = read_pretrain_sequences(self.files.dev, meta, attr_file)
         asins = list(meta)
         self.items = tokenize_catalogue(
             self.tokenizer, [meta[a] for a in asins], keys=asins, cache_dir=self.cache_dir, progress=self.progress

@@ -21,9 +21,9 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -49,6 +49,12 @@ from recformer.model.configuration import (
 from recformer.model.modeling_pretraining import RecformerForPretraining
 from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
 from recformer.runtime import ModelRuntime
+
+if TYPE_CHECKING:  # Lightning is imported only when a run starts
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from recformer.train.lightning_module import PretrainDataModule, RecformerPretrainModule
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +125,153 @@ def clear_run_folder(output_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class _Hardware:
+    """Where a run trains: Lightning's settings and the torch device the model is checked for."""
+
+    accelerator: str
+    devices: int | str | list[int]
+    strategy: str
+    precision: str
+    device: torch.device
+
+
+def _resolve_hardware(args: PretrainArgs) -> _Hardware:
+    """The resolved hardware settings; refuses an attention implementation that cannot train on the
+    device, before any data is read."""
+    accelerator, devices, strategy, precision = resolve_pretrain_hardware(
+        args.device, args.accelerator, args.strategy, args.fp16, args.precision
+    )
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    device = torch.device("cuda" if on_gpu else "cpu")
+    ModelRuntime.check_attention(args.attn_implementation, device, training=True)
+    return _Hardware(accelerator, devices, strategy, precision, device)
+
+
+def _setup_data(
+    args: PretrainArgs, output_dir: Path
+) -> tuple[RecformerConfig, RecformerTokenizer, PretrainDataModule]:
+    """The config, the tokenizer and the data module, its files read and checked (bad input fails here,
+    before any model is built)."""
+    from recformer.train.lightning_module import PretrainDataModule, PretrainFiles
+
+    config = build_config(args.model_name_or_path, field_values(args), temp=args.temp, mlm_weight=args.mlm_weight)
+    tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, config)
+    check_tokenizer_fits(tokenizer, config, f"--model_name_or_path {args.model_name_or_path}")
+    data = PretrainDataModule(
+        tokenizer,
+        PretrainFiles(args.train_file, args.dev_file, args.item_attr_file),
+        batch_size=args.batch_size,
+        mlm_probability=args.mlm_probability,
+        num_workers=args.dataloader_num_workers,
+        seed=args.seed,
+        cache_dir=args.cache_dir or output_dir / "cache",
+        progress=args.progress,
+    )
+    data.load()
+    return config, tokenizer, data
+
+
+def _setup_model(args: PretrainArgs, config: RecformerConfig, device: torch.device) -> RecformerForPretraining:
+    """The model from its start point, its attention set for training on `device` (compiled with
+    --compile)."""
+    model = build_pretraining_model(args, config)
+    configure_attention(model, args.attn_implementation, device, training=True)
+    if args.compile:
+        model.longformer.compile()  # in place: parameter names (and checkpoints) stay the same
+    return model
+
+
+def _resume_types(args: PretrainArgs) -> list[type]:
+    """The object types --ckpt may hold besides tensors; a --ckpt that holds others is refused unless
+    --trust_checkpoint."""
+    allowed = training_checkpoint_types(args.ckpt) if args.ckpt else []
+    if args.ckpt and not args.trust_checkpoint:
+        refuse_unsafe_objects(args.ckpt, allowed)
+    return allowed
+
+
+def _build_trainer(args: PretrainArgs, hardware: _Hardware, output_dir: Path) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """The Lightning trainer and its checkpoint callback (top 5 by dev accuracy, plus `last.ckpt`)."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    checkpoints = ModelCheckpoint(
+        dirpath=output_dir / "checkpoints",
+        filename="step={step}-acc={val_accuracy:.4f}",
+        auto_insert_metric_name=False,
+        monitor="val_accuracy",
+        mode="max",
+        save_top_k=5,
+        save_last=True,
+    )
+    trainer = pl.Trainer(
+        accelerator=hardware.accelerator,
+        devices=hardware.devices,
+        num_nodes=args.num_nodes,
+        strategy=hardware.strategy,
+        precision=hardware.precision,
+        max_epochs=args.num_train_epochs,
+        max_steps=args.max_steps,
+        accumulate_grad_batches=args.gradient_accumulation_steps,
+        gradient_clip_val=args.max_grad_norm if args.max_grad_norm > 0 else None,
+        val_check_interval=validation_interval(args),
+        check_val_every_n_epoch=None,  # validate every `valid_step` optimizer steps, across epochs
+        num_sanity_val_steps=0,
+        log_every_n_steps=args.log_step,
+        logger=TensorBoardLogger(str(output_dir), name="tensorboard"),
+        callbacks=[checkpoints],
+        enable_progress_bar=args.progress,
+        default_root_dir=str(output_dir),
+        deterministic=False,
+    )
+    return trainer, checkpoints
+
+
+def _save_run_settings(
+    args: PretrainArgs,
+    hardware: _Hardware,
+    world_size: int,
+    config: RecformerConfig,
+    tokenizer: RecformerTokenizer,
+    data: PretrainDataModule,
+    output_dir: Path,
+) -> None:
+    """Log the resolved arguments and the data stats; write `args.json` and `recformer_config/`."""
+    resolved = {**asdict(args), "accelerator": hardware.accelerator, "devices": hardware.devices,
+                "strategy": str(hardware.strategy), "precision": hardware.precision, "world_size": world_size}  # fmt: skip
+    logger.info("resolved arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in resolved.items()))
+    atomic_write_json(output_dir / "args.json", run_arguments(args), indent=True)  # a --config file
+    config.save_pretrained(output_dir / "recformer_config")
+    tokenizer.save_pretrained(output_dir / "recformer_config")
+    for name, stats in data.stats.items():
+        logger.info("%s data: %s", name, stats.summary())
+
+
+def _fit(
+    args: PretrainArgs,
+    trainer: pl.Trainer,
+    module: RecformerPretrainModule,
+    data: PretrainDataModule,
+    allowed: list[type],
+    output_dir: Path,
+) -> Path:
+    """Train, then save `last.ckpt` (the steps since the last validation too: a later --ckpt resumes from
+    there); returns its path."""
+    # Lightning (and DeepSpeed's engine) would unpickle --ckpt fully: read it weights-only instead
+    safe = args.ckpt and not args.trust_checkpoint
+    with weights_only_loading(allowed) if safe else contextlib.nullcontext():
+        trainer.fit(module, datamodule=data, ckpt_path=args.ckpt, weights_only=bool(safe))
+    last = output_dir / "checkpoints" / "last.ckpt"
+    # Lightning's weights_only here means "leave out the optimizer and schedule", which a resume needs;
+    # saying False keeps Lightning from logging that it defaulted (files are still read weights-only).
+    trainer.save_checkpoint(last, weights_only=False)
+    return last
+
+
 def run_pretraining(
     args: PretrainArgs, on_output_dir: Callable[[Path], None] | None = None
 ) -> dict[str, Any] | None:
@@ -134,14 +287,8 @@ def run_pretraining(
         PretrainingSetupError: bad arguments, data or checkpoints, found before training starts.
     """
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint
-    from pytorch_lightning.loggers import TensorBoardLogger
 
-    from recformer.train.lightning_module import (
-        PretrainDataModule,
-        RecformerPretrainModule,
-        throughput_summary,
-    )
+    from recformer.train.lightning_module import RecformerPretrainModule, throughput_summary
 
     output_dir = Path(args.output_dir)
     try:
@@ -152,38 +299,10 @@ def run_pretraining(
             on_output_dir(output_dir)
         set_tokenizer_threads(args.preprocessing_num_workers)
         pl.seed_everything(args.seed, workers=True)
-        accelerator, devices, strategy, precision = resolve_pretrain_hardware(
-            args.device, args.accelerator, args.strategy, args.fp16, args.precision
-        )
-        if torch.cuda.is_available():
-            torch.set_float32_matmul_precision("high")
-        on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-        device = torch.device("cuda" if on_gpu else "cpu")
-        # an implementation that cannot train on this device stops here, before any data is read
-        ModelRuntime.check_attention(args.attn_implementation, device, training=True)
-        config = build_config(args.model_name_or_path, field_values(args), temp=args.temp, mlm_weight=args.mlm_weight)
-        tokenizer = RecformerTokenizer.from_pretrained(args.model_name_or_path, config)
-        check_tokenizer_fits(tokenizer, config, f"--model_name_or_path {args.model_name_or_path}")
-        data = PretrainDataModule(
-            tokenizer,
-            args.train_file,
-            args.dev_file,
-            args.item_attr_file,
-            batch_size=args.batch_size,
-            mlm_probability=args.mlm_probability,
-            num_workers=args.dataloader_num_workers,
-            seed=args.seed,
-            cache_dir=args.cache_dir or output_dir / "cache",
-            progress=args.progress,
-        )
-        data.load()  # fail on bad input before anything is built
-        model = build_pretraining_model(args, config)
-        configure_attention(model, args.attn_implementation, device, training=True)
-        if args.compile:
-            model.longformer.compile()  # in place: parameter names (and checkpoints) stay the same
-        allowed = training_checkpoint_types(args.ckpt) if args.ckpt else []
-        if args.ckpt and not args.trust_checkpoint:
-            refuse_unsafe_objects(args.ckpt, allowed)
+        hardware = _resolve_hardware(args)
+        config, tokenizer, data = _setup_data(args, output_dir)
+        model = _setup_model(args, config, hardware.device)
+        allowed = _resume_types(args)
     except (ValueError, OSError) as e:
         raise PretrainingSetupError(str(e)) from e
     if args.overwrite_output_dir and not args.ckpt and first_process():
@@ -197,54 +316,10 @@ def run_pretraining(
         warmup_steps=args.warmup_steps,
         fix_word_embedding=args.fix_word_embedding,
     )
-    checkpoints = ModelCheckpoint(
-        dirpath=output_dir / "checkpoints",
-        filename="step={step}-acc={val_accuracy:.4f}",
-        auto_insert_metric_name=False,
-        monitor="val_accuracy",
-        mode="max",
-        save_top_k=5,
-        save_last=True,
-    )
-    trainer = pl.Trainer(
-        accelerator=accelerator,
-        devices=devices,
-        num_nodes=args.num_nodes,
-        strategy=strategy,
-        precision=precision,
-        max_epochs=args.num_train_epochs,
-        max_steps=args.max_steps,
-        accumulate_grad_batches=args.gradient_accumulation_steps,
-        gradient_clip_val=args.max_grad_norm if args.max_grad_norm > 0 else None,
-        val_check_interval=validation_interval(args),
-        check_val_every_n_epoch=None,  # validate every `valid_step` optimizer steps, across epochs
-        num_sanity_val_steps=0,
-        log_every_n_steps=args.log_step,
-        logger=TensorBoardLogger(str(output_dir), name="tensorboard"),
-        callbacks=[checkpoints],
-        enable_progress_bar=args.progress,
-        default_root_dir=str(output_dir),
-        deterministic=False,
-    )
+    trainer, checkpoints = _build_trainer(args, hardware, output_dir)
     if trainer.is_global_zero:
-        resolved = {**asdict(args), "accelerator": accelerator, "devices": devices, "strategy": str(strategy),
-                    "precision": precision, "world_size": trainer.world_size}  # fmt: skip
-        logger.info("resolved arguments:\n%s", "\n".join(f"  {k}: {v}" for k, v in resolved.items()))
-        atomic_write_json(output_dir / "args.json", run_arguments(args), indent=True)  # a --config file
-        config.save_pretrained(output_dir / "recformer_config")
-        tokenizer.save_pretrained(output_dir / "recformer_config")
-        for name, stats in data.stats.items():
-            logger.info("%s data: %s", name, stats.summary())
-
-    # Lightning (and DeepSpeed's engine) would unpickle --ckpt fully: read it weights-only instead
-    safe = args.ckpt and not args.trust_checkpoint
-    with weights_only_loading(allowed) if safe else contextlib.nullcontext():
-        trainer.fit(module, datamodule=data, ckpt_path=args.ckpt, weights_only=bool(safe))
-    # The last steps since the last validation are kept too (a later --ckpt resumes from here).
-    last = output_dir / "checkpoints" / "last.ckpt"
-    # Lightning's weights_only here means "leave out the optimizer and schedule", which a resume needs;
-    # saying False keeps Lightning from logging that it defaulted (files are still read weights-only).
-    trainer.save_checkpoint(last, weights_only=False)
+        _save_run_settings(args, hardware, trainer.world_size, config, tokenizer, data, output_dir)
+    last = _fit(args, trainer, module, data, allowed, output_dir)
     if not trainer.is_global_zero:
         return None
     best_score = checkpoints.best_model_score

@@ -15,6 +15,7 @@ import pytest
 from recformer.cli import process_finetune as cli
 from recformer.data import finetune_writer, tables
 from recformer.data.finetune_reader import load_finetune_data
+from recformer.data.finetune_writer import FinetuneOptions
 from recformer.data.tables import TableFields, TableStats
 from recformer.io.fileio import read_json
 
@@ -140,7 +141,7 @@ def test_kcore_option_on_the_amazon_and_table_paths(finetune_raw, tmp_path):
     stats = finetune_writer.process_finetune(*finetune_raw, tmp_path / "a", min_seq_len=3, kcore=3, progress=False)
     inter, item = recbole_files(tmp_path)
     stats2 = finetune_writer.process_finetune_tables(
-        "recbole", inter, item, tmp_path / "r", min_seq_len=3, kcore=3, progress=False
+        "recbole", inter, item, tmp_path / "r", options=FinetuneOptions(min_seq_len=3, kcore=3), progress=False
     )
     for name in EXPECTED:
         assert read_json(tmp_path / "a" / name) == read_json(tmp_path / "r" / name), name
@@ -206,7 +207,9 @@ def test_text_fields_missing_from_the_item_table_are_named(tmp_path):
 def test_no_qualifying_user_names_both_tables(tmp_path):
     inter, item = recbole_files(tmp_path)
     with pytest.raises(ValueError) as e:
-        finetune_writer.process_finetune_tables("recbole", inter, item, tmp_path / "o", min_seq_len=9, progress=False)
+        finetune_writer.process_finetune_tables(
+            "recbole", inter, item, tmp_path / "o", options=FinetuneOptions(min_seq_len=9), progress=False
+        )
     assert str(e.value) == (
         f"{inter}: no user qualifies: 3 users interact with items of {item}, 3 of them fewer than 9 times, 0 sampled "
         "out; 3 interactions are of items without text (no row in the item table, or every text column empty) there"
