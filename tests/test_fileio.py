@@ -1,4 +1,5 @@
-"""recformer/io/fileio.py: the mode of new files, write errors that name the path, staged writes."""
+"""recformer/io/fileio.py and folders.py: the mode of new files, write errors that name the path, staged
+writes, folders that are never replaced unless ours, locked and recovered."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import stat
 
 import pytest
 
-from recformer.io import fileio
+from recformer.io import fileio, folders
 from recformer.io.fileio import atomic_open, atomic_write_bytes, atomic_write_json
 
 
@@ -121,7 +122,7 @@ def test_read_json_names_a_folder(tmp_path):
 
 def _folder(path, **files):
     """Write `files` (name -> text) as a recformer folder at `path`."""
-    with fileio.atomic_directory(path) as tmp:
+    with folders.atomic_directory(path) as tmp:
         for name, text in files.items():
             (tmp / name).write_text(text)
     return path
@@ -138,11 +139,11 @@ def test_a_folder_recformer_did_not_write_is_never_replaced(tmp_path):
     (tmp_path / "file").write_text("a file")
     os.mkfifo(tmp_path / "fifo")
     for path in (user, tmp_path / "file", tmp_path / "fifo"):
-        with pytest.raises(fileio.OutputPathError) as e, fileio.atomic_directory(path) as tmp:
+        with pytest.raises(folders.OutputPathError) as e, folders.atomic_directory(path) as tmp:
             (tmp / "index.json").write_text("{}")
         assert str(e.value).startswith(f"{path}: ") and "\n" not in str(e.value)
-    with pytest.raises(fileio.OutputPathError, match=r"user: exists and was not written by recformer"):
-        fileio.check_replaceable(user)
+    with pytest.raises(folders.OutputPathError, match=r"user: exists and was not written by recformer"):
+        folders.check_replaceable(user)
     assert (user / "thesis.txt").read_text() == "years of work" and [p.name for p in user.iterdir()] == ["thesis.txt"]
     assert (tmp_path / "file").read_text() == "a file" and stat.S_ISFIFO((tmp_path / "fifo").stat().st_mode)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith((".tmp", ".old"))]  # nothing moved aside
@@ -150,8 +151,8 @@ def test_a_folder_recformer_did_not_write_is_never_replaced(tmp_path):
 
 def test_a_folder_recformer_wrote_is_replaced_only_when_allowed(tmp_path):
     folder = _folder(tmp_path / "model", **{"config.json": "1"})
-    assert fileio.is_our_folder(folder)
-    with pytest.raises(fileio.OutputPathError) as e, fileio.atomic_directory(folder, replace=False, flag="--overwrite_output_dir"):
+    assert folders.is_our_folder(folder)
+    with pytest.raises(folders.OutputPathError) as e, folders.atomic_directory(folder, replace=False, flag="--overwrite_output_dir"):
         pass
     assert str(e.value) == f"{folder}: exists (written by recformer earlier); pass --overwrite_output_dir to replace it"
     assert _content(folder) == {"config.json": "1"}
@@ -176,9 +177,9 @@ def test_safetensors_files_in_a_folder_get_the_mode_open_gives(tmp_path, umask, 
     from safetensors.torch import save_file
 
     umask(mask)
-    with fileio.atomic_directory(tmp_path / "index") as tmp:
+    with folders.atomic_directory(tmp_path / "index") as tmp:
         save_file({"x": torch.zeros(2)}, str(tmp / "index.safetensors"))  # safetensors creates it 0600
-    for name in ("index.safetensors", fileio.OWNER_MARKER):
+    for name in ("index.safetensors", folders.OWNER_MARKER):
         assert stat.S_IMODE((tmp_path / "index" / name).stat().st_mode) == 0o666 & ~mask, name
 
 
@@ -186,7 +187,7 @@ def test_a_full_disk_reported_by_a_library_names_the_folder(tmp_path):
     class SafetensorError(Exception):
         pass
 
-    with pytest.raises(OSError) as e, fileio.atomic_directory(tmp_path / "index"):
+    with pytest.raises(OSError) as e, folders.atomic_directory(tmp_path / "index"):
         raise SafetensorError('Error while serializing: I/O error: No space left on device (os error 28)')
     assert (e.value.errno, e.value.filename) == (errno.ENOSPC, str(tmp_path / "index"))
     assert not (tmp_path / "index").exists()
@@ -197,16 +198,16 @@ def test_a_second_writer_waits_for_the_lock_or_is_refused(tmp_path):
 
     folder = tmp_path / "index"
     order = []
-    with fileio.folder_lock(folder):
-        with fileio.folder_lock(folder):  # re-entrant in one thread
+    with folders.folder_lock(folder):
+        with folders.folder_lock(folder):  # re-entrant in one thread
             pass
         errors = []
 
         def refuse():
             try:
-                with fileio.folder_lock(folder, wait=False):
+                with folders.folder_lock(folder, wait=False):
                     order.append("got it")
-            except fileio.FolderBusy as e:
+            except folders.FolderBusy as e:
                 errors.append(str(e))
 
         t = threading.Thread(target=refuse)
@@ -215,7 +216,7 @@ def test_a_second_writer_waits_for_the_lock_or_is_refused(tmp_path):
         assert order == [] and len(errors) == 1 and errors[0].startswith(f"{folder}: another process is writing it")
 
         def wait():
-            with fileio.folder_lock(folder):
+            with folders.folder_lock(folder):
                 order.append("second")
 
         t = threading.Thread(target=wait)
@@ -240,7 +241,7 @@ def test_concurrent_writers_never_mix_their_folders(tmp_path):
         start.wait()
         try:
             for _ in range(3):
-                with fileio.atomic_directory(folder) as tmp:
+                with folders.atomic_directory(folder) as tmp:
                     for name in ("ids.json", "vectors.bin", "meta.json"):
                         (tmp / name).write_text(tag)
                         time.sleep(0.01)  # interleave with the other writers if nothing stops them
@@ -262,7 +263,7 @@ def test_concurrent_writers_never_mix_their_folders(tmp_path):
 KILLER = """
 import os, shutil, sys
 from pathlib import Path
-from recformer.io import fileio
+from recformer.io import folders
 
 target, at = Path(sys.argv[1]), sys.argv[2]
 calls = {}
@@ -278,10 +279,10 @@ def fault(name, real):
         return out
     return wrapped
 
-fileio.os.replace = fault("replace", os.replace)
-fileio.shutil.rmtree = fault("rmtree", shutil.rmtree)
-fileio.fsync_dir = fault("fsync_dir", fileio.fsync_dir)
-with fileio.atomic_directory(target) as tmp:
+folders.os.replace = fault("replace", os.replace)
+folders.shutil.rmtree = fault("rmtree", shutil.rmtree)
+folders.fsync_dir = fault("fsync_dir", folders.fsync_dir)
+with folders.atomic_directory(target) as tmp:
     (tmp / "ids.json").write_text("new")
     (tmp / "vectors.bin").write_text("new")
     if at == "in block":
@@ -308,7 +309,7 @@ def test_a_kill_at_any_point_of_a_folder_swap_loses_nothing(tmp_path, at):
     # the reader's view after the kill: a complete folder (old or new), or none with the complete old one beside it
     assert leftovers in (["index"], [".index.old", "index"], [".index.old"]) or leftovers[0].startswith(".index.")
     # the next ordinary run, even one that fails, first recovers: the index is never lost
-    with pytest.raises(RuntimeError, match="next run failed"), fileio.atomic_directory(folder):
+    with pytest.raises(RuntimeError, match="next run failed"), folders.atomic_directory(folder):
         raise RuntimeError("next run failed")
     assert sorted(p.name for p in tmp_path.iterdir() if p.name != ".index.lock") == ["index", "killer.py"]
     assert _content(folder) in ({"ids.json": "old", "vectors.bin": "old"}, {"ids.json": "new", "vectors.bin": "new"})
@@ -325,7 +326,7 @@ def test_a_leftover_old_folder_recformer_did_not_write_is_refused_naming_both(tm
     old = tmp_path / ".index.old"
     old.mkdir()
     (old / "mine.txt").write_text("x")
-    with pytest.raises(fileio.OutputPathError) as e:
-        fileio.recover_folder(folder)
+    with pytest.raises(folders.OutputPathError) as e:
+        folders.recover_folder(folder)
     assert str(e.value).startswith(f"{old}: left beside {folder} but not a folder recformer wrote")
     assert (old / "mine.txt").read_text() == "x"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from recformer.io.fileio import OWNER_MARKER
+from recformer.io.folders import OWNER_MARKER
 from recformer.io.output_paths import (
     PROBE_PREFIX,
     OutputPathError,

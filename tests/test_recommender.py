@@ -19,7 +19,7 @@ from recformer import RecformerModel, RecformerTokenizer, Recommender, load_chec
 from recformer.inference.index_files import IndexMismatch
 from recformer.inference.inputs import InputError, read_items
 from recformer.inference.recommender import UnknownItemError
-from recformer.io.fileio import OutputPathError
+from recformer.io.folders import OutputPathError
 from recformer.metrics import NonFiniteScores
 
 from .finetune_fixtures import finetune_config, make_dataset, make_model_folder, make_pretrained_checkpoint

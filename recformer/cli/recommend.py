@@ -29,7 +29,8 @@ from recformer.argparsing import parse_command_line
 from recformer.args import RecommendArgs
 from recformer.cli import argument_error, run_command
 from recformer.inference.inputs import HistoryLine, InputError, item_text, read_histories, read_items
-from recformer.io.fileio import atomic_open, check_replaceable
+from recformer.io.fileio import atomic_open
+from recformer.io.folders import check_replaceable
 from recformer.io.output_paths import STDOUT, check_not_input, check_output_file
 
 if TYPE_CHECKING:  # torch and transformers load in main, after the arguments are parsed
@@ -47,10 +48,10 @@ def open_index(args: RecommendArgs) -> tuple[Recommender, str]:
     """The recommender and a note for the summary: a saved index (new or changed --items added and saved
     back), or a new index from --ckpt and --items (saved to --index_dir when given).
 
-    The whole read-modify-write of --index_dir holds its lock (`fileio.folder_lock`): a second run on
+    The whole read-modify-write of --index_dir holds its lock (`folders.folder_lock`): a second run on
     the same index waits, then loads what the first saved and adds its own items to it.
     """
-    from recformer.io.fileio import folder_lock, recover_folder
+    from recformer.io.folders import folder_lock, recover_folder
 
     if not args.index_dir:
         return _open_index(args, None)

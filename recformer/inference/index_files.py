@@ -6,7 +6,7 @@ Index folder:
                         metadata ids_sha256: the hash of the ids in order, tying them to the vectors
     index.json          format, ids (index order), fingerprint, dtype, sizes
     config.json, model.safetensors, tokenizer files   the encoder (`save_pretrained`)
-    .recformer-folder.json   the mark of a folder recformer wrote (`fileio.OWNER_MARKER`): only such a
+    .recformer-folder.json   the mark of a folder recformer wrote (`folders.OWNER_MARKER`): only such a
                         folder is ever replaced by `save`
 
 `read_index_meta` and `read_index_tensors` check the folder against itself before anything loads: the ids
@@ -33,7 +33,8 @@ from recformer.errors import RecformerError
 from recformer.io.cache import file_fingerprint, item_vector_fields, tokenizer_fingerprint
 from recformer.io.checkpoint_files import CheckpointError, read_state_dict
 from recformer.io.checkpoint_keys import split_encoder, strip_wrapper_prefixes
-from recformer.io.fileio import dumps_json, read_json, recover_folder
+from recformer.io.fileio import dumps_json, read_json
+from recformer.io.folders import recover_folder
 from recformer.metrics import NonFiniteScores
 from recformer.model.configuration import RecformerConfig, build_config
 from recformer.model.layout import TOKEN_TYPE_KEY, TOKEN_TYPE_VALUE

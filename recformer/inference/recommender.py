@@ -15,7 +15,7 @@ Index folder:
                         metadata ids_sha256: the hash of the ids in order, tying them to the vectors
     index.json          format, ids (index order), fingerprint, dtype, sizes
     config.json, model.safetensors, tokenizer files   the encoder (`save_pretrained`)
-    .recformer-folder.json   the mark of a folder recformer wrote (`fileio.OWNER_MARKER`): only such a
+    .recformer-folder.json   the mark of a folder recformer wrote (`folders.OWNER_MARKER`): only such a
                         folder is ever replaced by `save`
 """
 
@@ -51,7 +51,8 @@ from recformer.inference.inputs import ItemsSource, item_id, read_items
 from recformer.inference.ranking import check_finite_queries, per_query, top_k
 from recformer.io.cache import file_fingerprint, item_vector_fields, tokenizer_fingerprint
 from recformer.io.checkpoint import load_checkpoint
-from recformer.io.fileio import atomic_directory, atomic_write_bytes, dumps_json
+from recformer.io.fileio import atomic_write_bytes, dumps_json
+from recformer.io.folders import atomic_directory
 from recformer.model.attention import check_attn_implementation
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
 from recformer.model.modeling import RecformerForSeqRec
@@ -266,7 +267,7 @@ class Recommender:
 
     def save(self, path: str | os.PathLike, dtype: str | torch.dtype = torch.float32) -> None:
         """Write the index folder (see the module docstring) atomically: a staging sibling renamed into place
-        (`fileio.atomic_directory`), holding the folder's lock.
+        (`folders.atomic_directory`), holding the folder's lock.
 
         Only a folder that recformer wrote (or an empty one) is replaced: a file or any other folder at
         `path` is refused, and nothing of it is moved or deleted.

@@ -304,7 +304,8 @@ def write_backbone_start_point(
     """
     from recformer.io.checkpoint import load_checkpoint
     from recformer.io.checkpoint_files import start_point_folder
-    from recformer.io.fileio import atomic_torch_save, check_replaceable
+    from recformer.io.fileio import atomic_torch_save
+    from recformer.io.folders import check_replaceable
     from recformer.io.output_paths import (
         check_not_input,
         check_output_dir,

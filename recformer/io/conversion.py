@@ -47,7 +47,7 @@ from recformer.io.checkpoint_keys import (
     strip_wrapper_prefixes,
     tie_lm_head_bias,
 )
-from recformer.io.fileio import check_replaceable
+from recformer.io.folders import check_replaceable
 from recformer.io.output_paths import (
     check_not_input,
     check_output_dir,

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from recformer.io.fileio import OutputPathError, atomic_directory, check_replaceable
+from recformer.io.folders import OutputPathError, atomic_directory, check_replaceable
 
 # An output path that means the standard output.
 STDOUT = "-"
@@ -134,7 +134,7 @@ def write_folder(
     """Write a folder completely or not at all.
 
     `write(tmp)` fills a temporary sibling; once it holds every name in `required`, it replaces
-    `folder` (`fileio.atomic_directory`: an older folder there is removed only after the new one is in place;
+    `folder` (`folders.atomic_directory`: an older folder there is removed only after the new one is in place;
     a folder recformer did not write is never replaced, one it wrote only when `replace`; `flag` names the
     option that allows it).
 

@@ -57,7 +57,8 @@ from recformer.errors import RecformerFailure
 from recformer.inference.evaluation import to_device
 from recformer.io.cache import file_fingerprint, tokenizer_fingerprint
 from recformer.io.checkpoint import load_checkpoint
-from recformer.io.fileio import atomic_torch_save, atomic_write_json, check_replaceable
+from recformer.io.fileio import atomic_torch_save, atomic_write_json
+from recformer.io.folders import check_replaceable
 from recformer.io.output_paths import (
     check_output_dir,
     check_output_file,
