@@ -22,7 +22,8 @@ from recformer import RecformerConfig, RecformerModel, RecformerTokenizer, load_
 from recformer.io.backbone_mapping import encoder_to_pretraining
 from recformer.io.backbones import refusal_reason
 from recformer.io.checkpoint_files import read_state_dict
-from recformer.io.conversion import ConversionError, write_start_point
+from recformer.io.conversion import ConversionError
+from recformer.io.pipeline_steps import write_start_point
 
 from .conftest import TINY_TOKENIZER_DIR
 from .finetune_fixtures import WORDS

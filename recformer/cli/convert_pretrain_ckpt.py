@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from recformer.io.conversion import MODEL_FILE, SEQREC_FILE, write_released
+    from recformer.io.pipeline_steps import MODEL_FILE, SEQREC_FILE, write_released
 
     try:
         released = write_released(

@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from recformer.io.conversion import write_start_point
+    from recformer.io.pipeline_steps import write_start_point
     from recformer.model.configuration import field_values
 
     try:

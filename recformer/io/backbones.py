@@ -40,12 +40,8 @@ from typing import Any
 import torch
 
 from recformer.io.backbone_mapping import FAMILIES, encoder_to_pretraining, position_rows
-from recformer.io.conversion import (
-    OVERWRITE_FLAG,
-    ConversionError,
-    StartPoint,
-    quiet_transformers,
-)
+from recformer.io.conversion import ConversionError
+from recformer.io.pipeline_steps import OVERWRITE_FLAG, StartPoint, quiet_transformers
 from recformer.model.configuration import REFERENCE_SCRIPT_VALUES, RecformerConfig
 
 logger = logging.getLogger(__name__)
@@ -286,7 +282,7 @@ def write_backbone_start_point(
     overwrite: bool = False,
 ) -> StartPoint:
     """Convert a local BERT-layout encoder folder into the Recformer start point and write it twice, as
-    `conversion.write_start_point` does for a Longformer: the state dict at `output` and the
+    `pipeline_steps.write_start_point` does for a Longformer: the state dict at `output` and the
     `save_pretrained` folder beside it (config, weights, tokenizer).
 
     Args:

@@ -22,9 +22,8 @@ with DistributedDataParallel, item tables are encoded and evaluation users ranke
 only rank 0 writes files and logs. The global batches do not depend on the world size, and each
 rank's loss is weighted by its share of the global batch, so the gradients are those of one process.
 
-The reusable parts live elsewhere: arguments in `args.py`, item vectors and evaluation in
-`evaluation.py`, caches in `cache.py`, the run log in `run_log.py`, the resume file in
-`training_state.py`. This module is the recipe only; no library module imports it.
+The model, its catalogue and item table are a `runtime.ModelRuntime`; the resume file and the run's
+fingerprint are `training_state.py`, the run log `run_log.py`. No library module imports this recipe.
 """
 
 from __future__ import annotations
@@ -32,13 +31,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import logging
 import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -70,56 +68,28 @@ from recformer.model.configuration import build_config, field_values
 from recformer.model.modeling import RecformerForSeqRec
 from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
 from recformer.runtime import ModelRuntime, model_sources
+from recformer.train import stage_two
 from recformer.train.collators import FinetuneCollator, GlobalBatchCollator
 from recformer.train.optimization import parameter_groups
 from recformer.train.run_log import METRICS_FILE, RunLog
-from recformer.train.training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
+from recformer.train.training_state import (
+    STATE_FILE,
+    TrainingState,
+    check_resume_layout,
+    run_fingerprint,
+)
 
 logger = logging.getLogger(__name__)
 
 STAGE_PATIENCE = {1: 5, 2: 3}
 BEST_MODEL_FOLDER = "best_model"  # save_pretrained folder of the best model and the tokenizer
 ARGS_FILE = "args.json"  # the run's flags (`args.run_arguments`): a --config file that reproduces the run
-# Flags that cannot change a run's numbers, so they may differ between a run and its resumption: display,
-# tokenizer threads (same tokens), where caches live (keyed by content), the output folder (the resume file
-# is found in it) and the device index (the device *type* is part of the fingerprint).
-# --global_batch_size is free too: the global batch it gives is fingerprinted (see `fingerprint`).
-RESUME_FREE_FLAGS = ("progress", "preprocessing_num_workers", "cache_dir", "resume", "output_dir", "device",
-                     "global_batch_size", "overwrite_output_dir")  # fmt: skip
-# Flags naming inputs: the fingerprint holds their content, so a moved folder with the same files resumes.
-INPUT_FLAGS = (
-    "data_path", "pretrain_ckpt", "model_name_or_path", "train_file", "dev_file", "test_file", "item2id_file", "meta_file",
-)  # fmt: skip
-# Config entries that say nothing about the numbers.
-# model_type: "longformer" in runs started before RecformerConfig had its own type; it changes no number.
-CONFIG_NOT_FINGERPRINTED = ("transformers_version", "_name_or_path", "name_or_path", "_commit_hash", "model_type")
-
-
 def _mix_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(":".join(map(str, parts)).encode()).digest()[:8], "little")
 
 
 class TrainingDiverged(RecformerFailure, FloatingPointError):
     """The loss became NaN or infinite."""
-
-
-def check_resume_layout(
-    saved_args: Mapping[str, Any], args: FinetuneArgs, world_size: int, path: Path
-) -> None:
-    """Refuse a resume file saved by a run on another number of processes unless --global_batch_size is
-    given: without it the global batch (batch x accumulation x processes), and so every step, would change.
-    The global batch itself is part of the run's fingerprint.
-
-    Raises:
-        ResumeError: naming both world sizes.
-    """
-    saved_world = saved_args.get("world_size", 1)  # files written before distributed runs: one process
-    if saved_world != world_size and args.global_batch_size is None:
-        raise ResumeError(
-            f"{path} was saved by a run on {saved_world} processes and this run has {world_size}; pass "
-            f"--global_batch_size {saved_args.get('global_batch')} to continue it with the same global batch; "
-            f"{START_FRESH}"
-        )
 
 
 class Finetuner:
@@ -257,14 +227,10 @@ class Finetuner:
         """What produced this run's numbers (`training_state.fingerprint_differences`): every flag but
         `RESUME_FREE_FLAGS` and `INPUT_FLAGS`, the content of every input file, the tokenizer, the
         config, the device type and the global batch. Files are hashed once per run."""
-        flags = {k: v for k, v in asdict(self.args).items() if k not in RESUME_FREE_FLAGS + INPUT_FLAGS}
         files = {f"data file {path.name}": file_fingerprint(path) for path in self.data_files}
         files["checkpoint --pretrain_ckpt"] = self.checkpoint_fingerprint
         files["tokenizer of --model_name_or_path"] = tokenizer_fingerprint(self.tokenizer)
-        config = json.loads(self.config.to_json_string(use_diff=False))
-        config = {k: v for k, v in config.items() if k not in CONFIG_NOT_FINGERPRINTED}
-        return {"flags": flags, "files": files, "config": config, "device": {"type": self.device.type},
-                "layout": {"global batch": self.global_batch}}  # fmt: skip
+        return run_fingerprint(self.args, files, self.config, self.device.type, self.global_batch)
 
     def initial_item_table(self) -> torch.Tensor:
         """Item vectors of the pretrained encoder, cached (`cache.item_table_path`)."""
@@ -454,49 +420,18 @@ class Finetuner:
                 break
 
     def stage_two_learning_rate_is_zero(self) -> bool:
-        """Whether every step stage 2 can still take would run at learning rate 0: with the shared schedule,
-        a stage 1 that ran all its epochs used the whole schedule up. Training then changes nothing (AdamW
-        moves no weight at learning rate 0), so its result is known: the stage-1 best model.
-
-        False when stage 2 would evaluate dev while no dev evaluation has been recorded (nothing to repeat).
-        """
-        args, state = self.args, self.state
-        remaining = self.steps_per_epoch * (args.num_train_epochs - state.epoch - 1)
-        if remaining <= 0:
-            return False
-        evaluates = any((epoch + 1) % args.verbose == 0 for epoch in range(state.epoch + 1, args.num_train_epochs))
-        if evaluates and state.metrics["best_dev"] is None:
-            return False
-        now = self.scheduler.last_epoch
-        return all(rate(step) == 0 for rate in self.scheduler.lr_lambdas for step in range(now, now + remaining))
+        """Whether every step stage 2 can still take would run at learning rate 0 (`stage_two.is_idle`)."""
+        return stage_two.is_idle(self.args, self.state, self.steps_per_epoch, self.scheduler)
 
     def skip_stage_two(self) -> None:
-        """Record what training stage 2 at learning rate 0 would record, without training it.
-
-        The model is the stage-1 best, and stays it at learning rate 0: each of stage 2's dev evaluations
-        would measure the best dev metrics again, improve nothing and use up the patience. Those records
-        (stage, epoch, step, metrics), the TensorBoard dev scalars and the step count are written as that
-        run writes them; train_log.jsonl gets no stage-2 steps, since none ran.
-        """
-        args, state = self.args, self.state
+        """Record what training stage 2 at learning rate 0 would record, without training it
+        (`stage_two.record_idle`)."""
         logger.info("stage 2: its learning rate would be 0 at every step (--stage2_schedule shared: the one "
                     "schedule ended with stage 1), so its training is skipped and its result is the stage-1 best "
                     "model; --stage2_schedule restart trains it")  # fmt: skip
-        best = state.metrics["best_dev"]
-        metrics = {k: v for k, v in (best or {}).items() if k not in ("stage", "epoch", "step")}
-        for epoch in range(state.epoch + 1, args.num_train_epochs):
-            state.global_step += self.steps_per_epoch
-            state.epoch = epoch
-            if (epoch + 1) % args.verbose != 0:
-                continue
-            state.metrics["dev"].append({"stage": 2, "epoch": epoch, "step": state.global_step, **metrics})
-            self.log.log_dev(metrics, state.global_step)
-            state.patience -= 1
-            if state.patience <= 0:
-                state.epoch = args.num_train_epochs
-                break
+        stage_two.record_idle(self.args, self.state, self.steps_per_epoch, self.log)
         self.save_state()
-        self.log.write_metrics(state.metrics)
+        self.log.write_metrics(self.state.metrics)
 
     def clear_previous_run(self) -> None:
         """Remove what an earlier run left in the output folder (a fresh start there: --overwrite_output_dir,

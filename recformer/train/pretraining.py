@@ -36,9 +36,9 @@ from recformer.io.checkpoint_files import (
     training_checkpoint_types,
     weights_only_loading,
 )
-from recformer.io.conversion import build_start_point
 from recformer.io.fileio import atomic_write_json, read_json
 from recformer.io.output_paths import check_output_dir, refuse_existing_run
+from recformer.io.pipeline_steps import build_start_point
 from recformer.model.attention import configure_attention
 from recformer.model.configuration import (
     RecformerConfig,

@@ -13,6 +13,8 @@ would mix two runs in one output folder (say, the old item table evaluated on a 
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import random
 from collections.abc import Callable, Mapping
@@ -190,3 +192,50 @@ def restore_rng(rng: Mapping[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     name, keys, pos, has_gauss, cached_gaussian = rng["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached_gaussian))
+
+
+# Flags that cannot change a run's numbers, so they may differ between a run and its resumption: display,
+# tokenizer threads (same tokens), where caches live (keyed by content), the output folder (the resume file
+# is found in it) and the device index (the device *type* is part of the fingerprint).
+# --global_batch_size is free too: the global batch it gives is fingerprinted (see `fingerprint`).
+RESUME_FREE_FLAGS = ("progress", "preprocessing_num_workers", "cache_dir", "resume", "output_dir", "device",
+                     "global_batch_size", "overwrite_output_dir")  # fmt: skip
+# Flags naming inputs: the fingerprint holds their content, so a moved folder with the same files resumes.
+INPUT_FLAGS = (
+    "data_path", "pretrain_ckpt", "model_name_or_path", "train_file", "dev_file", "test_file", "item2id_file", "meta_file",
+)  # fmt: skip
+# Config entries that say nothing about the numbers.
+# model_type: "longformer" in runs started before RecformerConfig had its own type; it changes no number.
+CONFIG_NOT_FINGERPRINTED = ("transformers_version", "_name_or_path", "name_or_path", "_commit_hash", "model_type")
+
+
+def check_resume_layout(
+    saved_args: Mapping[str, Any], args: Any, world_size: int, path: Path
+) -> None:
+    """Refuse a resume file saved by a run on another number of processes unless --global_batch_size is
+    given: without it the global batch (batch x accumulation x processes), and so every step, would change.
+    The global batch itself is part of the run's fingerprint.
+
+    Raises:
+        ResumeError: naming both world sizes.
+    """
+    saved_world = saved_args.get("world_size", 1)  # files written before distributed runs: one process
+    if saved_world != world_size and args.global_batch_size is None:
+        raise ResumeError(
+            f"{path} was saved by a run on {saved_world} processes and this run has {world_size}; pass "
+            f"--global_batch_size {saved_args.get('global_batch')} to continue it with the same global batch; "
+            f"{START_FRESH}"
+        )
+
+
+def run_fingerprint(
+    args: Any, files: Mapping[str, str], config: Any, device_type: str, global_batch: int
+) -> dict[str, dict[str, Any]]:
+    """What produced a finetuning run's numbers (`fingerprint_differences` compares two): every flag but
+    `RESUME_FREE_FLAGS` and `INPUT_FLAGS`, the content hash of every input (`files`: name -> hash), the
+    config (without `CONFIG_NOT_FINGERPRINTED`), the device type and the global batch."""
+    flags = {k: v for k, v in dataclasses.asdict(args).items() if k not in RESUME_FREE_FLAGS + INPUT_FLAGS}
+    saved = json.loads(config.to_json_string(use_diff=False))
+    saved = {k: v for k, v in saved.items() if k not in CONFIG_NOT_FINGERPRINTED}
+    return {"flags": flags, "files": dict(files), "config": saved, "device": {"type": device_type},
+            "layout": {"global batch": global_batch}}  # fmt: skip
