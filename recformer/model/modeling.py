@@ -194,28 +194,33 @@ class RecformerModel(RecformerPreTrainedModel):
             layout = AttentionLayout.build(
                 implementation, attention_mask, global_attention_mask, global_positions, segment_ids
             )
-            slots = None
             if pooled_only and self.pooler.pooler_type == "cls" and not output_hidden_states:
-                slots = pooled_global_slots(layout, sequence_starts)
-            if slots is not None:
-                rows = self._encode_fast(embedding_output, layout, False, last_layer_rows=True)[0]  # [B, G, H]
-                pooled_output = rows.reshape(-1, rows.size(-1))[slots]  # [B or N, H]
-                out = RecformerModelOutput(pooler_output=pooled_output)
-                return out if return_dict else (pooled_output,)
+                pooled_output = self._pool_global_rows(embedding_output, layout, sequence_starts)
+                if pooled_output is not None:
+                    out = RecformerModelOutput(pooler_output=pooled_output)
+                    return out if return_dict else (pooled_output,)
             outputs = self._encode_fast(embedding_output, layout, output_hidden_states)
         sequence_output = outputs[0]  # [B, L, H]
         pooled_output = self.pooler(attention_mask, sequence_output, segment_ids, sequence_starts)  # [B or N, H]
         hidden_states, attentions, global_attentions = (outputs[1:] + (None, None, None))[:3]
         if not return_dict:
-            return tuple(
-                v
-                for v in (sequence_output, pooled_output, hidden_states, attentions, global_attentions)
-                if v is not None
-            )
+            values = (sequence_output, pooled_output, hidden_states, attentions, global_attentions)
+            return tuple(v for v in values if v is not None)
         return RecformerModelOutput(
             last_hidden_state=sequence_output, pooler_output=pooled_output, hidden_states=hidden_states,
             attentions=attentions, global_attentions=global_attentions,
         )  # fmt: skip
+
+    def _pool_global_rows(
+        self, embedding_output: torch.Tensor, layout: AttentionLayout, sequence_starts: torch.Tensor | None
+    ) -> torch.Tensor | None:
+        """The `cls` pooled vectors [B or N, H] with the last layer run for the global tokens alone, or None
+        when a pooled token is not global (then the whole encoder runs)."""
+        slots = pooled_global_slots(layout, sequence_starts)
+        if slots is None:
+            return None
+        rows = self._encode_fast(embedding_output, layout, False, last_layer_rows=True)[0]  # [B, G, H]
+        return rows.reshape(-1, rows.size(-1))[slots]  # [B or N, H]
 
     def _check_inputs(self, fields: tuple, head_mask, inputs_embeds, global_positions, segment_ids, sequence_starts) -> tuple:
         """Refuse inputs the encoder cannot take (one line each), batch a single sequence, and fill the

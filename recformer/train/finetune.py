@@ -134,11 +134,11 @@ class Finetuner:
         self.ckpt_path = check_file(self.out_dir / args.ckpt)
         self.state_path = check_file(self.out_dir / STATE_FILE)
         best = check_dir(self.out_dir / BEST_MODEL_FOLDER)
+        if main:  # exported at the end: a folder recformer did not write there is refused now, not then
+            check_replaceable(best)
         if main and not (args.resume or args.overwrite_output_dir):
             refuse_existing_run(self.out_dir, (STATE_FILE, METRICS_FILE, args.ckpt, BEST_MODEL_FOLDER),
                                 "finetuning run", "--resume")  # fmt: skip
-        if main:  # exported at the end: a folder recformer did not write there is refused now, not then
-            check_replaceable(best)
         self.data: FinetuneData = load_finetune_data(
             args.data_path, args.train_file, args.dev_file, args.test_file, args.item2id_file, args.meta_file
         )
