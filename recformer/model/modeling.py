@@ -157,11 +157,9 @@ class RecformerModel(RecformerPreTrainedModel):
                 padding); attention never crosses sequences. Needs `position_ids` (restarting per
                 sequence) and `sequence_starts` [N] (flat index `row * L + column` of each
                 sequence's first token); `recformer.model.packing.pack_sequences` builds all of them.
-            pooled_only: the caller reads only `pooler_output`. With the `cls` pooler on the sdpa/flex paths,
-                and every pooled token global (as the tokenizer marks `<s>`), the last layer then runs only
-                for the global tokens: the same pooled vectors (float rounding aside), `last_hidden_state`
-                None. One host sync checks that the pooled tokens are global; otherwise, and with
-                `output_hidden_states`, the whole encoder runs as usual.
+            pooled_only: the caller reads only `pooler_output`: with the `cls` pooler on the sdpa/flex
+                paths, the last layer runs for the global tokens alone (`_pool_global_rows`; the same
+                vectors, `last_hidden_state` None).
 
         Returns:
             hidden states [B, L, H] and pooled vectors: [B, H], or [N, H] for packed rows.
@@ -171,9 +169,7 @@ class RecformerModel(RecformerPreTrainedModel):
             self._check_inputs(fields, head_mask, inputs_embeds, global_positions, segment_ids, sequence_starts)
         )
         output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         implementation = self.running_implementation(input_ids.device, bool(output_attentions))
         if implementation == "eager":
@@ -214,8 +210,9 @@ class RecformerModel(RecformerPreTrainedModel):
     def _pool_global_rows(
         self, embedding_output: torch.Tensor, layout: AttentionLayout, sequence_starts: torch.Tensor | None
     ) -> torch.Tensor | None:
-        """The `cls` pooled vectors [B or N, H] with the last layer run for the global tokens alone, or None
-        when a pooled token is not global (then the whole encoder runs)."""
+        """The `cls` pooled vectors [B or N, H] with the last layer run for the global tokens alone (the same
+        vectors, float rounding aside), or None when a pooled token is not global (one host sync checks;
+        the whole encoder then runs)."""
         slots = pooled_global_slots(layout, sequence_starts)
         if slots is None:
             return None
