@@ -1,7 +1,7 @@
 """Recommend next items with any Recformer checkpoint: an item index, top-k, new items without retraining.
 
 `Recommender.from_pretrained(checkpoint, items)` encodes every item of a catalogue alone
-(`evaluation.encode_items`, the item table of finetuning) into an index; `recommend(histories)`
+(`ModelRuntime.item_table`, the item table of finetuning) into an index; `recommend(histories)`
 encodes each history (oldest item first; known ids and attribute dicts of unseen items mixed
 freely) and returns its top-k items (`ranking.top_k`: cosine / temperature, chunked, ties in index
 order). `add_items` encodes only new or changed items. `save(dir)` writes a self-contained folder
@@ -9,14 +9,7 @@ order). `add_items` encodes only new or changed items. `save(dir)` writes a self
 needs neither the catalogue nor the checkpoint, and refuses a checkpoint, tokenizer or Recformer
 fields other than those the index was built with.
 
-Index folder:
-    index.safetensors   vectors [N, H] (float32 or float16), token_ids / token_types / token_offsets
-                        (the tokenized items), item_digests [N, 8] (hash of each item's attributes);
-                        metadata ids_sha256: the hash of the ids in order, tying them to the vectors
-    index.json          format, ids (index order), fingerprint, dtype, sizes
-    config.json, model.safetensors, tokenizer files   the encoder (`save_pretrained`)
-    .recformer-folder.json   the mark of a folder recformer wrote (`folders.OWNER_MARKER`): only such a
-                        folder is ever replaced by `save`
+The index folder, its files and its self-checks are `index_files.py`.
 """
 
 from __future__ import annotations
