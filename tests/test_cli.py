@@ -104,3 +104,52 @@ def test_the_library_never_imports_the_finetuning_loop_or_a_command():
             assert "recformer.train.finetune" not in modules and not any(
                 m.startswith("recformer.train.finetune.") for m in modules
             ), path
+
+
+def test_every_command_stops_through_run_command_with_the_error_s_exit_code(capsys, monkeypatch):
+    """2 for bad input (a RecformerError, an OSError naming its file, a ValueError), 1 for a failure that is not
+    the input's; one `error:` line each; another rank's failure prints nothing here."""
+    from recformer.cli import run_command
+    from recformer.data.finetune_reader import DataError
+    from recformer.errors import RecformerFailure
+
+    def raising(error):
+        def body():
+            raise error
+
+        return body
+
+    monkeypatch.delenv("RANK", raising=False)
+    assert run_command(lambda: None) == 0 and run_command(lambda: 3) == 3
+    cases = [
+        (DataError("data/train.json line 3: not valid JSON"), 2, "error: data/train.json line 3: not valid JSON\n"),
+        (FileNotFoundError(2, "No such file or directory", "ckpt.bin"), 2, "error: ckpt.bin: No such file or directory\n"),
+        (ValueError("--k must be >= 1"), 2, "error: --k must be >= 1\n"),
+        (RecformerFailure("stage 1 epoch 2 step 7: the loss is nan"), 1, "error: stage 1 epoch 2 step 7: the loss is nan\n"),
+    ]
+    for error, code, line in cases:
+        assert run_command(raising(error)) == code
+        assert capsys.readouterr().err == line
+    other_rank = DataError("rank 1: injected failure")
+    other_rank.failed_rank = 1  # what distributed.RankFailure carries
+    assert run_command(raising(other_rank)) == 2 and capsys.readouterr().err == ""
+    with pytest.raises(KeyError):  # an unexpected error keeps its traceback
+        run_command(raising(KeyError("bug")))
+
+
+def test_a_collective_that_lost_its_peer_is_one_line_not_a_backend_traceback(capsys, monkeypatch):
+    from recformer.cli import run_command
+
+    def broken_collective():
+        raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert run_command(broken_collective) == 1
+    assert capsys.readouterr().err == (
+        "error: another process of this launch stopped ([../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
+        "closed by peer [127.0.0.1]:29500); its own error says why\n"
+    )
+    monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the same error is a bug, with its traceback
+    with pytest.raises(RuntimeError):
+        run_command(broken_collective)

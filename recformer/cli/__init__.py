@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from recformer.errors import RecformerError, error_line, exit_code
+from recformer.errors import FAILURE, RecformerError, error_line, exit_code
 
 
 def argument_error(args: Any) -> int | None:
@@ -40,11 +40,33 @@ def run_command(body: Callable[[], int | None]) -> int:
     Under torchrun the rank that failed prints the line (prefixed by its rank unless it is rank 0); the
     other ranks stop with the same status and print nothing (their error is a `RankFailure`).
     """
+    rank = os.environ.get("RANK", "0")
+    prefix = f"rank {rank}: " if rank != "0" else ""
     try:
         return body() or 0
     except (RecformerError, OSError, ValueError) as e:
         if getattr(e, "failed_rank", None) is None:  # not another rank's failure, reported there
-            rank = os.environ.get("RANK", "0")
-            prefix = f"rank {rank}: " if rank != "0" else ""
             print(f"error: {prefix}{error_line(e)}", file=sys.stderr, flush=True)
         return exit_code(e)
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        reason = error_line(e).split(" (", 1)[0][:200]
+        print(f"error: {prefix}another process of this launch stopped ({reason}); its own error says why",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return FAILURE
+
+
+# What the process-group backends say when a peer process has gone away.
+LOST_PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL communicator was aborted")
+
+
+def lost_peer(error: BaseException) -> bool:
+    """Whether `error` is a collective of a torchrun launch (WORLD_SIZE > 1) that failed because another
+    process stopped: torch.distributed's backend errors, or gloo/NCCL's connection errors. The process that
+    stopped first reports its own error; the others then say so in one line instead of a backend traceback."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return False
+    if type(error).__name__ in ("DistBackendError", "DistNetworkError", "DistStoreError"):
+        return True
+    return any(sign in str(error) for sign in LOST_PEER_SIGNS)
