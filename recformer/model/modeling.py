@@ -442,9 +442,16 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
         candidates: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         global_positions: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        sequence_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Scores [B, candidates], or with `labels` the mean loss. Histories come padded [B, L], or packed
+        (`segment_ids`, `sequence_starts`, `position_ids`, as `packing.pack_sequences` lays them out: B
+        sequences in fewer rows, on the sdpa/flex paths), which gives the same pooled vectors."""
         outputs = self.longformer(
             global_positions=global_positions,
+            segment_ids=segment_ids,
+            sequence_starts=sequence_starts,
             input_ids=input_ids,
             attention_mask=attention_mask,
             global_attention_mask=global_attention_mask,
@@ -457,7 +464,7 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
             output_hidden_states=output_hidden_states,
             pooled_only=not torch.is_grad_enabled(),  # inference; under autograd the check's host sync would stall
         )
-        pooled = outputs.pooler_output  # [B, H]
+        pooled = outputs.pooler_output  # [B, H], one per sequence (packed too)
         if labels is None:
             return self.similarity_score(pooled, candidates)
         labels = labels.reshape(-1)

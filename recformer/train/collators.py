@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import torch
 
 from recformer.distributed import shard_bounds
-from recformer.model.batching import ItemTable, encode_item_sequences
+from recformer.model.batching import ItemTable, encode_item_sequences, pack_item_sequences
 from recformer.model.modeling import draw_candidates
 from recformer.model.tokenization import RecformerTokenizer
 from recformer.train.masking import WholeWordMasker
@@ -36,6 +36,10 @@ class FinetuneCollator:
     negatives drawn uniformly from the other items of the table (`modeling.draw_candidates`), for
     `RecformerForSeqRec`'s sampled softmax.
 
+    With `pack_tokens` the histories are packed (`batching.pack_item_sequences`: several a row, rows of at
+    most `pack_tokens` tokens, attention kept within each) rather than padded, for the sdpa/flex paths;
+    the draws, labels and candidates are the same.
+
     Example (targets drawn at positions 2 and 0):
         >>> collator([[5, 9, 2, 4], [8, 1]])
         {input_ids: encoding of [[5, 9], []], ..., 'labels': tensor([2, 8])}
@@ -48,12 +52,16 @@ class FinetuneCollator:
         rng: random.Random | None = None,
         num_negatives: int = 0,
         vectorised: bool = True,
+        pack_tokens: int | None = None,
     ):
+        if pack_tokens is not None and pack_tokens < tokenizer.config.max_token_num:
+            raise ValueError(f"pack_tokens={pack_tokens} is less than max_token_num={tokenizer.config.max_token_num}")
         self.tokenizer = tokenizer
         self.item_table = item_table
         self.rng = rng if rng is not None else random.Random(0)
         self.num_negatives = num_negatives
         self.vectorised = vectorised
+        self.pack_tokens = pack_tokens
 
     def sample(
         self, batch: Sequence[Sequence[int]], rng: random.Random | None = None
@@ -78,7 +86,10 @@ class FinetuneCollator:
         self, histories: Sequence[Sequence[int]], labels: torch.Tensor, candidates: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """The model inputs of sampled rows: encoded histories, `labels` and `candidates` when given."""
-        out = encode_item_sequences(self.tokenizer, self.item_table, histories, vectorised=self.vectorised)
+        if self.pack_tokens is not None:
+            out = pack_item_sequences(self.tokenizer, self.item_table, histories, self.pack_tokens)
+        else:
+            out = encode_item_sequences(self.tokenizer, self.item_table, histories, vectorised=self.vectorised)
         out["labels"] = labels
         if candidates is not None:
             out["candidates"] = candidates
