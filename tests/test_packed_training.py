@@ -80,3 +80,46 @@ def test_pack_tokens_below_max_token_num_is_refused():
     _, padded, _ = setup(0)
     with pytest.raises(ValueError, match="pack_tokens=512 is less than max_token_num=1024"):
         FinetuneCollator(padded.tokenizer, padded.item_table, pack_tokens=512)
+
+
+def test_train_pack_tokens_chooses_by_mode_and_attention():
+    from recformer.train.collators import train_pack_tokens
+
+    assert train_pack_tokens("off", "sdpa", 1024) is None
+    assert train_pack_tokens("auto", "eager", 1024) is None
+    assert train_pack_tokens("auto", "sdpa", 1024) == train_pack_tokens("on", "flex_attention", 1024) == 1024
+    with pytest.raises(ValueError, match="--pack_train_batches on needs --attn_implementation sdpa"):
+        train_pack_tokens("on", "eager", 1024)
+    with pytest.raises(ValueError, match="must be one of off, on, auto"):
+        train_pack_tokens("yes", "sdpa", 1024)
+
+
+def test_a_packed_finetuning_run_trains_as_the_padded_one(tmp_path):
+    """One epoch of the finetuning command with --pack_train_batches on gives the padded run's step losses
+    (float rounding aside; without dropout); `on` with eager attention stops at start-up."""
+    import json
+    from dataclasses import replace
+
+    from recformer.train.finetune import Finetuner
+
+    from .finetune_fixtures import make_dataset, make_model_folder, make_pretrained_checkpoint
+    from .test_finetune import make_args
+
+    assets = {"model": make_model_folder(tmp_path), "ckpt": make_pretrained_checkpoint(tmp_path),
+              "data": make_dataset(tmp_path)}  # fmt: skip
+    config_file = assets["model"] / "config.json"  # no dropout: its draws differ between the two layouts
+    config = json.loads(config_file.read_text())
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    config_file.write_text(json.dumps(config))
+    losses = {}
+    for mode in ("off", "on"):
+        args = make_args(assets, tmp_path / mode, num_train_epochs=1, pack_train_batches=mode, attn_implementation="sdpa")
+        Finetuner(args).run()
+        log = (tmp_path / mode / "Tiny" / "train_log.jsonl").read_text().splitlines()
+        losses[mode] = [json.loads(line)["loss"] for line in log if "loss" in json.loads(line)]
+    assert len(losses["on"]) == len(losses["off"]) > 0
+    for a, b in zip(losses["off"], losses["on"]):
+        assert abs(a - b) <= 1e-4 * max(1.0, abs(a))
+    args = make_args(assets, tmp_path / "eager", pack_train_batches="on", attn_implementation="eager")
+    with pytest.raises(ValueError, match="--pack_train_batches on needs"):
+        Finetuner(replace(args))

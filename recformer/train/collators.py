@@ -26,6 +26,7 @@ from recformer.train.masking import WholeWordMasker
 
 __all__ = [
     "EvalCollator", "FinetuneCollator", "GlobalBatchCollator", "PretrainCollator", "StepBatch", "WholeWordMasker",
+    "PACK_MODES", "train_pack_tokens",
 ]  # fmt: skip
 
 
@@ -97,6 +98,25 @@ class FinetuneCollator:
 
     def __call__(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         return self.encode(*self.sample(batch))
+
+
+PACK_MODES = ("off", "on", "auto")
+
+
+def train_pack_tokens(mode: str, implementation: str, max_token_num: int) -> int | None:
+    """The row budget of packed training batches (`FinetuneCollator.pack_tokens`), or None for padded ones.
+
+    `mode` "off": padded. "on": packed, rows of `max_token_num` tokens; refused on the eager attention,
+    which cannot keep the sequences of a row apart. "auto": packed on sdpa/flex (`bench/bench_packed_training.py`
+    measured packed steps faster than padded ones on CPU sdpa), padded on eager.
+    """
+    if mode not in PACK_MODES:
+        raise ValueError(f"--pack_train_batches must be one of {', '.join(PACK_MODES)}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and implementation == "eager"):
+        return None
+    if implementation == "eager":
+        raise ValueError("--pack_train_batches on needs --attn_implementation sdpa, flex_attention or auto, not eager")
+    return max_token_num
 
 
 class StepBatch(NamedTuple):

@@ -65,11 +65,12 @@ from recformer.io.output_paths import (
     save_pretrained_folder,
 )
 from recformer.metrics import NonFiniteScores, format_metrics
+from recformer.model.attention import resolve_attn_implementation
 from recformer.model.configuration import build_config, field_values
 from recformer.model.modeling import RecformerForSeqRec
 from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
 from recformer.runtime import ModelRuntime, model_sources
-from recformer.train.collators import FinetuneCollator, GlobalBatchCollator
+from recformer.train.collators import FinetuneCollator, GlobalBatchCollator, train_pack_tokens
 from recformer.train.optimization import parameter_groups
 from recformer.train.run_log import METRICS_FILE, RunLog
 from recformer.train.training_state import START_FRESH, STATE_FILE, ResumeError, TrainingState
@@ -151,6 +152,8 @@ class Finetuner:
         )
         # an implementation that cannot train on this device stops here, before any data is read
         ModelRuntime.check_attention(args.attn_implementation, self.device, training=True)
+        self.train_attention = resolve_attn_implementation(args.attn_implementation, self.device, needs_grad=True)
+        train_pack_tokens(args.pack_train_batches, self.train_attention, 1)  # --pack_train_batches on + eager stops here
 
     def _setup_data(self) -> None:
         args = self.args
@@ -257,6 +260,8 @@ class Finetuner:
         `RESUME_FREE_FLAGS` and `INPUT_FLAGS`, the content of every input file, the tokenizer, the
         config, the device type and the global batch. Files are hashed once per run."""
         flags = {k: v for k, v in asdict(self.args).items() if k not in RESUME_FREE_FLAGS + INPUT_FLAGS}
+        if flags.get("pack_train_batches") == "off":  # the layout of runs started before the flag: they resume
+            del flags["pack_train_batches"]
         files = {f"data file {path.name}": file_fingerprint(path) for path in self.data_files}
         files["checkpoint --pretrain_ckpt"] = self.checkpoint_fingerprint
         files["tokenizer of --model_name_or_path"] = tokenizer_fingerprint(self.tokenizer)
@@ -335,8 +340,10 @@ class Finetuner:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         steps = [(i, [self.train_sequences[u] for u in order[a : a + g]]) for i, a in enumerate(range(0, n, g))]
         negatives = max(self.config.finetune_negative_sample_size, 0)
+        pack = train_pack_tokens(self.args.pack_train_batches, self.train_attention, self.config.max_token_num)
         collator = GlobalBatchCollator(
-            FinetuneCollator(self.tokenizer, self.items, num_negatives=negatives), seed, self.micro_batch,
+            FinetuneCollator(self.tokenizer, self.items, num_negatives=negatives, pack_tokens=pack),
+            seed, self.micro_batch,
             distributed.rank(), distributed.world_size(),
         )  # fmt: skip
         return DataLoader(
