@@ -181,6 +181,11 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     fp16: bool = flag(False, FP16_HELP)
     bf16: bool = flag(False, BF16_HELP)
     attn_implementation: str = flag("auto", ATTN_HELP)
+    pack_train_batches: str = flag(
+        "off", "training batches: off = padded; on = histories packed into rows of max_token_num tokens (sdpa/"
+        "flex only; the same loss up to float rounding, other dropout draws); auto = packed unless eager runs",
+        choices=["off", "on", "auto"],
+    )
     compile: bool = flag(False, COMPILE_HELP)
     fix_word_embedding: bool = flag(False, "freeze the word embeddings")
     verbose: int = flag(3, "evaluate dev every N epochs", type=positive_int)

@@ -111,10 +111,11 @@ class ModelRuntime:
     items: TokenizedItems | None = None
 
     @staticmethod
-    def check_attention(attn_implementation: str | None, device: torch.device, training: bool = False) -> None:
+    def check_attention(attn_implementation: str | None, device: torch.device, training: bool = False) -> str:
         """Refuse at once, before any data is read or any model built, an attention implementation that cannot
-        run on `device` (or cannot train there): the same check `place` makes, for commands that want it first."""
-        resolve_attn_implementation(attn_implementation, device, needs_grad=training)
+        run on `device` (or cannot train there): the same check `place` makes, for commands that want it first.
+        Returns the implementation passes on `device` will run ("auto" resolved)."""
+        return resolve_attn_implementation(attn_implementation, device, needs_grad=training)
 
     @classmethod
     def place(

@@ -34,7 +34,7 @@ FINETUNE_DEFAULTS = {
     "test_file": "test.json", "item2id_file": "smap.json", "meta_file": "meta_data.json", "num_train_epochs": 16,
     "gradient_accumulation_steps": 8, "global_batch_size": None, "finetune_negative_sample_size": 1000, "metric_ks": [10, 50], "batch_size": 16,
     "eval_batch_size": None, "learning_rate": 5e-5, "weight_decay": 0.0, "warmup_steps": 100, "stage2_schedule": "shared", "device": "auto",
-    "fp16": False, "bf16": False, "attn_implementation": "auto", "compile": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": min(8, CORES),
+    "fp16": False, "bf16": False, "attn_implementation": "auto", "pack_train_batches": "off", "compile": False, "fix_word_embedding": False, "verbose": 3, "preprocessing_num_workers": min(8, CORES),
     "dataloader_num_workers": 0, "seed": 42, "max_grad_norm": None, "exclude_history": False, "resume": False,
     "temp": None, "cache_dir": None, "progress": True, "overwrite_output_dir": False, **RECFORMER_FIELDS,
 }  # fmt: skip

@@ -41,9 +41,14 @@ def encode_item_sequences(
     item_table: ItemTable,
     sequences: Sequence[Sequence[Hashable]],
     pad_to_max: bool = False,
+    vectorised: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Padded LongTensors [B, L] for sequences of item ids (each oldest first), plus `global_positions`
     [B, G] (each row's global tokens, -1 in empty slots: the fast attention paths need no host sync).
+
+    A `TokenizedItems` table is laid out with numpy (`SequenceLayout.encode_flat` and `pad_flat`: Python
+    work per item, not per token); other tables, or `vectorised=False`, go through `tokenizer.encode` and
+    `tokenizer.padding` per sequence. Both give the same tensors.
 
     Example:
         >>> encode_item_sequences(tok, table, [[3, 7], []])
@@ -51,8 +56,13 @@ def encode_item_sequences(
          'token_type_ids': ..., 'attention_mask': ..., 'global_attention_mask': [[1, 0, ...], [1, 0, ...]],
          'global_positions': [[0], [0]]}
     """
-    padded = tokenizer.padding(encode_each(tokenizer, item_table, sequences), pad_to_max=pad_to_max)
-    out = {name: torch.tensor(value, dtype=torch.long) for name, value in padded.items()}
+    if vectorised and isinstance(item_table, TokenizedItems) and len(sequences) > 0:
+        fields, lengths = item_table.encode_sequences(tokenizer, sequences)
+        length = tokenizer.config.max_token_num if pad_to_max else None
+        out = {name: torch.from_numpy(value) for name, value in tokenizer.layout.pad_flat(fields, lengths, length).items()}
+    else:
+        padded = tokenizer.padding(encode_each(tokenizer, item_table, sequences), pad_to_max=pad_to_max)
+        out = {name: torch.tensor(value, dtype=torch.long) for name, value in padded.items()}
     out["global_positions"] = global_position_tensor(out["global_attention_mask"])
     return out
 

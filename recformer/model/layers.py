@@ -222,3 +222,16 @@ def pooled_global_slots(layout: AttentionLayout, sequence_starts: torch.Tensor |
     if not bool(match.any(dim=1).all()):
         return None
     return row * layout.global_positions.size(1) + match.int().argmax(dim=1)
+
+
+def draw_candidates(
+    labels: torch.Tensor, num_items: int, num_negatives: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """[B, 1 + K] item ids: each row's positive `labels[b]` first, then K negatives drawn uniformly from
+    the other `num_items - 1` items (never the positive), on `labels`' device."""
+    if num_items < 2:
+        raise ValueError("sampled softmax needs at least 2 items")
+    shape = (labels.size(0), num_negatives)
+    neg = torch.randint(0, num_items - 1, shape, device=labels.device, generator=generator)
+    neg = neg + (neg >= labels.unsqueeze(-1)).long()  # skip the positive
+    return torch.cat([labels.unsqueeze(-1), neg], dim=-1)

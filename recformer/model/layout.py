@@ -98,6 +98,27 @@ class SequenceLayout:
                 batch[name].append(list(seq[name]) + [pad_values[name]] * (length - n))
         return batch
 
+    def pad_flat(
+        self, fields: dict[str, np.ndarray], lengths: np.ndarray, length: int | None = None
+    ) -> dict[str, np.ndarray]:
+        """`pad` of sequences given back to back (as `encode_flat` returns them), vectorised: {field: [N, length]
+        int64} with `length` the longest sequence by default; the same values as `pad`."""
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if length is None:
+            length = int(lengths.max(initial=0))
+        if (lengths > length).any():
+            raise ValueError(f"sequence of {int(lengths.max())} tokens is longer than the padding length {length}")
+        starts = np.cumsum(lengths) - lengths
+        row = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
+        destination = row * length + np.arange(int(lengths.sum()), dtype=np.int64) - starts[row]
+        pad_values = self.pad_values
+        batch = {}
+        for name in SEQUENCE_FIELDS:
+            out = np.full(len(lengths) * length, pad_values[name], dtype=np.int64)
+            out[destination] = fields[name]
+            batch[name] = out.reshape(len(lengths), length)
+        return batch
+
     def encode_flat(
         self, ids: np.ndarray, types: np.ndarray, offsets: np.ndarray, rows: Sequence[Sequence[int]]
     ) -> tuple[dict[str, np.ndarray], np.ndarray]:

@@ -29,6 +29,7 @@ from recformer.model.layers import (
     RecformerModelOutput,
     RecformerPooler,
     Similarity,
+    draw_candidates,
     fast_layer,
     global_rows_layer,
     pooled_global_slots,
@@ -334,19 +335,6 @@ class RecformerModel(RecformerPreTrainedModel):
         return hidden_states, all_hidden_states
 
 
-def draw_candidates(
-    labels: torch.Tensor, num_items: int, num_negatives: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """[B, 1 + K] item ids: each row's positive `labels[b]` first, then K negatives drawn uniformly from
-    the other `num_items - 1` items (never the positive), on `labels`' device."""
-    if num_items < 2:
-        raise ValueError("sampled softmax needs at least 2 items")
-    shape = (labels.size(0), num_negatives)
-    neg = torch.randint(0, num_items - 1, shape, device=labels.device, generator=generator)
-    neg = neg + (neg >= labels.unsqueeze(-1)).long()  # skip the positive
-    return torch.cat([labels.unsqueeze(-1), neg], dim=-1)
-
-
 class RecformerForSeqRec(RecformerPreTrainedModel):
     """Sequential recommendation: score a user's history against a frozen table of item vectors.
 
@@ -444,9 +432,16 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
         candidates: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         global_positions: torch.Tensor | None = None,
+        segment_ids: torch.Tensor | None = None,
+        sequence_starts: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Scores [B, candidates], or with `labels` the mean loss. Histories come padded [B, L], or packed
+        (`segment_ids`, `sequence_starts`, `position_ids`, as `packing.pack_sequences` lays them out: B
+        sequences in fewer rows, on the sdpa/flex paths), which gives the same pooled vectors."""
         outputs = self.longformer(
             global_positions=global_positions,
+            segment_ids=segment_ids,
+            sequence_starts=sequence_starts,
             input_ids=input_ids,
             attention_mask=attention_mask,
             global_attention_mask=global_attention_mask,
@@ -459,7 +454,7 @@ class RecformerForSeqRec(RecformerPreTrainedModel):
             output_hidden_states=output_hidden_states,
             pooled_only=not torch.is_grad_enabled(),  # inference; under autograd the check's host sync would stall
         )
-        pooled = outputs.pooler_output  # [B, H]
+        pooled = outputs.pooler_output  # [B, H], one per sequence (packed too)
         if labels is None:
             return self.similarity_score(pooled, candidates)
         labels = labels.reshape(-1)

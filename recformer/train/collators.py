@@ -4,29 +4,42 @@ All three turn item ids into padded tensors through one function, `batching.enco
 differ only in how they pick the history and the target. Items are looked up in a table of
 pre-tokenized items (`(input_ids, token_type_ids)` per item id, tokenized once up front), so no
 collator tokenizes text. All randomness comes from the `random.Random` passed in.
+
+With a `TokenizedItems` table the batches are laid out with numpy, and pretraining's whole-word masking
+is vectorised too (`masking.WholeWordMasker`); `vectorised=False` keeps the per-token Python path, which
+gives the same tensors for the same generator state (kept for benchmarks and as the reference).
 """
 
 from __future__ import annotations
 
 import random
-import unicodedata
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from recformer.distributed import shard_bounds
-from recformer.model.batching import ItemTable, encode_item_sequences
-from recformer.model.modeling import draw_candidates
+from recformer.model.batching import ItemTable, encode_item_sequences, pack_item_sequences
+from recformer.model.layers import draw_candidates
 from recformer.model.tokenization import RecformerTokenizer
+from recformer.train.masking import WholeWordMasker
+
+__all__ = [
+    "EvalCollator", "FinetuneCollator", "GlobalBatchCollator", "PretrainCollator", "StepBatch", "WholeWordMasker",
+    "PACK_MODES", "train_pack_tokens",
+]  # fmt: skip
 
 
 class FinetuneCollator:
     """Training batches: for each user one random target position in [0, L-1]; history = items before it.
 
     With `num_negatives` K > 0 the batch also holds `candidates` [B, 1 + K]: each target first, then K
-    negatives drawn uniformly from the other items of the table (`modeling.draw_candidates`), for
+    negatives drawn uniformly from the other items of the table (`layers.draw_candidates`), for
     `RecformerForSeqRec`'s sampled softmax.
+
+    With `pack_tokens` the histories are packed (`batching.pack_item_sequences`: several a row, rows of at
+    most `pack_tokens` tokens, attention kept within each) rather than padded, for the sdpa/flex paths;
+    the draws, labels and candidates are the same.
 
     Example (targets drawn at positions 2 and 0):
         >>> collator([[5, 9, 2, 4], [8, 1]])
@@ -39,11 +52,17 @@ class FinetuneCollator:
         item_table: ItemTable,
         rng: random.Random | None = None,
         num_negatives: int = 0,
+        vectorised: bool = True,
+        pack_tokens: int | None = None,
     ):
+        if pack_tokens is not None and pack_tokens < tokenizer.config.max_token_num:
+            raise ValueError(f"pack_tokens={pack_tokens} is less than max_token_num={tokenizer.config.max_token_num}")
         self.tokenizer = tokenizer
         self.item_table = item_table
         self.rng = rng if rng is not None else random.Random(0)
         self.num_negatives = num_negatives
+        self.vectorised = vectorised
+        self.pack_tokens = pack_tokens
 
     def sample(
         self, batch: Sequence[Sequence[int]], rng: random.Random | None = None
@@ -68,7 +87,10 @@ class FinetuneCollator:
         self, histories: Sequence[Sequence[int]], labels: torch.Tensor, candidates: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         """The model inputs of sampled rows: encoded histories, `labels` and `candidates` when given."""
-        out = encode_item_sequences(self.tokenizer, self.item_table, histories)
+        if self.pack_tokens is not None:
+            out = pack_item_sequences(self.tokenizer, self.item_table, histories, self.pack_tokens)
+        else:
+            out = encode_item_sequences(self.tokenizer, self.item_table, histories, vectorised=self.vectorised)
         out["labels"] = labels
         if candidates is not None:
             out["candidates"] = candidates
@@ -76,6 +98,25 @@ class FinetuneCollator:
 
     def __call__(self, batch: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
         return self.encode(*self.sample(batch))
+
+
+PACK_MODES = ("off", "on", "auto")
+
+
+def train_pack_tokens(mode: str, implementation: str, max_token_num: int) -> int | None:
+    """The row budget of packed training batches (`FinetuneCollator.pack_tokens`), or None for padded ones.
+
+    `mode` "off": padded. "on": packed, rows of `max_token_num` tokens; refused on the eager attention,
+    which cannot keep the sequences of a row apart. "auto": packed on sdpa/flex (`bench/bench_packed_training.py`
+    measured packed steps faster than padded ones on CPU sdpa), padded on eager.
+    """
+    if mode not in PACK_MODES:
+        raise ValueError(f"--pack_train_batches must be one of {', '.join(PACK_MODES)}, got {mode!r}")
+    if mode == "off" or (mode == "auto" and implementation == "eager"):
+        return None
+    if implementation == "eager":
+        raise ValueError("--pack_train_batches on needs --attn_implementation sdpa, flex_attention or auto, not eager")
+    return max_token_num
 
 
 class StepBatch(NamedTuple):
@@ -144,94 +185,6 @@ class EvalCollator:
         return out
 
 
-def _is_punctuation(ch: str) -> bool:
-    """BERT's punctuation test: the ASCII symbol ranges plus every Unicode `P*` category."""
-    cp = ord(ch)
-    if 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126:
-        return True
-    return unicodedata.category(ch).startswith("P")
-
-
-def wordpiece_continuation(tokenizer: Any) -> str | None:
-    """The continuation prefix ('##') of a WordPiece tokenizer backend, None for any other vocabulary."""
-    from tokenizers.models import WordPiece
-
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    model = getattr(backend, "model", None)
-    return model.continuing_subword_prefix if isinstance(model, WordPiece) else None
-
-
-class WholeWordMasker:
-    """Whole-word MLM masking on padded input ids, as the reference pretraining collator does it.
-
-    A word is a BPE group: a token whose text does not begin with a space (byte-level 'Ġ') and whose
-    first character is not punctuation continues the previous word. With a WordPiece vocabulary (a
-    start converted from BERT), a token continues the previous word when it begins with the
-    continuation prefix ('##'). Every token but `<s>`/`</s>`
-    is a candidate (padding too: the reference pads before masking), words are taken in random order
-    until round(padded length * probability) tokens are covered, and special tokens among them
-    (padding, `<unk>`, `<mask>`) are then left out. Each chosen token becomes `<mask>` with
-    probability 0.8, a random token with 0.1, or stays. Labels are -100 where nothing was chosen.
-    """
-
-    def __init__(self, tokenizer: RecformerTokenizer, mlm_probability: float = 0.15, max_predictions: int = 512):
-        if not 0.0 < mlm_probability < 1.0:
-            raise ValueError(f"mlm_probability must be in (0, 1), got {mlm_probability}")
-        self.mlm_probability = mlm_probability
-        self.max_predictions = max_predictions
-        self.mask_token_id = tokenizer.mask_token_id
-        self.vocab_size = len(tokenizer)
-        tokens = tokenizer.convert_ids_to_tokens(list(range(self.vocab_size)))
-        self.skipped_ids = {tokenizer.bos_token_id, tokenizer.eos_token_id}
-        self.special_ids = set(tokenizer.all_special_ids)
-        prefix = wordpiece_continuation(tokenizer)
-        if prefix is not None:
-            self.continues_word = [bool(tok) and tok.startswith(prefix) for tok in tokens]
-        else:
-            self.continues_word = [
-                bool(tok) and not tok.startswith("\u0120") and not _is_punctuation(tok[0]) for tok in tokens
-            ]
-
-    def words(self, ids: Sequence[int]) -> list[list[int]]:
-        """Positions of each candidate word of one row."""
-        words: list[list[int]] = []
-        for i, tid in enumerate(ids):
-            if tid in self.skipped_ids:
-                continue
-            if words and self.continues_word[tid]:
-                words[-1].append(i)
-            else:
-                words.append([i])
-        return words
-
-    def __call__(self, input_ids: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns (masked input ids, labels), both [B, L]; `input_ids` is not modified."""
-        masked = input_ids.clone()
-        labels = torch.full_like(input_ids, -100)
-        rows = input_ids.tolist()
-        for b, ids in enumerate(rows):
-            words = self.words(ids)
-            rng.shuffle(words)
-            budget = min(self.max_predictions, max(1, int(round(len(ids) * self.mlm_probability))))
-            chosen: list[int] = []
-            for word in words:
-                if len(chosen) >= budget:
-                    break
-                if len(chosen) + len(word) > budget:
-                    continue
-                chosen.extend(word)
-            for i in chosen:
-                if ids[i] in self.special_ids:
-                    continue
-                labels[b, i] = ids[i]
-                r = rng.random()
-                if r < 0.8:
-                    masked[b, i] = self.mask_token_id
-                elif r < 0.9:
-                    masked[b, i] = rng.randrange(self.vocab_size)
-        return masked, labels
-
-
 class PretrainCollator:
     """Pretraining batches: (history, next item) pairs with whole-word MLM copies of both sides.
 
@@ -251,11 +204,13 @@ class PretrainCollator:
         item_table: ItemTable,
         mlm_probability: float = 0.15,
         rng: random.Random | None = None,
+        vectorised: bool = True,
     ):
         self.tokenizer = tokenizer
         self.item_table = item_table
-        self.masker = WholeWordMasker(tokenizer, mlm_probability)
+        self.masker = WholeWordMasker(tokenizer, mlm_probability, vectorised=vectorised)
         self.rng = rng if rng is not None else random.Random(0)
+        self.vectorised = vectorised
 
     def split(self, seq: Sequence[Any]) -> tuple[Sequence[Any], Sequence[Any]]:
         if len(seq) < 2:
@@ -267,7 +222,8 @@ class PretrainCollator:
         pairs = [self.split(seq) for seq in batch]
         out: dict[str, torch.Tensor] = {}
         for side, index in (("a", 0), ("b", 1)):
-            encoded = encode_item_sequences(self.tokenizer, self.item_table, [pair[index] for pair in pairs])
+            sequences = [pair[index] for pair in pairs]
+            encoded = encode_item_sequences(self.tokenizer, self.item_table, sequences, vectorised=self.vectorised)
             mlm_input_ids, mlm_labels = self.masker(encoded["input_ids"], self.rng)
             out.update({f"{name}_{side}": value for name, value in encoded.items()})
             out[f"mlm_input_ids_{side}"] = mlm_input_ids

@@ -69,7 +69,7 @@ from recformer.model.modeling import RecformerForSeqRec
 from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
 from recformer.runtime import ModelRuntime, model_sources
 from recformer.train import stage_two
-from recformer.train.collators import FinetuneCollator, GlobalBatchCollator
+from recformer.train.collators import FinetuneCollator, GlobalBatchCollator, train_pack_tokens
 from recformer.train.optimization import parameter_groups
 from recformer.train.run_log import METRICS_FILE, RunLog
 from recformer.train.training_state import (
@@ -121,7 +121,8 @@ class Finetuner:
             self.device, fp16=args.fp16, bf16=args.bf16, batch_size=args.eval_batch_size, progress=self.progress
         )
         # an implementation that cannot train on this device stops here, before any data is read
-        ModelRuntime.check_attention(args.attn_implementation, self.device, training=True)
+        self.train_attention = ModelRuntime.check_attention(args.attn_implementation, self.device, training=True)
+        train_pack_tokens(args.pack_train_batches, self.train_attention, 1)  # --pack_train_batches on + eager stops here
 
     def _setup_data(self) -> None:
         args = self.args
@@ -302,8 +303,10 @@ class Finetuner:
         order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
         steps = [(i, [self.train_sequences[u] for u in order[a : a + g]]) for i, a in enumerate(range(0, n, g))]
         negatives = max(self.config.finetune_negative_sample_size, 0)
+        pack = train_pack_tokens(self.args.pack_train_batches, self.train_attention, self.config.max_token_num)
         collator = GlobalBatchCollator(
-            FinetuneCollator(self.tokenizer, self.items, num_negatives=negatives), seed, self.micro_batch,
+            FinetuneCollator(self.tokenizer, self.items, num_negatives=negatives, pack_tokens=pack),
+            seed, self.micro_batch,
             distributed.rank(), distributed.world_size(),
         )  # fmt: skip
         return DataLoader(

@@ -235,6 +235,8 @@ def run_fingerprint(
     `RESUME_FREE_FLAGS` and `INPUT_FLAGS`, the content hash of every input (`files`: name -> hash), the
     config (without `CONFIG_NOT_FINGERPRINTED`), the device type and the global batch."""
     flags = {k: v for k, v in dataclasses.asdict(args).items() if k not in RESUME_FREE_FLAGS + INPUT_FLAGS}
+    if flags.get("pack_train_batches") == "off":  # the layout of runs started before the flag: they resume
+        del flags["pack_train_batches"]
     saved = json.loads(config.to_json_string(use_diff=False))
     saved = {k: v for k, v in saved.items() if k not in CONFIG_NOT_FINGERPRINTED}
     return {"flags": flags, "files": dict(files), "config": saved, "device": {"type": device_type},

@@ -26,7 +26,26 @@ NAME=longformer-demo
 [ -n "$BACKBONE" ] && NAME=backbone
 export TOKENIZERS_PARALLELISM=false
 start=$(date +%s)
-step() { echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
+# Phase timing: `step` closes the running phase and opens the next; `phase_summary` prints them all.
+millis() { echo $(( $(date +%s%N) / 1000000 )); }
+phase_names=() phase_millis=() phase_name="" phase_start=$(millis)
+close_phase() {
+    local now
+    now=$(millis)
+    if [ -n "$phase_name" ]; then phase_names+=("$phase_name") phase_millis+=($(( now - phase_start ))); fi
+    phase_name="$*" phase_start=$now
+}
+step() { close_phase "$*"; echo; echo "== [$(( $(date +%s) - start ))s] $*"; }
+phase_summary() {
+    close_phase ""
+    local i total=0
+    echo; echo "== phase times"
+    for i in "${!phase_names[@]}"; do
+        total=$(( total + phase_millis[i] ))
+        printf '%6d.%d s  %s\n' $(( phase_millis[i] / 1000 )) $(( phase_millis[i] % 1000 / 100 )) "${phase_names[i]}"
+    done
+    printf '%6d.%d s  total\n' $(( total / 1000 )) $(( total % 1000 / 100 ))
+}
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -80,3 +99,4 @@ $PY finetune.py --pretrain_ckpt "$CKPT" --data_path "$OUT/data/Demo" --model_nam
 step "6/6 report"
 $PY scripts/demo/report.py --run_dir "$OUT/finetune/Demo" --data_path "$OUT/data/Demo" \
     --output_dir "$OUT" --seconds $(( $(date +%s) - start ))
+phase_summary
