@@ -176,11 +176,11 @@ class ModelRuntime:
         )  # fmt: skip
         return self.items
 
-    def encode_items(self, items: TokenizedItems | None = None) -> torch.Tensor:
-        """Every item of `items` (default: the catalogue) encoded alone [N, H] float32 on the CPU; in a
-        distributed run the batches are sharded and gathered, so every rank must call it."""
+    def encode_items(self, items: TokenizedItems | None = None, *, shard: bool = True) -> torch.Tensor:
+        """Every item of `items` (default: the catalogue) encoded alone [N, H] float32 on the CPU. With `shard`, in
+        a distributed run the batches are split across the ranks and gathered, so every rank must call it."""
         table = self._catalogue() if items is None else items
-        return encode_items(self.model.longformer, self.tokenizer, table, self.settings.replace(shard=True))
+        return encode_items(self.model.longformer, self.tokenizer, table, self.settings.replace(shard=shard))
 
     def item_table(
         self,

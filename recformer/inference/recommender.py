@@ -335,7 +335,7 @@ class Recommender:
             return 0, 0
         todo = [j for _, j in changed] + added
         fresh = tokenize_catalogue(self.tokenizer, [attrs[j] for j in todo], progress=self.progress)
-        vectors = self.runtime.encode_items(fresh)
+        vectors = self.runtime.encode_items(fresh, shard=False)  # one caller's items: no collective
         check_finite_vectors(vectors, [ids[j] for j in todo], "add_items")
         rows = [row for row, _ in changed]
         table = torch.cat([self.vectors.detach(), vectors[len(changed) :].to(self.vectors)])  # [N + added, H]
