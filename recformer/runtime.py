@@ -36,12 +36,10 @@ from recformer.model.attention import configure_attention, resolve_attn_implemen
 from recformer.model.configuration import DEFAULT_MODEL, RecformerConfig, build_config
 from recformer.model.item_tokens import TokenizedItems, tokenize_catalogue
 from recformer.model.modeling import RecformerForSeqRec
-from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
+from recformer.model.tokenization import TOKENIZER_FILES, RecformerTokenizer, check_tokenizer_fits
 
 logger = logging.getLogger(__name__)
 
-# Files that make a folder a tokenizer source.
-TOKENIZER_FILES = ("tokenizer.json", "vocab.json")
 
 
 def run_folder_model(checkpoint: str | os.PathLike) -> str | None:

@@ -3,7 +3,7 @@
 `encode_items` turns the tokenized catalogue into the item table (each item encoded alone as a
 one-item sequence); `evaluate` scores (history, target) pairs against every item with
 `RecformerForSeqRec.similarity_score` and averages the ranking metrics (`metrics.py`) over users.
-`encode_items(..., shard=True)` splits the catalogue across the ranks of a distributed run (`distributed.py`),
+`encode_items` with `InferenceSettings(shard=True)` splits the catalogue across the ranks of a distributed run (`distributed.py`),
 and `evaluate` the users; results are gathered, so every rank gets the one-process numbers.
 """
 
@@ -45,7 +45,7 @@ def cached_item_vectors(
     write it there (no cache: `path` None). A cached file that is not a tensor of `shape` is rebuilt.
 
     In a distributed run every rank calls it: either every rank reads the file or every rank calls
-    `build` (which may be collective, e.g. `encode_items(..., shard=True)`); only rank 0 writes.
+    `build` (which may be collective, e.g. `encode_items` with `settings.shard`); only rank 0 writes.
     """
 
     def load(p: Path) -> torch.Tensor:
