@@ -116,7 +116,7 @@ def _fast_path_batch(tokenizer, config):
 def test_bf16_fast_paths_stay_close_to_fp32_eager(tokenizer, implementation):
     from .conftest import tiny_config
 
-    config = tiny_config(attn_implementation="eager")
+    config = tiny_config(attn_implementation="eager", num_attention_heads=2)  # compiled flex: head dim >= 16
     model = RecformerModel(config).eval().cuda()
     batch = {k: v.cuda() for k, v in _fast_path_batch(tokenizer, config).items() if k != "labels"}
     mask = batch["attention_mask"].bool()
@@ -136,7 +136,7 @@ def test_training_step_on_gpu_matches_eager_and_never_syncs(tokenizer, implement
     from .conftest import tiny_config
 
     torch.manual_seed(0)
-    config = tiny_config(attn_implementation="eager", finetune_negative_sample_size=5)
+    config = tiny_config(attn_implementation="eager", finetune_negative_sample_size=5, num_attention_heads=2)
     model = RecformerForSeqRec(config).train().cuda()
     model.init_item_embedding(torch.randn(30, config.hidden_size))
     batch = {k: v.cuda() for k, v in _fast_path_batch(tokenizer, config).items()}

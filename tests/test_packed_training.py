@@ -1,6 +1,6 @@
 """Packed finetuning batches (`FinetuneCollator(pack_tokens=...)`) train exactly as padded ones: same draws,
 same loss (1e-5) and same gradients (1e-4) on the sdpa path; the same loss on flex_attention (forward only:
-torch's FlexAttention has no backward on CPU)."""
+torch's FlexAttention has no backward on CPU; on a CUDA GPU both paths are checked with gradients)."""
 
 import random
 
@@ -18,8 +18,8 @@ from .test_vectorised_collators import histories, random_items
 N_ITEMS = 40
 
 
-def setup(negatives: int, implementation: str = "sdpa"):
-    config = finetune_config(attention_window=[16, 16])
+def setup(negatives: int, implementation: str = "sdpa", **overrides):
+    config = finetune_config(attention_window=[16, 16], **overrides)
     tok = RecformerTokenizer.from_pretrained(str(TINY_TOKENIZER_DIR), config)
     table = TokenizedItems.from_lists(tok.tokenize_items(random_items(N_ITEMS, seed=negatives)))
     torch.manual_seed(0)
@@ -56,6 +56,21 @@ def test_packed_batches_give_the_padded_loss_and_gradients(negatives):
         assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
         for name in grads_a:
             torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("implementation", ["sdpa", "flex_attention"])
+def test_packed_batches_give_the_padded_loss_and_gradients_on_cuda(implementation):
+    model, padded, packed = setup(4, implementation, num_attention_heads=2)  # compiled flex: head dim >= 16
+    model.cuda()
+    seqs = histories(N_ITEMS, 16, seed=11, longest=40)
+    a, b = ({k: v.cuda() for k, v in batch.items()} for batch in (padded(seqs), packed(seqs)))
+    loss_a, grads_a = loss_and_grads(model, a)
+    loss_b, grads_b = loss_and_grads(model, b)
+    assert abs(loss_a.item() - loss_b.item()) <= 1e-5
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-4, msg=name)
 
 
 def test_packed_batches_give_the_padded_loss_on_flex_attention():

@@ -352,3 +352,22 @@ def test_clear_run_folder_removes_the_outputs_of_a_run_and_keeps_the_cache(tmp_p
     (tmp_path / "cache").mkdir()
     clear_run_folder(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["cache"]
+
+
+@pytest.mark.parametrize(
+    "flag, device, packed",
+    [("auto", "cuda", True), ("auto", "cpu", False), ("on", "cpu", True), ("off", "cuda", False)],
+)
+def test_pack_sides_follows_the_flag_and_the_device(monkeypatch, flag, device, packed):
+    """--pack_sides auto packs both sides in one pass on CUDA (measured faster there) and not on CPU."""
+    from recformer.args import PretrainArgs
+    from recformer.train import pretraining
+
+    from .conftest import tiny_config
+
+    model = RecformerForPretraining(tiny_config())
+    monkeypatch.setattr(pretraining, "build_pretraining_model", lambda args, config: model)
+    args = PretrainArgs(model_name_or_path="m", train_file="t", dev_file="d", item_attr_file="i", output_dir="o",
+                        pack_sides=flag)  # fmt: skip
+    assert pretraining._setup_model(args, model.config, torch.device(device)) is model
+    assert model.config.pack_sides is packed

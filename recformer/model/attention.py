@@ -71,29 +71,32 @@ def flex_compiler_available(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 7
 
 
+# torch's compiled FlexAttention kernels need at least this head dimension (an Inductor lowering error below it)
+FLEX_MIN_HEAD_DIM = 16
+
+
 def resolve_attn_implementation(
     requested: str | None,
     device: torch.device,
     dropout_active: bool = False,
     needs_grad: bool = False,
     output_attentions: bool = False,
+    head_dim: int | None = None,
 ) -> str:
     """The implementation one forward pass runs: "eager", "sdpa" or "flex_attention".
 
-    "auto" picks per input device: on CUDA, compiled FlexAttention when triton works and no
-    attention dropout is active (FlexAttention has none), else SDPA; on CPU, SDPA (measured faster
-    than eager at every length, see `bench/bench_throughput.py`); with `output_attentions`, eager
-    (the only one that returns attention probabilities). An explicit name that cannot run here fails
-    with one line naming what is missing; nothing falls back silently.
+    "auto" runs SDPA on every device, and eager with `output_attentions` (the only one that returns
+    attention probabilities). SDPA was measured the fastest everywhere by `bench/bench_throughput.py`:
+    faster than eager at every length on CPU, and on an H200 at longformer-base size in bf16
+    (`bench/results/gpu_throughput_h200.json`) 2.5x compiled FlexAttention's item-encoding speed and
+    1.3x its finetuning and pretraining steps. FlexAttention stays available by name. An explicit name
+    that cannot run here fails with one line naming what is missing; nothing falls back silently.
+    `head_dim` (the model's hidden size per head), when given, is checked against what compiled
+    FlexAttention can build on CUDA.
     """
     name = check_attn_implementation(requested)
     if name == "auto":
-        if output_attentions:
-            chosen = "eager"
-        elif flex_compiler_available(device) and not dropout_active:
-            chosen = "flex_attention"
-        else:
-            chosen = "sdpa"
+        chosen = "eager" if output_attentions else "sdpa"
         _log_auto_choice(device.type, chosen)
         return chosen
     if output_attentions and name != "eager":
@@ -103,6 +106,11 @@ def resolve_attn_implementation(
             raise AttentionUnavailable(
                 "attn_implementation='flex_attention' on CUDA needs triton (torch.compile's GPU compiler) and a "
                 "GPU of compute capability >= 7.0; triton is missing or the GPU is older: install triton or use 'sdpa'"
+            )
+        if device.type == "cuda" and head_dim is not None and head_dim < FLEX_MIN_HEAD_DIM:
+            raise AttentionUnavailable(
+                f"attn_implementation='flex_attention' on CUDA needs a head dimension of at least {FLEX_MIN_HEAD_DIM} "
+                f"(hidden_size / num_attention_heads), this model's is {head_dim}: use 'sdpa'"
             )
         if dropout_active:
             raise AttentionUnavailable(
@@ -127,7 +135,8 @@ def configure_attention(model: nn.Module, requested: str | None, device: torch.d
     name = check_attn_implementation(requested)
     model.set_attn_implementation(name)
     dropout = training and model.config.attention_probs_dropout_prob > 0
-    chosen = resolve_attn_implementation(name, device, dropout_active=dropout, needs_grad=training)
+    head_dim = model.config.hidden_size // model.config.num_attention_heads
+    chosen = resolve_attn_implementation(name, device, dropout_active=dropout, needs_grad=training, head_dim=head_dim)
     if name != "auto":
         _log_choice(name, device.type, chosen)
     return chosen

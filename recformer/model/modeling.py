@@ -260,8 +260,9 @@ class RecformerModel(RecformerPreTrainedModel):
         config's, given training mode, attention dropout and whether gradients are needed)."""
         dropout_active = self.training and self.config.attention_probs_dropout_prob > 0
         needs_grad = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
+        head_dim = self.config.hidden_size // self.config.num_attention_heads
         return resolve_attn_implementation(
-            self.config._attn_implementation, device, dropout_active, needs_grad, output_attentions
+            self.config._attn_implementation, device, dropout_active, needs_grad, output_attentions, head_dim
         )
 
     @staticmethod

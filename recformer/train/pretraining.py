@@ -178,6 +178,7 @@ def _setup_model(args: PretrainArgs, config: RecformerConfig, device: torch.devi
     """The model from its start point, its attention set for training on `device` (compiled with
     --compile)."""
     model = build_pretraining_model(args, config)
+    model.config.pack_sides = args.pack_sides == "on" or (args.pack_sides == "auto" and device.type == "cuda")
     configure_attention(model, args.attn_implementation, device, training=True)
     if args.compile:
         model.longformer.compile()  # in place: parameter names (and checkpoints) stay the same
