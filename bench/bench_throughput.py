@@ -6,7 +6,10 @@ Parts (`--parts`):
   eager in today's padded batches of `--eager_batch`, each fast implementation through
   `evaluation.encode_items` (packed rows, token-budget batches);
 - finetune: a finetuning step (forward, backward, AdamW) of RecformerForSeqRec at batch `--batch`, for
-  histories of up to each of `--lengths` tokens (between half of it and all of it);
+  histories of up to each of `--lengths` tokens (between half of it and all of it); "sdpa:packed" and
+  "flex_attention:packed" lay the same histories out packed (`--pack_train_batches on`: several a row,
+  rows of the largest of `--lengths` tokens) instead of padded to the longest; ":compiled" (after any
+  other variant, joined by "+": "sdpa:one_pass+compiled") compiles the encoder as `--compile` does;
 - pretrain: a pretraining step of RecformerForPretraining at batch `--batch` (history side of up to the
   largest of `--lengths` tokens, next-item side, whole-word MLM on both); "sdpa:one_pass" runs both sides
   in one packed pass (`RecformerConfig.pack_sides`) instead of one pass per side;
@@ -57,11 +60,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from recformer import RecformerConfig, RecformerForPretraining, RecformerForSeqRec  # noqa: E402
-from recformer.devices import keep_freed_memory  # noqa: E402
+from recformer.devices import InferenceSettings, keep_freed_memory  # noqa: E402
 from recformer.inference.evaluation import encode_items, evaluate, to_device  # noqa: E402
 from recformer.metrics import compute_ranks, metrics_from_ranks  # noqa: E402
 from recformer.model.attention import resolve_attn_implementation  # noqa: E402
-from recformer.model.batching import encode_item_sequences  # noqa: E402
+from recformer.model.batching import encode_item_sequences, pack_item_sequences  # noqa: E402
 from recformer.model.tokenization import RecformerTokenizer, build_bpe_tokenizer  # noqa: E402
 from recformer.train.collators import EvalCollator, PretrainCollator  # noqa: E402
 
@@ -232,7 +235,10 @@ def measure(a, part: str, implementation: str) -> dict:
         config = build_config(a.size, 3000, a.window, max(a.lengths))
         tokenizer = demo_tokenizer(items, folder, config)
     config.vocab_size = len(tokenizer)
-    implementation, _, variant = implementation.partition(":")  # "sdpa:one_pass": pretraining's packed pass
+    # after ":", variants joined by "+": "one_pass" (pretraining's packed pass), "packed" (packed finetuning
+    # batches), "compiled" (torch.compile of the encoder, as --compile does; the warm-up step compiles)
+    implementation, _, variant_text = implementation.partition(":")
+    variants = set(variant_text.split("+")) - {""}
     config._attn_implementation = "auto" if part == "budget" else implementation
     rng = random.Random(0)
     table = tokenizer.tokenize_items(items)
@@ -245,18 +251,18 @@ def measure(a, part: str, implementation: str) -> dict:
         model = RecformerForSeqRec(config).to(device).eval()
         batch = a.eager_batch if implementation == "eager" else None
         budget = int(implementation) if part == "budget" else None
-        seconds, cpu_seconds = timed(
-            lambda: encode_items(model.longformer, tokenizer, catalogue, batch, device, amp, progress=False, max_tokens=budget),
-            a.repeats_inner, device,
-        )  # fmt: skip
+        settings = InferenceSettings(device, bf16=dtype == torch.bfloat16, batch_size=batch, max_tokens=budget, progress=False)
+        seconds, cpu_seconds = timed(lambda: encode_items(model.longformer, tokenizer, catalogue, settings), a.repeats_inner, device)
         tokens = int(catalogue.lengths().sum()) + len(catalogue)  # + <s>
         flops = 2 * encoder_parameters(model) * tokens
         result.update(items_per_s=len(catalogue) / seconds, seconds=seconds, cpu_seconds=cpu_seconds, real_tokens=tokens)
     else:
         cls = RecformerForSeqRec if part == "finetune" else RecformerForPretraining
         model = cls(config).to(device).train()
-        if variant == "one_pass":
+        if "one_pass" in variants:
             model.config.pack_sides = True
+        if "compiled" in variants:
+            model.longformer.compile()
         if part == "finetune":
             model.init_item_embedding(torch.randn(len(catalogue), config.hidden_size))
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
@@ -265,7 +271,10 @@ def measure(a, part: str, implementation: str) -> dict:
         for length in lengths:
             seqs = histories(rng, item_lengths, a.batch, max(2, length // 2), length)
             if part == "finetune":
-                batch = encode_item_sequences(tokenizer, table, seqs)
+                if "packed" in variants:
+                    batch = pack_item_sequences(tokenizer, table, seqs, max(a.lengths))
+                else:
+                    batch = encode_item_sequences(tokenizer, table, seqs)
                 batch["labels"] = torch.tensor([rng.randrange(len(catalogue)) for _ in seqs])
                 tokens = int(batch["attention_mask"].sum())
                 flops = 6 * encoder_parameters(model) * tokens
@@ -353,10 +362,9 @@ def measure_evaluation(a, path: str, device: torch.device, dtype: torch.dtype = 
     if path.startswith("today"):
         metrics = todays_evaluation(model, tokenizer, table, pairs, device, ks)
     else:
-        vectors = encode_items(model.longformer, tokenizer, table, None, device, progress=False, max_tokens=a.eval_tokens,
-                               dtype=dtype)
-        model.init_item_embedding(vectors)
-        metrics = evaluate(model, pairs, tokenizer, table, None, device, ks, progress=False, max_tokens=a.eval_tokens)
+        settings = InferenceSettings(device, max_tokens=a.eval_tokens, progress=False)
+        model.init_item_embedding(encode_items(model.longformer, tokenizer, table, settings, dtype=dtype))
+        metrics = evaluate(model, pairs, tokenizer, table, settings, ks)
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     return {"part": "evaluation", "implementation": path, "seconds": seconds, "cpu_seconds": cpu_seconds, "users": len(pairs),
             "items": data.num_items, "metrics": metrics, **peak_memory(device), "rss_at_start_gib": start_rss,
@@ -494,20 +502,30 @@ def main() -> None:
                     impls = [i for i in impls if i != "flex_attention"]  # no FlexAttention backward on CPU
                 if part == "pretrain" and a.implementations is None:
                     impls.append("sdpa:one_pass")  # both sides in one packed pass (`pack_sides`)
+                if part == "finetune" and a.implementations is None:  # packed training batches after each
+                    impls = [v for i in impls for v in ([i] if i == "eager" else [i, i + ":packed"])]
             runs: dict[str, list[dict]] = {impl: [] for impl in impls}
             for _ in range(a.repeats):
                 for impl in impls:
                     runs[impl].append(run_one(a, part, impl))
                     print(f"{part} {impl}: {runs[impl][-1]['seconds']:.2f} s", file=sys.stderr, flush=True)
+                    if part != "evaluation":  # each case as it ends: a run cut short keeps what it measured
+                        result[part] = summarize(part, {k: v for k, v in runs.items() if v}, peak)
+                        write_result(result, a.output)
             result[part] = summarize(part, runs, peak)
             if part == "evaluation":
                 result["evaluation_float64_check"] = evaluation_check(a)
+            write_result(result, a.output)
         result["load_average_end"] = os.getloadavg()
+    print(write_result(result, a.output))
+
+
+def write_result(result: dict, output: Path | None) -> str:
     text = json.dumps(result, indent=1)
-    print(text)
-    if a.output is not None:
-        a.output.parent.mkdir(parents=True, exist_ok=True)
-        a.output.write_text(text + "\n")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(text + "\n")
+    return text
 
 
 if __name__ == "__main__":
