@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -137,15 +138,22 @@ def test_every_command_stops_through_run_command_with_the_error_s_exit_code(caps
         run_command(raising(KeyError("bug")))
 
 
+def fake_exit(code: int):
+    raise SystemExit(f"exit {code}")
+
+
 def test_a_collective_that_lost_its_peer_is_one_line_not_a_backend_traceback(capsys, monkeypatch):
     from recformer.cli import run_command
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
 
     def broken_collective():
         raise RuntimeError("[../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:29500")
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("WORLD_SIZE", "2")
-    assert run_command(broken_collective) == 1
+    with pytest.raises(SystemExit, match="^exit 1$"):  # a process of a launch leaves at once (leave_launch)
+        run_command(broken_collective)
     assert capsys.readouterr().err == (
         "error: another process of this launch stopped ([../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection "
         "closed by peer [127.0.0.1]:29500); its own error says why\n"
@@ -153,3 +161,22 @@ def test_a_collective_that_lost_its_peer_is_one_line_not_a_backend_traceback(cap
     monkeypatch.setenv("WORLD_SIZE", "1")  # one process: the same error is a bug, with its traceback
     with pytest.raises(RuntimeError):
         run_command(broken_collective)
+
+
+def test_a_failing_process_of_a_launch_exits_at_once_with_its_status(capsys, monkeypatch):
+    """Under torchrun a rank that stops on an error exits before the interpreter frees its frames (which
+    could block on a collective its peers wait in); in one process the status is returned as usual."""
+    from recformer.cli import run_command
+
+    def bad_input():
+        raise ValueError("--data_path x: no such folder")
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(SystemExit, match="^exit 2$"):
+        run_command(bad_input)
+    assert capsys.readouterr().err == "error: rank 1: --data_path x: no such folder\n"
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert run_command(bad_input) == 2

@@ -11,8 +11,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -44,8 +46,35 @@ def torchrun(command: str, *argv: str, env: dict[str, str] | None = None, timeou
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": threads, "HF_HUB_OFFLINE": "1",
                 "TRANSFORMERS_OFFLINE": "1", **(env or {})}  # fmt: skip
     t0 = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
-    return done.returncode, done.stdout, done.stderr, time.perf_counter() - t0
+    # Output goes to files, not pipes: a hung worker (torchrun starts each in a session of its own) would
+    # hold a pipe open forever; on a timeout, every process of the launch is killed by its environment mark.
+    mark = f"recformer-test-{os.getpid()}-{time.monotonic_ns()}"
+    full_env["RECFORMER_TEST_LAUNCH"] = mark
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        launch = subprocess.Popen(cmd, stdout=out, stderr=err, text=True, env=full_env)
+        timed_out = False
+        try:
+            launch.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+            kill_marked(mark)
+            launch.wait()
+        out.seek(0), err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    if timed_out:
+        pytest.fail(f"torchrun {command} did not end within {timeout} s:\n{stderr[-3000:]}")
+    return launch.returncode, stdout, stderr, time.perf_counter() - t0
+
+
+def kill_marked(mark: str) -> None:
+    """SIGKILL every process whose environment holds RECFORMER_TEST_LAUNCH=`mark` (Linux /proc)."""
+    needle = f"RECFORMER_TEST_LAUNCH={mark}".encode()
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and needle in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ProcessLookupError):
+            continue
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -38,7 +38,8 @@ def run_command(body: Callable[[], int | None]) -> int:
     error's status (`errors.exit_code`) after one `error:` line.
 
     Under torchrun the rank that failed prints the line (prefixed by its rank unless it is rank 0); the
-    other ranks stop with the same status and print nothing (their error is a `RankFailure`).
+    other ranks stop with the same status and print nothing (their error is a `RankFailure`). A process of
+    a multi-process launch that stops on an error leaves at once (`leave_launch`).
     """
     rank = os.environ.get("RANK", "0")
     prefix = f"rank {rank}: " if rank != "0" else ""
@@ -47,14 +48,33 @@ def run_command(body: Callable[[], int | None]) -> int:
     except (RecformerError, OSError, ValueError) as e:
         if getattr(e, "failed_rank", None) is None:  # not another rank's failure, reported there
             print(f"error: {prefix}{error_line(e)}", file=sys.stderr, flush=True)
-        return exit_code(e)
+        return leave_launch(exit_code(e))  # inside the handler: before the error and its frames are freed
     except RuntimeError as e:
         if not lost_peer(e):
             raise
         reason = error_line(e).split(" (", 1)[0][:200]
         print(f"error: {prefix}another process of this launch stopped ({reason}); its own error says why",
               file=sys.stderr, flush=True)  # fmt: skip
-        return FAILURE
+        return leave_launch(FAILURE)
+
+
+def leave_launch(code: int) -> int:
+    """`code`, or, in a process of a multi-process launch (WORLD_SIZE > 1), exit with it now, after flushing
+    the logs and the console.
+
+    A rank that stopped on its own error while the others wait in a collective for it (a gradient
+    all-reduce) must not wait for the interpreter's clean-up: freeing the error's frames, which hold the
+    distributed model, blocked on the collective the others are stuck in, and then no process of the
+    launch ever ended. Once this process has exited, torchrun stops the others.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return code
+    import logging
+
+    logging.shutdown()  # flushes and closes every handler (the run folder's run.log among them)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 # What the process-group backends say when a peer process has gone away.
