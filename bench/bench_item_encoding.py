@@ -16,7 +16,7 @@ import time
 import torch
 
 from recformer import RecformerConfig, RecformerModel
-from recformer.devices import autocast_context
+from recformer.devices import InferenceSettings
 from recformer.inference.evaluation import encode_items
 from recformer.model.batching import encode_item_sequences
 from recformer.model.item_tokens import TokenizedItems
@@ -34,17 +34,14 @@ def synthetic_catalogue(n: int, vocab: int, seed: int = 0) -> TokenizedItems:
     return TokenizedItems.from_lists(encoded)
 
 
-class _Tok:
-    """The two attributes encode_item_sequences needs from a tokenizer (no vocabulary files here)."""
+def layout_tokenizer(config: RecformerConfig):
+    """A tokenizer for the special tokens and the layout only (the catalogue is already token ids): the tiny
+    vocabulary the tests ship, which has the same special-token ids as RoBERTa's."""
+    from pathlib import Path
 
-    def __init__(self, config):
-        from recformer.model.tokenization import RecformerTokenizer
+    from recformer.model.tokenization import RecformerTokenizer
 
-        self.config = config
-        self.bos_token_id, self.pad_token_id = 0, 1
-        self.encode = RecformerTokenizer.encode.__get__(self)
-        self.padding = RecformerTokenizer.padding.__get__(self)
-        self._tokenized = lambda items: items
+    return RecformerTokenizer.from_pretrained(str(Path(__file__).resolve().parents[1] / "tests/fixtures/tiny_tokenizer"), config)
 
 
 @torch.no_grad()
@@ -90,7 +87,7 @@ def main() -> None:
     )
     torch.manual_seed(0)
     model = RecformerModel(config).to(device).eval()
-    tok = _Tok(config)
+    tok = layout_tokenizer(config)
     table = synthetic_catalogue(a.items, dims["vocab_size"])
 
     def timed(fn):
@@ -104,7 +101,8 @@ def main() -> None:
 
     reference_way(model, tok, synthetic_catalogue(32, dims["vocab_size"]), device)  # warm-up
     ref, t_ref = timed(lambda: reference_way(model, tok, table, device))
-    ours, t_ours = timed(lambda: encode_items(model, tok, table, a.batch_size, device, progress=False))
+    settings = InferenceSettings(device, batch_size=a.batch_size, progress=False)
+    ours, t_ours = timed(lambda: encode_items(model, tok, table, settings))
     line = f"{a.items} items, {a.size} model, {device}"
     print(f"item encoding ({line})")
     print(f"  reference way (id order, batch 16, fp32): {t_ref:7.2f} s  {a.items / t_ref:8.0f} items/s")
@@ -113,10 +111,7 @@ def main() -> None:
         f"   max |diff| {(ref - ours).abs().max().item():.2e}"
     )
     if device.type == "cuda":
-        amp = lambda: autocast_context(device, fp16=True, bf16=False)  # noqa: E731
-        half, t_half = timed(
-            lambda: encode_items(model, tok, table, a.batch_size, device, amp, progress=False)
-        )
+        half, t_half = timed(lambda: encode_items(model, tok, table, settings.replace(fp16=True)))
         cos = torch.nn.functional.cosine_similarity(half, ref, dim=-1).min().item()
         print(
             f"  ours + fp16 autocast:                       {t_half:7.2f} s  {a.items / t_half:8.0f} items/s"
