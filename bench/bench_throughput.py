@@ -504,6 +504,8 @@ def main() -> None:
                     impls.append("sdpa:one_pass")  # both sides in one packed pass (`pack_sides`)
                 if part == "finetune" and a.implementations is None:  # packed training batches after each
                     impls = [v for i in impls for v in ([i] if i == "eager" else [i, i + ":packed"])]
+                if part in ("finetune", "pretrain") and a.implementations is None and device.type == "cuda":
+                    impls.append("sdpa:one_pass+compiled" if part == "pretrain" else "sdpa:compiled")  # --compile
             runs: dict[str, list[dict]] = {impl: [] for impl in impls}
             for _ in range(a.repeats):
                 for impl in impls:

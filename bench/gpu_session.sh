@@ -2,7 +2,7 @@
 # Every GPU check of the project in one go, sized for a machine lent for about ten minutes. Parts, in
 # order of what matters most, each under its own time limit so that one slow part cannot starve the rest:
 #   1. throughput at longformer-base size, bf16: eager against sdpa and flex_attention (padded and packed
-#      finetuning batches, pretraining with a pass per side and in one pass), 4,000 items encoded, token
+#      finetuning batches, pretraining with a pass per side and in one pass, sdpa compiled), 4,000 items encoded, token
 #      budgets (bench/bench_throughput.py; JSON in $OUT/gpu_throughput.json, rewritten after every case)
 #   2. the CUDA tests (tests/test_gpu.py, the CUDA cases of tests/test_attention.py and
 #      tests/test_packed_training.py; skipped on CPU machines)
