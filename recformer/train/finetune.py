@@ -11,16 +11,15 @@
    (`skip_stage_two`). `restart` gives stage 2 its own warm-up and linear decay.
 5. Reload the best and evaluate test.
 
-Differences from the reference loop: the scheduler steps after the optimizer, the last partial
-accumulation of an epoch is stepped instead of leaking into the next epoch, metrics are averaged
-over users, ties count against the target, and the run can resume from its last evaluation with
-identical results (the data order and targets of an epoch are a function of the seed, the stage and
-the epoch; RNG states are saved).
+Differences from the reference loop: the scheduler steps after the optimizer, the last partial accumulation of
+an epoch is stepped instead of leaking into the next epoch, metrics are averaged over users, ties count
+against the target, and the run can resume from its last evaluation with identical results (the data order and
+targets of an epoch are a function of the seed, the stage and the epoch; RNG states are saved).
 
-Under torchrun (`distributed.py`) every step's global batch is split across the ranks and trained
-with DistributedDataParallel, item tables are encoded and evaluation users ranked in shards, and
-only rank 0 writes files and logs. The global batches do not depend on the world size, and each
-rank's loss is weighted by its share of the global batch, so the gradients are those of one process.
+Under torchrun (`distributed.py`) every step's global batch is split across the ranks and trained with
+DistributedDataParallel, item tables are encoded and evaluation users ranked in shards, and only rank 0 writes
+files and logs. The global batches do not depend on the world size, and each rank's loss is weighted by its
+share of the global batch, so the gradients are those of one process.
 
 The model, its catalogue and item table are a `runtime.ModelRuntime`; the resume file and the run's
 fingerprint are `training_state.py`, the run log `run_log.py`. No library module imports this recipe.
@@ -30,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import hashlib
 import logging
 import math
@@ -427,8 +427,7 @@ class Finetuner:
         return stage_two.is_idle(self.args, self.state, self.steps_per_epoch, self.scheduler)
 
     def skip_stage_two(self) -> None:
-        """Record what training stage 2 at learning rate 0 would record, without training it
-        (`stage_two.record_idle`)."""
+        """Record what training stage 2 at learning rate 0 would record, untrained (`stage_two.record_idle`)."""
         logger.info("stage 2: its learning rate would be 0 at every step (--stage2_schedule shared: the one "
                     "schedule ended with stage 1), so its training is skipped and its result is the stage-1 best "
                     "model; --stage2_schedule restart trains it")  # fmt: skip
@@ -496,4 +495,6 @@ class Finetuner:
         self.save_state()
         self.export_best()
         self.log.close()
+        self.train_model = self.model  # free the DDP wrapper now: freed after the process group, it could hang
+        gc.collect()  # (it sits in reference cycles)
         return self.state.metrics
