@@ -39,6 +39,16 @@ def loss_and_grads(model, batch):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def assert_same_loss_and_gradients(model, padded: dict, packed: dict) -> None:
+    """The packed batch gives the padded batch's loss (1e-5) and gradients (1e-4)."""
+    loss_a, grads_a = loss_and_grads(model, padded)
+    loss_b, grads_b = loss_and_grads(model, packed)
+    assert abs(loss_a.item() - loss_b.item()) <= 1e-5
+    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
+    for name in grads_a:
+        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-4, msg=name)
+
+
 @pytest.mark.parametrize("negatives", [0, 6])
 def test_packed_batches_give_the_padded_loss_and_gradients(negatives):
     model, padded, packed = setup(negatives)
@@ -50,12 +60,7 @@ def test_packed_batches_give_the_padded_loss_and_gradients(negatives):
             assert torch.equal(a["candidates"], b["candidates"])
         assert b["input_ids"].size(0) < a["input_ids"].size(0)  # several histories a row
         assert int(b["attention_mask"].sum()) == int(a["attention_mask"].sum())
-        loss_a, grads_a = loss_and_grads(model, a)
-        loss_b, grads_b = loss_and_grads(model, b)
-        assert abs(loss_a.item() - loss_b.item()) <= 1e-5
-        assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
-        for name in grads_a:
-            torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-4, msg=name)
+        assert_same_loss_and_gradients(model, a, b)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -65,12 +70,7 @@ def test_packed_batches_give_the_padded_loss_and_gradients_on_cuda(implementatio
     model.cuda()
     seqs = histories(N_ITEMS, 16, seed=11, longest=40)
     a, b = ({k: v.cuda() for k, v in batch.items()} for batch in (padded(seqs), packed(seqs)))
-    loss_a, grads_a = loss_and_grads(model, a)
-    loss_b, grads_b = loss_and_grads(model, b)
-    assert abs(loss_a.item() - loss_b.item()) <= 1e-5
-    assert grads_a.keys() == grads_b.keys() and len(grads_a) > 10
-    for name in grads_a:
-        torch.testing.assert_close(grads_b[name], grads_a[name], rtol=1e-4, atol=1e-4, msg=name)
+    assert_same_loss_and_gradients(model, a, b)
 
 
 def test_packed_batches_give_the_padded_loss_on_flex_attention():
