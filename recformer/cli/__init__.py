@@ -12,6 +12,7 @@ and argument errors answer at once (`bench/bench_startup.py`, `tests/test_startu
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -69,8 +70,6 @@ def leave_launch(code: int) -> int:
     """
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return code
-    import logging
-
     logging.shutdown()  # flushes and closes every handler (the run folder's run.log among them)
     sys.stdout.flush()
     sys.stderr.flush()

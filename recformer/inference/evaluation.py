@@ -60,8 +60,9 @@ def cached_item_vectors(
 
 # Real tokens per batch of item encoding and evaluation when no batch size is given, per device type. CPU: of
 # 4,096 / 8,192 / 16,384, the fastest whose peak memory stays under today's evaluation at batch 16
-# (bench/bench_throughput.py --parts evaluation; 16,384 was faster still but used more memory). CUDA: 65,536 ran
-# 30,659 items/s on an H200 (bench/results/gpu_throughput_h200.json); the budget sweeps there were too noisy to pick another.
+# (bench/bench_throughput.py --parts evaluation; 16,384 was faster still but used more memory). CUDA: 65,536
+# ran 30,659 items/s on an H200 (bench/results/gpu_throughput_h200.json); the sweeps there were too noisy to
+# pick another budget.
 TOKEN_BUDGET = {"cpu": 8192, "cuda": 65536}
 # Shortest row of packed batches (a row holds at least the longest sequence).
 ROW_TOKENS = 256
