@@ -157,10 +157,8 @@ class Finetuner:
         if args.model_name_or_path is None:
             logger.info("config from %s, tokenizer from %s (pass --model_name_or_path for others)", config_source,
                         tokenizer_source)  # fmt: skip
-        self.config = build_config(
-            config_source, field_values(args), temp=args.temp,
-            finetune_negative_sample_size=args.finetune_negative_sample_size,
-        )  # fmt: skip
+        self.config = build_config(config_source, field_values(args), temp=args.temp,
+                                   finetune_negative_sample_size=args.finetune_negative_sample_size)  # fmt: skip
         self.config.item_num = self.data.num_items
         self.tokenizer = RecformerTokenizer.from_pretrained(tokenizer_source, self.config)
         check_tokenizer_fits(self.tokenizer, self.config, f"{tokenizer_source} (tokenizer) with {config_source} (config)")
@@ -495,6 +493,7 @@ class Finetuner:
         self.save_state()
         self.export_best()
         self.log.close()
-        self.train_model = self.model  # free the DDP wrapper now: freed after the process group, it could hang
-        gc.collect()  # (it sits in reference cycles)
+        if self.train_model is not self.model:  # free the DDP wrapper now: freed after the process group, it hung
+            self.train_model = self.model
+            gc.collect()  # (it sits in reference cycles)
         return self.state.metrics
