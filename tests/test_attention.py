@@ -239,6 +239,46 @@ def test_sdpa_gradients_equal_eager(tokenizer, case):
     assert all(torch.isfinite(g).all() for g in got.values())
 
 
+def sdpa_as_torch_runs_it(q, k, v, mask, dropout):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+
+
+@pytest.mark.parametrize("extra_globals", [0, 9])
+@pytest.mark.parametrize("lengths", [[3, 1], [97, 60, 33]])
+def test_cpu_training_with_dropout_is_bitwise_torchs_sdpa(lengths, extra_globals, monkeypatch):
+    """With dropout on the CPU the attention is SDPA's math path written out (`attention._sdpa`): the loss,
+    every gradient and the random generator's state afterwards are bitwise those of torch's own SDPA, on the
+    dense and the banded local paths and with global rows through SDPA (many global tokens) or not."""
+    config = tiny_config(attention_probs_dropout_prob=0.1, hidden_dropout_prob=0.1)
+    globals_ = [(0, 1 + i) for i in range(extra_globals)] if min(lengths) > extra_globals else []
+    batch = random_batch(config, lengths, globals_)
+    model = RecformerModel(config).train()
+    model.config._attn_implementation = "sdpa"
+    calls = []
+    written_out = attention_module._sdpa
+
+    def run(sdpa) -> tuple[torch.Tensor, dict, torch.Tensor]:
+        monkeypatch.setattr(attention_module, "_sdpa", lambda *a: calls.append(a[3].shape) or sdpa(*a))
+        torch.manual_seed(7)
+        model.zero_grad(set_to_none=True)
+        out = model(**batch)
+        loss = out.last_hidden_state.square().mean() + out.pooler_output.sum()
+        loss.backward()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        return loss.detach(), grads, torch.get_rng_state()
+
+    expected = run(sdpa_as_torch_runs_it)
+    calls.clear()
+    got = run(written_out)
+    assert calls and len(calls) >= config.num_hidden_layers
+    assert torch.equal(got[0], expected[0])
+    assert got[1].keys() == expected[1].keys() and all(torch.equal(got[1][n], expected[1][n]) for n in expected[1])
+    assert torch.equal(got[2], expected[2])  # the same number of draws
+    # dropout is on: other draws give another loss, so a change in the draws would show above
+    monkeypatch.setattr(torch, "manual_seed", lambda seed, _seed=torch.manual_seed: _seed(seed + 1))
+    assert not torch.equal(run(written_out)[0], expected[0])
+
+
 def test_gradient_checkpointing_on_the_sdpa_path_keeps_gradients(tokenizer):
     config, batch = batches(tokenizer)["several_globals"]
     model = RecformerModel(config).train()
