@@ -6,7 +6,8 @@ real demo training batches at ``max_token_num`` 1024 with
 
 * before: ``vectorised=False``, today's per-token path (``tokenizer.encode`` + ``tokenizer.padding`` per
   sequence, whole-word masking in Python loops);
-* after: the default, numpy layout and vectorised masking (``masking.WholeWordMasker``).
+* after: the default, numpy layout and vectorised masking (``masking.WholeWordMasker``);
+* packed: the numpy path with ``pack_tokens`` (packed training batches), timed alone (no per-token twin).
 
 Demo histories are short (about 6 items of about 30 tokens), so a second set, ``joined``, chains the demo's
 sequences end to end into sequences of 51 items (the layout keeps the newest 50): real demo item texts
@@ -146,6 +147,16 @@ def main() -> None:
                             batches(ft, a.finetune_batch), a.seconds, kind))  # fmt: skip
         rows.append(compare("pretraining", lambda v: PretrainCollator(tok, pt_items, 0.15, random.Random(0), vectorised=v),
                             batches(pt, a.pretrain_batch), a.seconds, kind))  # fmt: skip
+        for name, make, seqs, size in (
+            ("finetuning", lambda: FinetuneCollator(tok, ft_items, random.Random(0), pack_tokens=a.max_token_num),
+             ft, a.finetune_batch),
+            ("pretraining", lambda: PretrainCollator(tok, pt_items, 0.15, random.Random(0), pack_tokens=a.max_token_num),
+             pt, a.pretrain_batch),
+        ):  # fmt: skip
+            rate = measure(make(), batches(seqs, size), a.seconds)
+            print(f"{name:12s} {kind:6s} batch {size:3d}: packed batches (pack_tokens {a.max_token_num}) "
+                  f"{rate:8.1f} seq/s", flush=True)  # fmt: skip
+            rows.append({"collator": f"{name} packed", "histories": kind, "batch": size, "after_seq_s": round(rate, 1)})
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1) + "\n")
 

@@ -305,6 +305,12 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
         "gradients), off = one pass per side; auto = on on CUDA (measured 1.29x the steps/s on an H200), off on "
         "CPU (measured 0.76x)", choices=["auto", "on", "off"],
     )
+    pack_train_batches: str = flag(
+        "off", "training batches: off = padded (each side to its longest sequence); on = both sides of every pair "
+        "and their MLM copies packed into rows of max_token_num tokens (sdpa/flex only; the same loss up to "
+        "float rounding, other dropout draws); auto = packed unless eager runs",
+        choices=["off", "on", "auto"],
+    )
     compile: bool = flag(False, COMPILE_HELP)
     seed: int = flag(42, SEED_HELP)
     cache_dir: str | None = flag(None, "tokenized-item cache (default <output_dir>/cache)")

@@ -76,3 +76,31 @@ def test_hyperparameters_rebuild_the_module(config):
 
 def test_tiny_tokenizer_fixture_exists():
     assert (TINY_TOKENIZER_DIR / "vocab.json").is_file()
+
+
+def test_packed_data_module_serves_the_padded_batches_packed(data_module, config):
+    """With `pack_tokens` the data module's batches are its padded batches laid out by `collators.pack_pairs`
+    (the same pairs and masks), and the Lightning module trains and validates on them."""
+    from recformer.train.collators import pack_pairs
+    from recformer.train.lightning_module import batch_pairs, batch_tokens
+
+    padded = list(data_module.val_dataloader())
+    data_module.pack_tokens = data_module.tokenizer.config.max_token_num
+    packed = list(data_module.val_dataloader())
+    assert len(packed) == len(padded) == 3
+    for a, b in zip(padded, packed):
+        expected = pack_pairs(a, data_module.pack_tokens, data_module.tokenizer)
+        assert b.keys() == expected.keys() and b["packed"].keys() == expected["packed"].keys()
+        assert all(torch.equal(b["packed"][k], expected["packed"][k]) for k in b["packed"])
+        assert all(torch.equal(b[k], expected[k]) for k in b if k != "packed")
+        assert batch_pairs(b) == batch_pairs(a) == 4 and int(batch_tokens(b)) == int(batch_tokens(a))
+    torch.manual_seed(0)
+    model = RecformerForPretraining(config)
+    model.set_attn_implementation("sdpa")
+    module = RecformerPretrainModule(config, model=model, learning_rate=1e-3)
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_steps=3, val_check_interval=3, check_val_every_n_epoch=None,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1)  # fmt: skip
+    trainer.fit(module, datamodule=data_module)
+    assert trainer.global_step == 3 and module._val_total == 12
+    assert all(torch.isfinite(trainer.callback_metrics[k]) for k in ("train_loss", "val_loss", "train_mlm_loss_b"))

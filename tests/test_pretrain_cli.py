@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,19 @@ def test_training_lowers_the_loss_and_writes_its_outputs(ws):
     load_checkpoint(start, ws["start"])
     trained = RecformerForPretraining(config)
     load_checkpoint(trained, checkpoints / "last.ckpt")
+    before, after = dev_loss(ws, start), dev_loss(ws, trained)
+    assert after < before - 0.1, (before, after)
+
+
+def test_packed_batches_train_the_model_too(ws, tmp_path):
+    """--pack_train_batches on: the run packs both sides and their MLM copies into rows and learns as well."""
+    out = tmp_path / "packed"
+    log = ok(run(*pretrain_args(ws, out, "--max_steps", str(STEPS), "--pack_train_batches", "on")))
+    assert "pack_train_batches: on" in log and "done: 30 optimizer steps" in (out / "run.log").read_text()
+    config = RecformerConfig.from_pretrained(ws["start"].with_name(ws["start"].stem))
+    start, trained = RecformerForPretraining(config), RecformerForPretraining(config)
+    load_checkpoint(start, ws["start"])
+    load_checkpoint(trained, out / "checkpoints" / "last.ckpt")
     before, after = dev_loss(ws, start), dev_loss(ws, trained)
     assert after < before - 0.1, (before, after)
 
@@ -369,5 +383,32 @@ def test_pack_sides_follows_the_flag_and_the_device(monkeypatch, flag, device, p
     monkeypatch.setattr(pretraining, "build_pretraining_model", lambda args, config: model)
     args = PretrainArgs(model_name_or_path="m", train_file="t", dev_file="d", item_attr_file="i", output_dir="o",
                         pack_sides=flag)  # fmt: skip
-    assert pretraining._setup_model(args, model.config, torch.device(device)) is model
+    data = types.SimpleNamespace(pack_tokens="unset")
+    assert pretraining._setup_model(args, model.config, torch.device(device), data) is model
     assert model.config.pack_sides is packed
+    assert data.pack_tokens is None  # --pack_train_batches off by default: padded batches
+
+
+@pytest.mark.parametrize(
+    "flag, attention, pack_tokens",
+    [("off", "sdpa", None), ("on", "sdpa", 256), ("auto", "sdpa", 256), ("auto", "eager", None), ("on", "eager", "refused")],
+)
+def test_pack_train_batches_sets_the_data_modules_row_budget(monkeypatch, flag, attention, pack_tokens):
+    """--pack_train_batches packs the pretraining batches into rows of max_token_num tokens where the attention
+    can keep the sequences apart; `on` with the eager attention is refused in one line."""
+    from recformer.args import PretrainArgs
+    from recformer.train import pretraining
+
+    from .conftest import tiny_config
+
+    model = RecformerForPretraining(tiny_config())
+    monkeypatch.setattr(pretraining, "build_pretraining_model", lambda args, config: model)
+    args = PretrainArgs(model_name_or_path="m", train_file="t", dev_file="d", item_attr_file="i", output_dir="o",
+                        pack_train_batches=flag, attn_implementation=attention)  # fmt: skip
+    data = types.SimpleNamespace(pack_tokens="unset")
+    if pack_tokens == "refused":
+        with pytest.raises(ValueError, match="^--pack_train_batches on needs --attn_implementation sdpa, flex_attention"):
+            pretraining._setup_model(args, model.config, torch.device("cpu"), data)
+        return
+    pretraining._setup_model(args, model.config, torch.device("cpu"), data)
+    assert data.pack_tokens == pack_tokens

@@ -26,6 +26,7 @@ from recformer.metrics import check_finite_scores, compute_ranks, metrics_from_r
 from recformer.model.batching import ItemTable, encode_item_sequences, pack_item_sequences
 from recformer.model.item_tokens import TokenizedItems
 from recformer.model.modeling import RecformerForSeqRec, RecformerModel
+from recformer.model.packing import row_tokens
 from recformer.model.tokenization import RecformerTokenizer
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,6 @@ def cached_item_vectors(
 # ran 30,659 items/s on an H200 (bench/results/gpu_throughput_h200.json); the sweeps there were too noisy to
 # pick another budget.
 TOKEN_BUDGET = {"cpu": 8192, "cuda": 65536}
-# Shortest row of packed batches (a row holds at least the longest sequence).
-ROW_TOKENS = 256
 # Score elements ([histories, items]) per evaluation batch: bounds the score matrix of large catalogues.
 SCORE_BUDGET = 1 << 22
 
@@ -145,15 +144,15 @@ def pooled_batches(
     packed = encoder.running_implementation(device) != "eager"
     lengths = sequence_lengths(tokenizer, item_table, sequences)
     budget = settings.max_tokens or token_budget(device)
-    row_tokens = max(max(lengths, default=1), ROW_TOKENS)
-    batches = length_batches(lengths, settings.batch_size, max(budget, row_tokens), packed, max_count)
+    row_budget = row_tokens(lengths)
+    batches = length_batches(lengths, settings.batch_size, max(budget, row_budget), packed, max_count)
     if shard:
         first, last = distributed.shard_bounds(len(batches))
         batches = batches[first:last]
     for rows in tqdm(batches, desc=desc, disable=not settings.progress, unit="batch"):
         chosen = [sequences[i] for i in rows]
         if packed:
-            inputs = pack_item_sequences(tokenizer, item_table, chosen, row_tokens)
+            inputs = pack_item_sequences(tokenizer, item_table, chosen, row_budget)
         else:
             inputs = encode_item_sequences(tokenizer, item_table, chosen)
         with settings.autocast():

@@ -14,7 +14,7 @@ import torch
 
 from recformer.model.attention import global_positions_from_mask
 from recformer.model.item_tokens import TokenizedItems
-from recformer.model.packing import flatten_sequences, pack_flat
+from recformer.model.packing import flatten_sequences, pack_flat, row_tokens
 from recformer.model.tokenization import RecformerTokenizer, TokenizedItem
 
 ItemTable = Sequence[TokenizedItem] | Mapping[Hashable, TokenizedItem]
@@ -80,13 +80,17 @@ def pack_item_sequences(
     item_table: ItemTable,
     sequences: Sequence[Sequence[Hashable]],
     max_tokens: int,
+    fit_rows: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Sequences of item ids packed into rows of at most `max_tokens` tokens (`packing.pack_sequences`),
-    as LongTensors: what `RecformerModel.forward` takes to return one pooled vector per sequence."""
+    as LongTensors: what `RecformerModel.forward` takes to return one pooled vector per sequence.
+    `fit_rows`: rows only as wide as these sequences need (`packing.row_tokens`), at most `max_tokens`."""
     if isinstance(item_table, TokenizedItems):  # vectorised: no Python work per token
         fields, lengths = item_table.encode_sequences(tokenizer, sequences)
     else:
         fields, lengths = flatten_sequences(encode_each(tokenizer, item_table, sequences))
     layout = tokenizer.layout
+    if fit_rows:
+        max_tokens = row_tokens(lengths, max_tokens)
     packed = pack_flat(fields, lengths, max_tokens, layout.pad_token_id, layout.pad_item_position)
     return {name: torch.from_numpy(value) for name, value in packed.items()}

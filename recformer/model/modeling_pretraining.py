@@ -3,6 +3,8 @@ an in-batch contrastive loss between them, and whole-word MLM on both sides thro
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -39,15 +41,17 @@ def _mlm_loss(
     loss as scoring every position, with a fraction of the memory and compute. A side with nothing
     masked contributes 0 (the reference returns NaN), keeping the LM head in the graph. `positions`
     [M] (flat indices `row * L + column` of the masked tokens, as the pretraining collator gives
-    them) saves the host sync of finding them in `labels`.
+    them) saves the host sync of finding them in `labels`. `labels` is [B, L] (-100 where nothing is
+    masked), or [M], the labels of `positions` already picked (packed batches).
     """
     if positions is None:
         positions = (labels.reshape(-1) != -100).nonzero().squeeze(1)  # [M]; one host sync
     if positions.numel() == 0:  # a shape: known on the host
-        return lm_head(hidden_states[:, :1]).sum() * 0.0
+        return lm_head(hidden_states.reshape(-1, hidden_states.size(-1))[:1]).sum() * 0.0
     picked = hidden_states.reshape(-1, hidden_states.size(-1)).index_select(0, positions)  # [M, H]
     scores = lm_head(picked)  # [M, V]
-    return F.cross_entropy(scores.float(), labels.reshape(-1).index_select(0, positions))
+    targets = labels if labels.dim() == 1 else labels.reshape(-1).index_select(0, positions)
+    return F.cross_entropy(scores.float(), targets)
 
 
 class RecformerForPretraining(RecformerPreTrainedModel):
@@ -171,6 +175,20 @@ class RecformerForPretraining(RecformerPreTrainedModel):
             results[index] = (side, side_hidden[batch:])
         return results
 
+    def _encode_packed_pairs(
+        self, packed: Mapping[str, torch.Tensor]
+    ) -> tuple[RecformerModelOutput, RecformerModelOutput, torch.Tensor]:
+        """(side a's pooled output, side b's, the last hidden states of all the packed rows [R, W, H]) of a
+        packed batch: 4B sequences, side a, its MLM copy, side b, its MLM copy (`forward`'s `packed`)."""
+        out = self.longformer(**packed)
+        pooled = out.pooler_output  # [4B, H]
+        if pooled.size(0) % 4:
+            raise ValueError(f"a packed pretraining batch holds 4 sequences a pair, got {pooled.size(0)} sequences")
+        batch = pooled.size(0) // 4
+        side_a = RecformerModelOutput(pooler_output=pooled[:batch])
+        side_b = RecformerModelOutput(pooler_output=pooled[2 * batch : 3 * batch])
+        return side_a, side_b, out.last_hidden_state
+
     def forward(
         self,
         input_ids_a: torch.Tensor | None = None,
@@ -196,31 +214,37 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         global_positions_b: torch.Tensor | None = None,
         mlm_positions_a: torch.Tensor | None = None,
         mlm_positions_b: torch.Tensor | None = None,
+        packed: Mapping[str, torch.Tensor] | None = None,
     ) -> RecformerPretrainingOutput:
         """`global_positions_*` [B, G] and `mlm_positions_*` [M] (flat indices of the masked tokens), as
-        `PretrainCollator` gives them, spare the host syncs of finding them on the device."""
+        `PretrainCollator` gives them, spare the host syncs of finding them on the device.
+
+        `packed` (`PretrainCollator(pack_tokens=...)`) replaces the `*_a`/`*_b` inputs: both sides and their MLM
+        copies as packed rows, the `RecformerModel` inputs of 4B sequences in the order side a, its MLM copy,
+        side b, its MLM copy. `mlm_positions_*` then index those rows and `mlm_labels_*` [M] are their labels.
+        """
         if inputs_embeds is not None or return_dict is False:
             raise NotImplementedError("RecformerForPretraining takes input ids and always returns a RecformerPretrainingOutput")
         if head_mask is not None:
             raise NotImplementedError("head_mask is not supported by the Longformer encoder")
-        side_a = dict(
-            attention_mask=attention_mask_a,
-            global_attention_mask=global_attention_mask_a,
-            token_type_ids=token_type_ids_a,
-            item_position_ids=item_position_ids_a,
-            global_positions=global_positions_a,
-        )
-        side_b = dict(
-            attention_mask=attention_mask_b,
-            global_attention_mask=global_attention_mask_b,
-            token_type_ids=token_type_ids_b,
-            item_position_ids=item_position_ids_b,
-            global_positions=global_positions_b,
-        )
-        (outputs_a, mlm_hidden_a), (outputs_b, mlm_hidden_b) = self._encode_sides(
-            (input_ids_a, mlm_input_ids_a, side_a), (input_ids_b, mlm_input_ids_b, side_b),
-            output_attentions, output_hidden_states,
-        )  # fmt: skip
+        if packed is not None:
+            if output_attentions or output_hidden_states:
+                raise ValueError("packed pretraining batches return no attentions or hidden states: pass padded ones")
+            if mlm_positions_a is None or mlm_positions_b is None or mlm_labels_a is None or mlm_labels_b is None:
+                raise ValueError("packed pretraining batches need mlm_positions_a/b and mlm_labels_a/b")
+            outputs_a, outputs_b, mlm_hidden_a = self._encode_packed_pairs(packed)
+            mlm_hidden_b = mlm_hidden_a  # the positions of both sides index the same rows
+        else:
+            side_a = dict(attention_mask=attention_mask_a, global_attention_mask=global_attention_mask_a,
+                          token_type_ids=token_type_ids_a, item_position_ids=item_position_ids_a,
+                          global_positions=global_positions_a)  # fmt: skip
+            side_b = dict(attention_mask=attention_mask_b, global_attention_mask=global_attention_mask_b,
+                          token_type_ids=token_type_ids_b, item_position_ids=item_position_ids_b,
+                          global_positions=global_positions_b)  # fmt: skip
+            (outputs_a, mlm_hidden_a), (outputs_b, mlm_hidden_b) = self._encode_sides(
+                (input_ids_a, mlm_input_ids_a, side_a), (input_ids_b, mlm_input_ids_b, side_b),
+                output_attentions, output_hidden_states,
+            )  # fmt: skip
         z1, z2 = outputs_a.pooler_output, outputs_b.pooler_output  # [B, H] each
         if self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             z1, z2 = _gather_with_grad(z1), _gather_with_grad(z2)  # [B * world, H]

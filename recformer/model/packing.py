@@ -20,6 +20,26 @@ from recformer.model.layout import SEQUENCE_FIELDS, TOKEN_TYPE_PAD
 PACKED_ROW_FIELDS = ("position_ids", "segment_ids")
 # Every input `pack_sequences` gives `RecformerModel.forward` beyond the tokenizer's SEQUENCE_FIELDS.
 PACKED_INPUT_NAMES = (*PACKED_ROW_FIELDS, "sequence_starts", "global_positions")
+# Shortest row of packed batches (a row holds at least the longest sequence).
+ROW_TOKENS = 256
+
+
+def row_tokens(lengths: Sequence[int] | np.ndarray, most: int | None = None) -> int:
+    """Token budget of the packed rows of sequences of `lengths`, at most `most` (None: no choice to make, the
+    longest sequence and at least `ROW_TOKENS`).
+
+    With `most`, of the widths longest x 2^k (at least `ROW_TOKENS`) and `most`, the one whose first-fit rows
+    hold the fewest tokens in all (rows x width; the narrower on a tie): wide rows leave gaps no sequence
+    fills (two 560-token histories do not share a 1,024-token row), narrow ones leave a part-empty last row.
+    """
+    lengths = [int(n) for n in lengths]
+    width = max(max(lengths, default=1), ROW_TOKENS)
+    if most is None:
+        return width
+    if width >= most:
+        return most  # a sequence longer than `most` is refused by `pack_rows`, naming it
+    widths = {min(width << k, most) for k in range(most.bit_length()) if (width << k) < 2 * most}
+    return min(sorted(widths), key=lambda w: len(pack_rows(lengths, w)) * w)
 
 
 def pack_rows(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
@@ -148,3 +168,22 @@ def pack_flat(
     batch["global_positions"] = global_positions
     batch["sequence_starts"] = sequence_starts
     return batch
+
+
+def pack_padded(
+    groups: Sequence[Mapping[str, np.ndarray]], max_tokens: int, pad_token_id: int, pad_item_position_id: int
+) -> dict[str, np.ndarray]:
+    """`pack_flat` on the sequences of padded batches: `groups` of [n_g, L_g] arrays of the tokenizer fields,
+    each row's real tokens marked by its `attention_mask`, in rows of `row_tokens(lengths, max_tokens)`
+    tokens. Sequence k of the result is the k-th row in group order (group 0's rows, then group 1's, ...),
+    so `sequence_starts[k] + c` is where column c of that row lands in the packed rows."""
+    fields: dict[str, list[np.ndarray]] = {name: [] for name in SEQUENCE_FIELDS}
+    lengths = []
+    for group in groups:
+        real = np.asarray(group["attention_mask"]) != 0  # [n, L]
+        lengths.append(real.sum(axis=1))
+        for name in SEQUENCE_FIELDS:
+            fields[name].append(np.asarray(group[name])[real])  # row by row, in order
+    flat = {name: np.concatenate(values).astype(np.int64, copy=False) for name, values in fields.items()}
+    lengths = np.concatenate(lengths)
+    return pack_flat(flat, lengths, row_tokens(lengths, max_tokens), pad_token_id, pad_item_position_id)

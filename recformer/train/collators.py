@@ -21,13 +21,21 @@ import torch
 from recformer.distributed import shard_bounds
 from recformer.model.batching import ItemTable, encode_item_sequences, pack_item_sequences
 from recformer.model.layers import draw_candidates
+from recformer.model.layout import SEQUENCE_FIELDS
+from recformer.model.packing import pack_padded
 from recformer.model.tokenization import RecformerTokenizer
 from recformer.train.masking import WholeWordMasker
 
 __all__ = [
     "EvalCollator", "FinetuneCollator", "GlobalBatchCollator", "PretrainCollator", "StepBatch", "WholeWordMasker",
-    "PACK_MODES", "train_pack_tokens",
+    "PACK_MODES", "pack_pairs", "train_pack_tokens",
 ]  # fmt: skip
+
+
+def check_pack_tokens(pack_tokens: int | None, tokenizer: RecformerTokenizer) -> None:
+    """Refuse a packed-row budget that cannot hold the longest sequence (`max_token_num` tokens)."""
+    if pack_tokens is not None and pack_tokens < tokenizer.config.max_token_num:
+        raise ValueError(f"pack_tokens={pack_tokens} is less than max_token_num={tokenizer.config.max_token_num}")
 
 
 class FinetuneCollator:
@@ -37,9 +45,9 @@ class FinetuneCollator:
     negatives drawn uniformly from the other items of the table (`layers.draw_candidates`), for
     `RecformerForSeqRec`'s sampled softmax.
 
-    With `pack_tokens` the histories are packed (`batching.pack_item_sequences`: several a row, rows of at
-    most `pack_tokens` tokens, attention kept within each) rather than padded, for the sdpa/flex paths;
-    the draws, labels and candidates are the same.
+    With `pack_tokens` the histories are packed (`batching.pack_item_sequences`: several a row, rows as wide
+    as the longest history, at least `packing.ROW_TOKENS` and at most `pack_tokens` tokens, attention kept
+    within each) rather than padded, for the sdpa/flex paths; the draws, labels and candidates are the same.
 
     Example (targets drawn at positions 2 and 0):
         >>> collator([[5, 9, 2, 4], [8, 1]])
@@ -55,8 +63,7 @@ class FinetuneCollator:
         vectorised: bool = True,
         pack_tokens: int | None = None,
     ):
-        if pack_tokens is not None and pack_tokens < tokenizer.config.max_token_num:
-            raise ValueError(f"pack_tokens={pack_tokens} is less than max_token_num={tokenizer.config.max_token_num}")
+        check_pack_tokens(pack_tokens, tokenizer)
         self.tokenizer = tokenizer
         self.item_table = item_table
         self.rng = rng if rng is not None else random.Random(0)
@@ -88,7 +95,7 @@ class FinetuneCollator:
     ) -> dict[str, torch.Tensor]:
         """The model inputs of sampled rows: encoded histories, `labels` and `candidates` when given."""
         if self.pack_tokens is not None:
-            out = pack_item_sequences(self.tokenizer, self.item_table, histories, self.pack_tokens)
+            out = pack_item_sequences(self.tokenizer, self.item_table, histories, self.pack_tokens, fit_rows=True)
         else:
             out = encode_item_sequences(self.tokenizer, self.item_table, histories, vectorised=self.vectorised)
         out["labels"] = labels
@@ -193,6 +200,10 @@ class PretrainCollator:
     `<field>_b` for the five encoder fields and `global_positions`, plus `mlm_input_ids_a/b`,
     `mlm_labels_a/b` and `mlm_positions_a/b` (flat indices of the masked tokens).
 
+    With `pack_tokens` the batch is packed instead (`pack_pairs`): both sides and their MLM copies in rows as
+    wide as the longest sequence (at least `packing.ROW_TOKENS`, at most `pack_tokens` tokens) under the key `packed`, with `mlm_positions_a/b` and `mlm_labels_a/b` of
+    those rows; the draws and the masks are those of the padded batch.
+
     Example:
         >>> collator([["A", "B", "C"], ["D", "E"]])   # draws t = 2 and t = 1
         {'input_ids_a': encoding of [["A", "B"], ["D"]], 'input_ids_b': encoding of [["C"], ["E"]], ...}
@@ -205,7 +216,10 @@ class PretrainCollator:
         mlm_probability: float = 0.15,
         rng: random.Random | None = None,
         vectorised: bool = True,
+        pack_tokens: int | None = None,
     ):
+        check_pack_tokens(pack_tokens, tokenizer)
+        self.pack_tokens = pack_tokens
         self.tokenizer = tokenizer
         self.item_table = item_table
         self.masker = WholeWordMasker(tokenizer, mlm_probability, vectorised=vectorised)
@@ -230,4 +244,25 @@ class PretrainCollator:
             out[f"mlm_labels_{side}"] = mlm_labels
             # flat indices of the masked tokens, found here on the CPU so the model's step needs no host sync
             out[f"mlm_positions_{side}"] = (mlm_labels.reshape(-1) != -100).nonzero().squeeze(1)
-        return out
+        return out if self.pack_tokens is None else pack_pairs(out, self.pack_tokens, self.tokenizer)
+
+
+def pack_pairs(batch: dict[str, torch.Tensor], max_tokens: int, tokenizer: RecformerTokenizer) -> dict[str, torch.Tensor]:
+    """A padded pretraining batch (`PretrainCollator`'s keys) as packed rows (at most `max_tokens` tokens):
+    {"packed": the `RecformerModel` inputs of its 4B sequences (side a, side a's MLM copy, side b, side b's
+    MLM copy; `packing.pack_padded`), "mlm_positions_a/b": where the masked tokens of each MLM copy are in
+    those rows (flat indices), "mlm_labels_a/b": their labels [M]}: the same tokens, so the same loss."""
+    groups = []
+    for side in ("a", "b"):
+        fields = {name: batch[f"{name}_{side}"].numpy() for name in SEQUENCE_FIELDS}
+        groups += [fields, {**fields, "input_ids": batch[f"mlm_input_ids_{side}"].numpy()}]
+    layout = tokenizer.layout
+    packed = {name: torch.from_numpy(v) for name, v in
+              pack_padded(groups, max_tokens, layout.pad_token_id, layout.pad_item_position).items()}  # fmt: skip
+    pairs, starts = batch["input_ids_a"].size(0), packed["sequence_starts"]
+    out: dict[str, torch.Tensor | dict] = {"packed": packed}
+    for copy, side in ((1, "a"), (3, "b")):  # the MLM copies are sequences B..2B-1 and 3B..4B-1
+        width, positions = batch[f"input_ids_{side}"].size(1), batch[f"mlm_positions_{side}"]
+        out[f"mlm_positions_{side}"] = starts[copy * pairs + positions // width] + positions % width
+        out[f"mlm_labels_{side}"] = batch[f"mlm_labels_{side}"].reshape(-1)[positions]
+    return out

@@ -94,8 +94,10 @@ class PretrainDataModule(pl.LightningDataModule):
         seed: int = 42,
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
+        pack_tokens: int | None = None,
     ):
         super().__init__()
+        self.pack_tokens = pack_tokens  # packed batches (`PretrainCollator`), or None for padded ones
         self.tokenizer = tokenizer
         self.files = files
         self.batch_size = batch_size
@@ -127,7 +129,8 @@ class PretrainDataModule(pl.LightningDataModule):
         self.load()
 
     def _loader(self, sequences, shuffle: bool, rank_seed: int, deterministic: bool) -> DataLoader:
-        collator = PretrainCollator(self.tokenizer, self.items, self.mlm_probability, rng=random.Random(rank_seed))
+        collator = PretrainCollator(self.tokenizer, self.items, self.mlm_probability, rng=random.Random(rank_seed),
+                                    pack_tokens=self.pack_tokens)  # fmt: skip
         return DataLoader(
             IndexedSequences(sequences),
             batch_size=self.batch_size,
@@ -151,10 +154,19 @@ class PretrainDataModule(pl.LightningDataModule):
 # -- model ---------------------------------------------------------------------------------------
 
 
-def batch_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-    """Real (non-pad) tokens of both sides of a pretraining batch, as a tensor on the batch's device (read
-    at logging steps only: reading it is a host sync)."""
+def batch_tokens(batch: Mapping[str, Any]) -> torch.Tensor:
+    """Real (non-pad) tokens of both sides of a pretraining batch, padded or packed (there each side's MLM copy
+    is counted out), as a tensor on the batch's device (read at logging steps only: reading it is a host sync)."""
+    if "packed" in batch:
+        return batch["packed"]["attention_mask"].sum() // 2
     return sum(batch[k].sum() for k in ("attention_mask_a", "attention_mask_b") if k in batch)
+
+
+def batch_pairs(batch: Mapping[str, Any]) -> int:
+    """The (history, next item) pairs of a pretraining batch, padded or packed (4 sequences a pair)."""
+    if "packed" in batch:
+        return batch["packed"]["sequence_starts"].size(0) // 4
+    return batch["input_ids_a"].size(0)
 
 
 class _Clock:
@@ -242,7 +254,7 @@ class RecformerPretrainModule(pl.LightningModule):
     # -- training ------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         out = self.model(**batch)
-        bs = batch["input_ids_a"].size(0)
+        bs = batch_pairs(batch)
         self.log("train_loss", out.loss, prog_bar=True, batch_size=bs)
         self.log("train_cl_loss", out.cl_loss, batch_size=bs)
         self.log("train_accuracy", out.cl_correct_num.float() / out.cl_total_num, prog_bar=True, batch_size=bs)
@@ -263,7 +275,7 @@ class RecformerPretrainModule(pl.LightningModule):
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         self.batches_trained += 1
-        n_seq, n_tok = batch["input_ids_a"].size(0), batch_tokens(batch)
+        n_seq, n_tok = batch_pairs(batch), batch_tokens(batch)
         window = self._window
         window["sequences"] += n_seq
         window["tokens"] = window["tokens"] + n_tok
@@ -312,7 +324,7 @@ class RecformerPretrainModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         out = self.model(**batch)
-        bs = batch["input_ids_a"].size(0)
+        bs = batch_pairs(batch)
         self.log("val_loss", out.loss, sync_dist=True, batch_size=bs)
         self._val_correct += int(out.cl_correct_num)
         self._val_total += int(out.cl_total_num)

@@ -49,6 +49,7 @@ from recformer.model.configuration import (
 from recformer.model.modeling_pretraining import RecformerForPretraining
 from recformer.model.tokenization import RecformerTokenizer, check_tokenizer_fits
 from recformer.runtime import ModelRuntime
+from recformer.train.collators import train_pack_tokens
 
 if TYPE_CHECKING:  # Lightning is imported only when a run starts
     import pytorch_lightning as pl
@@ -174,12 +175,15 @@ def _setup_data(
     return config, tokenizer, data
 
 
-def _setup_model(args: PretrainArgs, config: RecformerConfig, device: torch.device) -> RecformerForPretraining:
+def _setup_model(
+    args: PretrainArgs, config: RecformerConfig, device: torch.device, data: PretrainDataModule
+) -> RecformerForPretraining:
     """The model from its start point, its attention set for training on `device` (compiled with
-    --compile)."""
+    --compile); `data` is told whether to pack its batches (--pack_train_batches, by the attention that runs)."""
     model = build_pretraining_model(args, config)
     model.config.pack_sides = args.pack_sides == "on" or (args.pack_sides == "auto" and device.type == "cuda")
-    configure_attention(model, args.attn_implementation, device, training=True)
+    implementation = configure_attention(model, args.attn_implementation, device, training=True)
+    data.pack_tokens = train_pack_tokens(args.pack_train_batches, implementation, config.max_token_num)
     if args.compile:
         model.longformer.compile()  # in place: parameter names (and checkpoints) stay the same
     return model
@@ -302,7 +306,7 @@ def run_pretraining(
         pl.seed_everything(args.seed, workers=True)
         hardware = _resolve_hardware(args)
         config, tokenizer, data = _setup_data(args, output_dir)
-        model = _setup_model(args, config, hardware.device)
+        model = _setup_model(args, config, hardware.device, data)
         allowed = _resume_types(args)
     except (ValueError, OSError) as e:
         raise PretrainingSetupError(str(e)) from e
