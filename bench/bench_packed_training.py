@@ -185,7 +185,7 @@ def main() -> None:
             seqs = list(pretrain) if kind == "demo" else joined(pretrain)
             random.Random(0).shuffle(seqs)
             size = a.pretrain_batch
-            batches = [seqs[i : i + size] for i in range(0, size * a.batches, size)]
+            batches = [seqs[i : i + size] for i in range(0, min(size * a.batches, len(seqs) - size + 1), size)]
             padded = [PretrainCollator(tok, items, rng=random.Random(i))(b) for i, b in enumerate(batches)]
             packed = [PretrainCollator(tok, items, rng=random.Random(i), pack_tokens=a.pack_tokens)(b)
                       for i, b in enumerate(batches)]  # fmt: skip

@@ -182,8 +182,8 @@ class FinetuneArgs(RecformerFieldArgs, _Validated):
     bf16: bool = flag(False, BF16_HELP)
     attn_implementation: str = flag("auto", ATTN_HELP)
     pack_train_batches: str = flag(
-        "off", "training batches: off = padded; on = histories packed into rows of max_token_num tokens (sdpa/"
-        "flex only; the same loss up to float rounding, other dropout draws); auto = packed unless eager runs",
+        "off", "training batches: off = padded; on = histories packed into rows of up to max_token_num tokens "
+        "(sdpa/flex only; the same loss up to float rounding, other dropout draws); auto = packed unless eager runs",
         choices=["off", "on", "auto"],
     )
     compile: bool = flag(False, COMPILE_HELP)
@@ -307,7 +307,7 @@ class PretrainArgs(RecformerFieldArgs, _Validated):
     )
     pack_train_batches: str = flag(
         "off", "training batches: off = padded (each side to its longest sequence); on = both sides of every pair "
-        "and their MLM copies packed into rows of max_token_num tokens (sdpa/flex only; the same loss up to "
+        "and their MLM copies packed into rows of up to max_token_num tokens (sdpa/flex only; the same loss up to "
         "float rounding, other dropout draws); auto = packed unless eager runs",
         choices=["off", "on", "auto"],
     )

@@ -111,11 +111,13 @@ PACK_MODES = ("off", "on", "auto")
 
 
 def train_pack_tokens(mode: str, implementation: str, max_token_num: int) -> int | None:
-    """The row budget of packed training batches (`FinetuneCollator.pack_tokens`), or None for padded ones.
+    """The row budget of packed training batches (`FinetuneCollator.pack_tokens`, `PretrainCollator.pack_tokens`),
+    or None for padded ones.
 
-    `mode` "off": padded. "on": packed, rows of `max_token_num` tokens; refused on the eager attention,
+    `mode` "off": padded. "on": packed, rows of up to `max_token_num` tokens; refused on the eager attention,
     which cannot keep the sequences of a row apart. "auto": packed on sdpa/flex (`bench/bench_packed_training.py`
-    measured packed steps faster than padded ones on CPU sdpa), padded on eager.
+    measured packed steps as fast as padded ones or faster on CPU sdpa, for finetuning and pretraining),
+    padded on eager.
     """
     if mode not in PACK_MODES:
         raise ValueError(f"--pack_train_batches must be one of {', '.join(PACK_MODES)}, got {mode!r}")
