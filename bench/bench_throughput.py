@@ -8,11 +8,12 @@ Parts (`--parts`):
 - finetune: a finetuning step (forward, backward, AdamW) of RecformerForSeqRec at batch `--batch`, for
   histories of up to each of `--lengths` tokens (between half of it and all of it); "sdpa:packed" and
   "flex_attention:packed" lay the same histories out packed (`--pack_train_batches on`: several a row,
-  rows of the largest of `--lengths` tokens) instead of padded to the longest; ":compiled" (after any
+  rows of up to the largest of `--lengths` tokens, as wide as `packing.row_tokens` picks) instead of padded to the longest; ":compiled" (after any
   other variant, joined by "+": "sdpa:one_pass+compiled") compiles the encoder as `--compile` does;
 - pretrain: a pretraining step of RecformerForPretraining at batch `--batch` (history side of up to the
   largest of `--lengths` tokens, next-item side, whole-word MLM on both); "sdpa:one_pass" runs both sides
-  in one packed pass (`RecformerConfig.pack_sides`) instead of one pass per side;
+  in one packed pass (`RecformerConfig.pack_sides`) instead of one pass per side; "sdpa:packed" packs both
+  sides of every pair and their MLM copies into rows (`lightning_pretrain.py --pack_train_batches on`);
 - budget: item encoding with "auto" at each token budget of `--budgets` (what `evaluation.TOKEN_BUDGET`
   should be on the device: the fastest within memory);
 - evaluation (CPU goal): a full evaluation of the demo data at the demo model size (encode the
@@ -235,7 +236,7 @@ def measure(a, part: str, implementation: str) -> dict:
         config = build_config(a.size, 3000, a.window, max(a.lengths))
         tokenizer = demo_tokenizer(items, folder, config)
     config.vocab_size = len(tokenizer)
-    # after ":", variants joined by "+": "one_pass" (pretraining's packed pass), "packed" (packed finetuning
+    # after ":", variants joined by "+": "one_pass" (pretraining's packed pass), "packed" (packed training
     # batches), "compiled" (torch.compile of the encoder, as --compile does; the warm-up step compiles)
     implementation, _, variant_text = implementation.partition(":")
     variants = set(variant_text.split("+")) - {""}
@@ -272,19 +273,21 @@ def measure(a, part: str, implementation: str) -> dict:
             seqs = histories(rng, item_lengths, a.batch, max(2, length // 2), length)
             if part == "finetune":
                 if "packed" in variants:
-                    batch = pack_item_sequences(tokenizer, table, seqs, max(a.lengths))
+                    batch = pack_item_sequences(tokenizer, table, seqs, max(a.lengths), fit_rows=True)  # as the collator
                 else:
                     batch = encode_item_sequences(tokenizer, table, seqs)
                 batch["labels"] = torch.tensor([rng.randrange(len(catalogue)) for _ in seqs])
                 tokens = int(batch["attention_mask"].sum())
                 flops = 6 * encoder_parameters(model) * tokens
             else:
-                batch = PretrainCollator(tokenizer, table, rng=random.Random(0))([s + [0, 1] for s in seqs])
-                tokens = int(batch["attention_mask_a"].sum() + batch["attention_mask_b"].sum())
+                pack = max(a.lengths) if "packed" in variants else None
+                batch = PretrainCollator(tokenizer, table, rng=random.Random(0), pack_tokens=pack)([s + [0, 1] for s in seqs])
+                packed = batch.get("packed")  # each side's MLM copy is not counted
+                tokens = int(packed["attention_mask"].sum()) // 2 if packed else int(batch["attention_mask_a"].sum() + batch["attention_mask_b"].sum())
                 masked = len(batch["mlm_positions_a"]) + len(batch["mlm_positions_b"])
                 head = 2 * config.hidden_size * (config.hidden_size + config.vocab_size)
                 flops = 6 * encoder_parameters(model) * 2 * tokens + 3 * head * masked  # 2: the MLM copies
-            batch = to_device(batch, device)
+            batch = {k: to_device(v, device) if isinstance(v, dict) else v.to(device) for k, v in batch.items()}
 
             def step(batch=batch):
                 optimizer.zero_grad(set_to_none=True)
@@ -501,7 +504,7 @@ def main() -> None:
                 if part != "items" and device.type != "cuda":
                     impls = [i for i in impls if i != "flex_attention"]  # no FlexAttention backward on CPU
                 if part == "pretrain" and a.implementations is None:
-                    impls.append("sdpa:one_pass")  # both sides in one packed pass (`pack_sides`)
+                    impls += ["sdpa:one_pass", "sdpa:packed"]  # both sides in one pass (`pack_sides`); packed batches
                 if part == "finetune" and a.implementations is None:  # packed training batches after each
                     impls = [v for i in impls for v in ([i] if i == "eager" else [i, i + ":packed"])]
                 if part in ("finetune", "pretrain") and a.implementations is None and device.type == "cuda":

@@ -23,7 +23,7 @@ PRETRAIN_DEFAULTS = {
     "weight_decay": 0.0, "warmup_steps": 0, "max_grad_norm": 1.0, "mlm_probability": 0.15, "mlm_weight": None,
     "temp": None, "fix_word_embedding": False, "valid_step": 250, "log_step": 2000, "preprocessing_num_workers": min(8, CORES),
     "dataloader_num_workers": min(2, CORES), "device": "auto", "accelerator": "auto", "strategy": "auto", "num_nodes": 1,
-    "fp16": False, "precision": None, "attn_implementation": "auto", "pack_sides": "auto", "compile": False, "seed": 42, "cache_dir": None, "progress": True, "trust_checkpoint": False,
+    "fp16": False, "precision": None, "attn_implementation": "auto", "pack_sides": "auto", "pack_train_batches": "off", "compile": False, "seed": 42, "cache_dir": None, "progress": True, "trust_checkpoint": False,
     "overwrite_output_dir": False,
     **RECFORMER_FIELDS,
 }  # fmt: skip
