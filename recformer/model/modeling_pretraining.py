@@ -54,6 +54,12 @@ def _mlm_loss(
     return F.cross_entropy(scores.float(), targets)
 
 
+def _side(attention_mask, global_attention_mask, token_type_ids, item_position_ids, global_positions) -> dict:
+    """The encoder inputs of one side of a padded pretraining batch, beside its input ids."""
+    return dict(attention_mask=attention_mask, global_attention_mask=global_attention_mask,
+                token_type_ids=token_type_ids, item_position_ids=item_position_ids, global_positions=global_positions)  # fmt: skip
+
+
 class RecformerForPretraining(RecformerPreTrainedModel):
     """Recformer pretraining: in-batch contrastive loss between a history (side a) and its next item
     (side b), plus whole-word MLM on both sides through an untied Longformer LM head."""
@@ -176,10 +182,15 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         return results
 
     def _encode_packed_pairs(
-        self, packed: Mapping[str, torch.Tensor]
+        self, packed: Mapping[str, torch.Tensor], extra_outputs: bool | None, mlm: tuple
     ) -> tuple[RecformerModelOutput, RecformerModelOutput, torch.Tensor]:
         """(side a's pooled output, side b's, the last hidden states of all the packed rows [R, W, H]) of a
-        packed batch: 4B sequences, side a, its MLM copy, side b, its MLM copy (`forward`'s `packed`)."""
+        packed batch: 4B sequences, side a, its MLM copy, side b, its MLM copy (`forward`'s `packed`). `mlm`:
+        the MLM positions and labels of both sides, which such a batch must have."""
+        if extra_outputs:
+            raise ValueError("packed pretraining batches return no attentions or hidden states: pass padded ones")
+        if any(value is None for value in mlm):
+            raise ValueError("packed pretraining batches need mlm_positions_a/b and mlm_labels_a/b")
         out = self.longformer(**packed)
         pooled = out.pooler_output  # [4B, H]
         if pooled.size(0) % 4:
@@ -228,19 +239,12 @@ class RecformerForPretraining(RecformerPreTrainedModel):
         if head_mask is not None:
             raise NotImplementedError("head_mask is not supported by the Longformer encoder")
         if packed is not None:
-            if output_attentions or output_hidden_states:
-                raise ValueError("packed pretraining batches return no attentions or hidden states: pass padded ones")
-            if mlm_positions_a is None or mlm_positions_b is None or mlm_labels_a is None or mlm_labels_b is None:
-                raise ValueError("packed pretraining batches need mlm_positions_a/b and mlm_labels_a/b")
-            outputs_a, outputs_b, mlm_hidden_a = self._encode_packed_pairs(packed)
+            mlm = (mlm_positions_a, mlm_positions_b, mlm_labels_a, mlm_labels_b)
+            outputs_a, outputs_b, mlm_hidden_a = self._encode_packed_pairs(packed, output_attentions or output_hidden_states, mlm)
             mlm_hidden_b = mlm_hidden_a  # the positions of both sides index the same rows
         else:
-            side_a = dict(attention_mask=attention_mask_a, global_attention_mask=global_attention_mask_a,
-                          token_type_ids=token_type_ids_a, item_position_ids=item_position_ids_a,
-                          global_positions=global_positions_a)  # fmt: skip
-            side_b = dict(attention_mask=attention_mask_b, global_attention_mask=global_attention_mask_b,
-                          token_type_ids=token_type_ids_b, item_position_ids=item_position_ids_b,
-                          global_positions=global_positions_b)  # fmt: skip
+            side_a = _side(attention_mask_a, global_attention_mask_a, token_type_ids_a, item_position_ids_a, global_positions_a)
+            side_b = _side(attention_mask_b, global_attention_mask_b, token_type_ids_b, item_position_ids_b, global_positions_b)
             (outputs_a, mlm_hidden_a), (outputs_b, mlm_hidden_b) = self._encode_sides(
                 (input_ids_a, mlm_input_ids_a, side_a), (input_ids_b, mlm_input_ids_b, side_b),
                 output_attentions, output_hidden_states,
