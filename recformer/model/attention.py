@@ -35,6 +35,7 @@ from recformer.defaults import ATTN_IMPLEMENTATIONS as ATTN_IMPLEMENTATIONS
 from recformer.defaults import REFUSED_IMPLEMENTATIONS as REFUSED_IMPLEMENTATIONS
 from recformer.defaults import check_attn_name
 from recformer.errors import RecformerError
+from recformer.model.dropout import dropout as fast_dropout
 
 logger = logging.getLogger(__name__)
 
@@ -348,7 +349,7 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
     factor = math.sqrt(1.0 / math.sqrt(q.size(-1)))  # SDPA scales q and k by sqrt(scale) each
     scores = torch.matmul(q * factor, k.transpose(-2, -1) * factor)
     scores.add_(mask)
-    return torch.matmul(F.dropout(torch.softmax(scores, -1), dropout, True), v)
+    return torch.matmul(fast_dropout(torch.softmax(scores, -1), dropout), v)
 
 
 def _dense_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> torch.Tensor:
@@ -373,26 +374,37 @@ def _block_columns(layout: AttentionLayout, w: int) -> torch.Tensor:
     return (columns + rows).reshape(-1)  # flat indices into [B * L]
 
 
+def _key_spans(x: torch.Tensor, layout: AttentionLayout, w: int) -> torch.Tensor:
+    """The keys (or values) each query block reads, for training: [B, L, nh, d] -> [B * nb, nh, G + span, d],
+    the row's global keys, then the block's span. (Without gradients one gather does it; a gather
+    backpropagates through scatter_add, slow on CPU.) Pad, slices and one cat backpropagate by slicing, about
+    a quarter faster than pad + unfold, whose backward sums the same two overlapping parts (bitwise the same
+    gradients, tested). A span is block i of the padded row and the first 2w positions of block i + 1 (2w <= s).
+    """
+    batch, length, heads, dim = x.shape
+    s = block_size(w)
+    nb = math.ceil(length / s)
+    blocks = F.pad(x, (0, 0, 0, 0, w, (nb + 1) * s - length - w)).view(batch, nb + 1, s, heads, dim)
+    parts = [blocks[:, :-1].transpose(2, 3), blocks[:, 1:, : 2 * w].transpose(2, 3)]  # [B, nb, nh, *, d]
+    if layout.global_positions is not None:
+        index = layout.global_positions.clamp(max=length - 1)[:, :, None, None].expand(-1, -1, heads, dim)
+        parts.insert(0, x.gather(1, index).transpose(1, 2)[:, None].expand(-1, nb, -1, -1, -1))  # [B, nb, nh, G, d]
+    return torch.cat(parts, dim=3).reshape(batch * nb, heads, -1, dim)
+
+
 def _blocked_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> torch.Tensor:
     """q, k, v [B, L, nh, d] -> [B, L, nh, d]; each query block sees its span plus the global keys."""
     batch, length, heads, dim = q.shape
     s = block_size(w)
     nb = math.ceil(length / s)
     mask = layout.cached(("blocks", w, q.dtype), lambda: _additive(_blocked_local_mask(layout, w), q.dtype))
-    span, right = s + 2 * w, nb * s - length + w
 
     def keys(x: torch.Tensor) -> torch.Tensor:  # [B, L, nh, d] -> [B * nb, nh, G + span, d]
-        if not (x.requires_grad and torch.is_grad_enabled()):  # one gather
-            columns = layout.cached(("columns", w), lambda: _block_columns(layout, w))  # [B * nb * (G + span)]
-            flat = x.reshape(batch * length, heads * dim).index_select(0, columns)
-            return flat.view(batch * nb, -1, heads, dim).transpose(1, 2)
-        # A gather backpropagates through scatter_add, slow on CPU; pad + unfold + cat backpropagate by slicing.
-        spans = F.pad(x, (0, 0, 0, 0, w, right)).unfold(1, span, s).transpose(-1, -2)  # [B, nb, nh, span, d]
-        if layout.global_positions is not None:
-            index = layout.global_positions.clamp(max=length - 1)[:, :, None, None].expand(-1, -1, heads, dim)
-            glob = x.gather(1, index).transpose(1, 2)[:, None].expand(-1, nb, -1, -1, -1)  # [B, nb, nh, G, d]
-            spans = torch.cat([glob, spans], dim=3)
-        return spans.reshape(batch * nb, heads, -1, dim)
+        if x.requires_grad and torch.is_grad_enabled():
+            return _key_spans(x, layout, w)
+        columns = layout.cached(("columns", w), lambda: _block_columns(layout, w))  # [B * nb * (G + span)]
+        flat = x.reshape(batch * length, heads * dim).index_select(0, columns)  # one gather
+        return flat.view(batch * nb, -1, heads, dim).transpose(1, 2)
 
     qb = F.pad(q, (0, 0, 0, 0, 0, nb * s - length)) if length % s else q
     qb = qb.reshape(batch * nb, s, heads, dim).transpose(1, 2)  # [B * nb, nh, s, d]
@@ -469,7 +481,7 @@ def global_rows(
         scores = scores + torch.einsum("bgnd,nd->bgn", q_glob, module.key_global.bias.view(heads, dim))[..., None]
     scores = scores * dim**-0.5 + mask.transpose(1, 2)  # mask [B, 1, G, L] -> [B, G, 1, L]
     softmax_dtype = torch.promote_types(scores.dtype, torch.float32)  # half precision: as SDPA, in float32
-    probs = F.dropout(torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(scores.dtype), dropout, module.training)
+    probs = fast_dropout(torch.softmax(scores, dim=-1, dtype=softmax_dtype).to(scores.dtype), dropout, module.training)
     mixed = torch.bmm(probs.view(batch, count * heads, length), hidden_states).view(batch, count, heads, hidden)
     rows = torch.einsum("bgnh,ndh->bgnd", mixed, value_w)  # [B, G, nh, d]
     if module.value_global.bias is not None:

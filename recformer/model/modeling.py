@@ -24,6 +24,7 @@ from transformers.models.longformer.modeling_longformer import LongformerEncoder
 from recformer.io.model_card import write_model_card
 from recformer.model.attention import AttentionLayout, check_attn_implementation, resolve_attn_implementation
 from recformer.model.configuration import RecformerConfig
+from recformer.model.dropout import use_fast_dropout
 from recformer.model.layers import (
     RecformerEmbeddings,
     RecformerModelOutput,
@@ -105,6 +106,7 @@ class RecformerModel(RecformerPreTrainedModel):
         self.embeddings = RecformerEmbeddings(config)
         self.encoder = LongformerEncoder(config)
         self.pooler = RecformerPooler(config)
+        use_fast_dropout(self)
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
