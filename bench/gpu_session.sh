@@ -2,8 +2,8 @@
 # Every GPU check of the project in one go, sized for a machine lent for about ten minutes. Parts, in
 # order of what matters most, each under its own time limit so that one slow part cannot starve the rest:
 #   1. throughput at longformer-base size, bf16: eager against sdpa and flex_attention (padded and packed
-#      finetuning batches, pretraining with a pass per side and in one pass, sdpa compiled), 4,000 items encoded, token
-#      budgets (bench/bench_throughput.py; JSON in $OUT/gpu_throughput.json, rewritten after every case)
+#      finetuning batches, pretraining with a pass per side, in one pass and packed, sdpa compiled), 4,000 items
+#      encoded, token budgets (bench/bench_throughput.py; JSON in $OUT/gpu_throughput.json, rewritten after every case)
 #   2. the CUDA tests (tests/test_gpu.py, the CUDA cases of tests/test_attention.py and
 #      tests/test_packed_training.py; skipped on CPU machines)
 #   3. the pretraining check: ZeRO-2 + fp16 through lightning_pretrain.py, then the conversion
