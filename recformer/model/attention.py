@@ -35,6 +35,15 @@ from recformer.defaults import ATTN_IMPLEMENTATIONS as ATTN_IMPLEMENTATIONS
 from recformer.defaults import REFUSED_IMPLEMENTATIONS as REFUSED_IMPLEMENTATIONS
 from recformer.defaults import check_attn_name
 from recformer.errors import RecformerError
+from recformer.model.attention_masks import (
+    additive,
+    block_columns,
+    block_size,
+    blocked_local_mask,
+    dense_local_mask,
+    flex_block_mask,
+    global_row_mask,
+)
 from recformer.model.dropout import dropout as fast_dropout
 
 logger = logging.getLogger(__name__)
@@ -162,11 +171,6 @@ def _flex_attention_fn(compiled: bool):
     return flex_attention
 
 
-def block_size(one_sided_window: int) -> int:
-    """Query block length of the banded SDPA path for a window of +-`one_sided_window` keys."""
-    return max(2 * one_sided_window, 32)
-
-
 def uses_blocks(length: int, one_sided_window: int) -> bool:
     """Whether a row of `length` tokens runs the banded SDPA path (else one dense [L, L] mask)."""
     return length > 2 * (block_size(one_sided_window) + 2 * one_sided_window)
@@ -255,84 +259,12 @@ def global_positions_from_mask(is_global: torch.Tensor) -> torch.Tensor | None:
     return torch.where(filled, order, length)
 
 
-# -- masks ------------------------------------------------------------------------------------------
-
-
-def _dense_local_mask(layout: AttentionLayout, w: int) -> torch.Tensor:
-    """[B, 1, L, L] bool: band keys and global keys, real ones, same segment; the diagonal always."""
-    length = layout.key_valid.size(1)
-    i = torch.arange(length, device=layout.key_valid.device)
-    band = (i[:, None] - i[None, :]).abs() <= w  # [L, L]
-    allowed = layout.key_valid[:, None, :] & (band[None] | layout.is_global[:, None, :])  # [B, L, L]
-    if layout.segment_ids is not None:
-        allowed = allowed & (layout.segment_ids[:, :, None] == layout.segment_ids[:, None, :])
-    return (allowed | torch.eye(length, dtype=torch.bool, device=allowed.device))[:, None]
-
-
-def _blocked_local_mask(layout: AttentionLayout, w: int) -> torch.Tensor:
-    """[B, nb, 1, s, G + s + 2w] bool for the banded path: global columns first, then the block's span."""
-    s = block_size(w)
-    length = layout.key_valid.size(1)
-    nb = math.ceil(length / s)
-    span = s + 2 * w
-    right = nb * s - length + w
-    device = layout.key_valid.device
-    a = torch.arange(s, device=device)[:, None]
-    c = torch.arange(span, device=device)[None, :]
-    band = (c - a >= 0) & (c - a <= 2 * w)  # [s, span]: key c of the span is within +-w of query a
-    diagonal = c - a == w  # [s, span]
-    # Global keys come in through the global columns, so the band leaves them out (counted once).
-    band_key = layout.key_valid & ~layout.is_global if layout.global_positions is not None else layout.key_valid
-    band_key = F.pad(band_key, (w, right), value=False).unfold(1, span, s)  # [B, nb, span]
-    allowed = band & band_key[:, :, None, :]  # [B, nb, s, span]
-    columns = []
-    if layout.segment_ids is not None:
-        seg_q = F.pad(layout.segment_ids, (0, nb * s - length), value=-1).view(-1, nb, s)  # [B, nb, s]
-        seg_k = F.pad(layout.segment_ids, (w, right), value=-1).unfold(1, span, s)  # [B, nb, span]
-        allowed = allowed & (seg_q[..., None] == seg_k[:, :, None, :])
-    allowed = allowed | diagonal
-    if layout.global_positions is not None:
-        g = layout.global_valid[:, None, None, :]  # [B, 1, 1, G]
-        if layout.segment_ids is not None:
-            g = g & (seg_q[..., None] == layout.global_segments()[:, None, None, :])  # [B, nb, s, G]
-        columns.append(g.expand(-1, nb, s, -1))
-    return torch.cat(columns + [allowed], dim=-1)[:, :, None]
-
-
-def _global_row_mask(layout: AttentionLayout) -> torch.Tensor:
-    """[B, 1, G, L] bool: a global query sees every real key of its segment; empty slots see every key."""
-    allowed = layout.key_valid[:, None, :].expand(-1, layout.global_positions.size(1), -1)  # [B, G, L]
-    if layout.segment_ids is not None:
-        allowed = allowed & (layout.global_segments()[:, :, None] == layout.segment_ids[:, None, :])
-    return (allowed | ~layout.global_valid[:, :, None])[:, None]
-
-
-def _flex_block_mask(layout: AttentionLayout, w: int):
-    from torch.nn.attention.flex_attention import create_block_mask
-
-    key_valid, is_global, segments = layout.key_valid, layout.is_global, layout.segment_ids
-
-    def mask_mod(b, h, q, kv):
-        allowed = key_valid[b, kv] & (((q - kv).abs() <= w) | is_global[b, kv])
-        if segments is not None:
-            allowed = allowed & (segments[b, q] == segments[b, kv])
-        return allowed | (q == kv)
-
-    batch, length = key_valid.shape
-    return create_block_mask(mask_mod, batch, None, length, length, device=key_valid.device)
-
-
 # -- attention --------------------------------------------------------------------------------------
 
 
 def _heads(x: torch.Tensor, heads: int) -> torch.Tensor:
     """[B, L, H] -> [B, L, heads, H / heads] (a view)."""
     return x.view(*x.shape[:-1], heads, -1)
-
-
-def _additive(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0 where allowed, -inf elsewhere: SDPA's CPU kernel converts a boolean mask this way on every call."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
 
 
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, dropout: float) -> torch.Tensor:
@@ -353,34 +285,16 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor,
 
 
 def _dense_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> torch.Tensor:
-    mask = layout.cached(("dense", w, q.dtype), lambda: _additive(_dense_local_mask(layout, w), q.dtype))
+    mask = layout.cached(("dense", w, q.dtype), lambda: additive(dense_local_mask(layout, w), q.dtype))
     out = _sdpa(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask, dropout)  # [B, nh, L, d]
     return out.transpose(1, 2)
 
 
-def _block_columns(layout: AttentionLayout, w: int) -> torch.Tensor:
-    """[B * nb * (G + span)] flat key positions each query block reads: the row's global keys, then its span
-    (positions past either end are clamped; the mask leaves them out)."""
-    batch, length = layout.key_valid.shape
-    s = block_size(w)
-    nb = math.ceil(length / s)
-    device = layout.key_valid.device
-    spans = torch.arange(nb, device=device)[:, None] * s - w + torch.arange(s + 2 * w, device=device)[None, :]
-    columns = spans.clamp(0, length - 1).expand(batch, -1, -1)  # [B, nb, span]
-    if layout.global_positions is not None:
-        glob = layout.global_positions.clamp(max=length - 1)[:, None, :].expand(-1, nb, -1)  # [B, nb, G]
-        columns = torch.cat([glob, columns], dim=-1)
-    rows = torch.arange(batch, device=device)[:, None, None] * length
-    return (columns + rows).reshape(-1)  # flat indices into [B * L]
-
-
 def _key_spans(x: torch.Tensor, layout: AttentionLayout, w: int) -> torch.Tensor:
-    """The keys (or values) each query block reads, for training: [B, L, nh, d] -> [B * nb, nh, G + span, d],
-    the row's global keys, then the block's span. (Without gradients one gather does it; a gather
-    backpropagates through scatter_add, slow on CPU.) Pad, slices and one cat backpropagate by slicing, about
-    a quarter faster than pad + unfold, whose backward sums the same two overlapping parts (bitwise the same
-    gradients, tested). A span is block i of the padded row and the first 2w positions of block i + 1 (2w <= s).
-    """
+    """The keys (or values) each query block reads, for training: [B, L, nh, d] -> [B * nb, nh, G + span, d], the
+    row's global keys, then block i of the padded row and the first 2w positions of block i + 1 (2w <= s). A
+    gather would backpropagate through scatter_add (slow on CPU); these slices do by slicing, 2x as fast as pad
+    + unfold, whose backward sums the same two overlapping parts (bitwise the same gradients, tested)."""
     batch, length, heads, dim = x.shape
     s = block_size(w)
     nb = math.ceil(length / s)
@@ -397,12 +311,12 @@ def _blocked_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> 
     batch, length, heads, dim = q.shape
     s = block_size(w)
     nb = math.ceil(length / s)
-    mask = layout.cached(("blocks", w, q.dtype), lambda: _additive(_blocked_local_mask(layout, w), q.dtype))
+    mask = layout.cached(("blocks", w, q.dtype), lambda: additive(blocked_local_mask(layout, w), q.dtype))
 
     def keys(x: torch.Tensor) -> torch.Tensor:  # [B, L, nh, d] -> [B * nb, nh, G + span, d]
         if x.requires_grad and torch.is_grad_enabled():
             return _key_spans(x, layout, w)
-        columns = layout.cached(("columns", w), lambda: _block_columns(layout, w))  # [B * nb * (G + span)]
+        columns = layout.cached(("columns", w), lambda: block_columns(layout, w))  # [B * nb * (G + span)]
         flat = x.reshape(batch * length, heads * dim).index_select(0, columns)  # one gather
         return flat.view(batch * nb, -1, heads, dim).transpose(1, 2)
 
@@ -414,7 +328,7 @@ def _blocked_local(q, k, v, layout: AttentionLayout, w: int, dropout: float) -> 
 
 
 def _flex_local(q, k, v, layout: AttentionLayout, w: int) -> torch.Tensor:
-    block_mask = layout.cached(("flex", w), lambda: _flex_block_mask(layout, w))
+    block_mask = layout.cached(("flex", w), lambda: flex_block_mask(layout, w))
     flex = _flex_attention_fn(q.device.type == "cuda")
     out = flex(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), block_mask=block_mask)  # [B, nh, L, d]
     return out.transpose(1, 2)
@@ -467,7 +381,7 @@ def global_rows(
     if inputs is None:
         inputs = global_inputs(hidden_states, layout)
     q_glob = _heads(module.query_global(inputs), heads)  # [B, G, nh, d]
-    mask = layout.cached(("global", q_glob.dtype), lambda: _additive(_global_row_mask(layout), q_glob.dtype))
+    mask = layout.cached(("global", q_glob.dtype), lambda: additive(global_row_mask(layout), q_glob.dtype))
     count = q_glob.size(1)
     if count * heads >= hidden:
         k_glob, v_glob = (_heads(x, heads) for x in fused_linear(hidden_states, module.key_global, module.value_global))

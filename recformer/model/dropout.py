@@ -39,9 +39,8 @@ def uniform_draws_match() -> bool:
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
     """`F.dropout(x, p, training)`, bitwise, with the mask drawn through `uniform_` where that is faster
     and gives the same draws (see the module docstring)."""
-    if not (training and 0 < p < 1 and x.device.type == "cpu") or torch.compiler.is_compiling():
-        return F.dropout(x, p, training)
-    if not uniform_draws_match():
+    fast = training and 0 < p < 1 and x.device.type == "cpu" and not torch.compiler.is_compiling()
+    if not (fast and uniform_draws_match()):
         return F.dropout(x, p, training)
     keep = 1.0 - p
     # F.dropout: noise = empty_like(x).bernoulli_(keep); noise.div_(keep); x * noise (same layout, same order)
